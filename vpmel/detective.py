@@ -305,10 +305,10 @@ def detective_loss(model, processor, examples, batch_size: int = 32, accelerator
 def train_detective(model, processor, train: Sequence[DetectiveExample], dev: Sequence[DetectiveExample] = (),
                     cfg: DetectiveTrainConfig | None = None, progress: bool = True) -> dict:
     "Fine-tune `model` (in place) on the instruction examples; returns the history of losses."
-    from accelerate import Accelerator
+    from vpmel.train import make_accelerator
     cfg = cfg or DetectiveTrainConfig()
     torch.manual_seed(cfg.seed)
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    acc = make_accelerator(cfg.mixed_precision)
     g = torch.Generator().manual_seed(cfg.seed)
     dl = torch.utils.data.DataLoader(list(train), batch_size=cfg.batch_size, shuffle=True, generator=g,
                                      collate_fn=DetectiveCollate(processor), num_workers=cfg.num_workers)
@@ -474,7 +474,9 @@ def detective_dir(ds: MELDataset, preset: str = 'cpu', clip_dir: str | Path | No
 
 def _detective_model(ck: Path, ds: MELDataset, train: Sequence[DetectiveExample], preset: str, clip_dir, seed: int, progress: bool):
     "The Detective saved in `ck`, or a new one of `preset` trained on `train` (dev loss logged) and saved there."
-    if (ck/'config.json').exists(): return load_detective(ck)
+    if (ck/'config.json').exists():
+        model, proc = load_detective(ck)
+        return (model.cuda() if torch.cuda.is_available() else model), proc
     mcfg, tcfg = copy.deepcopy(DETECTIVE_PRESETS[preset])
     if clip_dir: mcfg.vision_from_clip = str(clip_dir)
     tcfg.seed = seed

@@ -191,7 +191,7 @@ class ClipText(nn.Module):
         x = self.token_embedding(input_ids) + self.positional_embedding[:L]
         x = self.ln_final(self.transformer(x, attn_mask=self.attn_mask[:L, :L]))
         eot = attention_mask.long().sum(1).clamp(min=1) - 1
-        g = x[torch.arange(len(x)), eot]
+        g = x[torch.arange(len(x), device=x.device), eot]
         if self.text_projection is not None: g = g @ self.text_projection
         return g, x
 

@@ -73,10 +73,17 @@ class IIER(nn.Module):
     def encode(self, side: dict) -> Features:
         """Features of one side of a batch. A side holds raw inputs (`input_ids`, `attention_mask`, `pixel_values`)
         and/or cached outputs of a frozen tower (`text_global`, `text_hidden` / `image_layers_cls`, `image_patches`)."""
+        dev = self.matcher_device
+        side = {k: v.to(dev, non_blocking=True) if torch.is_tensor(v) else v for k, v in side.items()}
         bb = {k: side[k] for k in BACKBONE_KEYS if k in side}
         if 'text_global' not in bb: bb.update(self.encoder.text_backbone(side['input_ids'], side['attention_mask']))
         if 'image_patches' not in bb: bb.update(self.encoder.image_backbone(side['pixel_values']))
         return self.encoder.project(bb)
+
+    @property
+    def matcher_device(self) -> torch.device:
+        "Where the model lives (inputs given to `encode` are moved there)."
+        return next(self.matcher.parameters()).device
 
     def forward(self, batch: dict) -> dict:
         "In-batch scores of every unit and the fused one, and the contrastive loss (four terms)."

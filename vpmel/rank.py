@@ -75,6 +75,8 @@ def rank_entities(matcher: IIERMatcher, mention_feats, entity_cache: dict, gold:
         gold = torch.as_tensor(gold, dtype=torch.long)
         if gold.shape != (M,): raise ValueError(f'gold must have shape ({M},), got {tuple(gold.shape)}')
         if ((gold < 0) | (gold >= N)).any(): raise IndexError(f'gold entity index out of range [0, {N})')
+    dev = mention_feats.text_cls.device               # scores live where the features live (a GPU if there)
+    if gold is not None: gold = gold.to(dev)
     ranks, top_i, top_s = [], [], []
     steps = [(ms, es) for ms in range(0, M, mention_batch) for es in range(0, N, chunk_size)]
     if progress:
@@ -83,14 +85,14 @@ def rank_entities(matcher: IIERMatcher, mention_feats, entity_cache: dict, gold:
     for ms in range(0, M, mention_batch):
         mc = matcher.prepare_mentions(index_features(mention_feats, slice(ms, ms + mention_batch)))
         mb = cache_len(mc)
-        best_s = torch.full((mb, 0), float('-inf')); best_i = torch.zeros((mb, 0), dtype=torch.long)
+        best_s = torch.full((mb, 0), float('-inf'), device=dev); best_i = torch.zeros((mb, 0), dtype=torch.long, device=dev)
         if gold is not None:
             g = gold[ms:ms + mb]
             gold_s = matcher.pair_scores(mc, index_cache(entity_cache, g)).diagonal()
-            better = torch.zeros(mb, dtype=torch.long)
+            better = torch.zeros(mb, dtype=torch.long, device=dev)
         for es in range(0, N, chunk_size):
             s = matcher.pair_scores(mc, index_cache(entity_cache, slice(es, es + chunk_size)))   # [mb, c]
-            idx = torch.arange(es, es + s.shape[1])
+            idx = torch.arange(es, es + s.shape[1], device=dev)
             if gold is not None:
                 gt = s > gold_s[:, None]
                 gt &= idx[None] != g[:, None]
@@ -102,7 +104,7 @@ def rank_entities(matcher: IIERMatcher, mention_feats, entity_cache: dict, gold:
         top_s.append(best_s); top_i.append(best_i)
         if gold is not None: ranks.append(better + 1)
     if progress: bar.close()
-    return RankResult(torch.cat(ranks) if gold is not None else None, torch.cat(top_i), torch.cat(top_s))
+    return RankResult(torch.cat(ranks).cpu() if gold is not None else None, torch.cat(top_i).cpu(), torch.cat(top_s).cpu())
 
 @torch.no_grad()
 def brute_force_rank(matcher: IIERMatcher, mention_feats, entity_feats, gold, topk: int = 20) -> RankResult:

@@ -510,6 +510,7 @@ def _tasks(plan: Plan, root: Path):
 FORMAT = 'minivpwiki-1'
 _OWN_FILES = ('kb_entity.json', 'qid2id.json', 'train.json', 'dev.json', 'test.json', 'scenes.json', 'stats.json', 'meta.json')
 _OWN_DIRS = ('train_img', 'dev_img', 'test_img', 'raw_img', 'kb_img')
+_DERIVED_DIRS = ('clip', 'detective', 'cache')   # made from the data by later chapters: stale once it is regenerated
 
 def default_out(preset: str, seed: int = 0) -> Path:
     "`data/minivpwiki/<preset>` for seed 0 (where the training presets look), `data/minivpwiki/<preset>-seed<seed>` otherwise."
@@ -537,11 +538,12 @@ def build_minivpwiki(out: str | Path | None = None, preset: str = 'cpu', seed: i
         except ValueError: old = None
         if old == meta: return out
         if not overwrite:
-            raise FileExistsError(f'{out} holds another dataset ({old and {k: old.get(k) for k in ("preset", "seed")}}); '
-                                  'pass overwrite=True or choose another folder')
+            raise FileExistsError(f'{out} holds another dataset ({old and {k: old.get(k) for k in ("preset", "seed")}}, '
+                                  'or one made by an older vpmel: its meta.json differs); delete the folder (its caches '
+                                  'go with it), pass overwrite=True (vpmel synth --overwrite) or choose another folder')
     for f in _OWN_FILES:
         if (out / f).exists(): (out / f).unlink()
-    for d in _OWN_DIRS:
+    for d in _OWN_DIRS + _DERIVED_DIRS:
         if (out / d).is_dir(): shutil.rmtree(out / d)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

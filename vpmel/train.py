@@ -17,10 +17,10 @@ from safetensors.torch import save_file, load_file
 
 # %% auto #0
 __all__ = ['PRESETS', 'ABLATIONS', 'set_seed', 'param_groups', 'TrainConfig', 'LoopState', 'save_checkpoint', 'load_weights',
-           'load_checkpoint', 'epoch_batches', 'read_metrics', 'fit', 'RunConfig', 'preset', 'ablate', 'ensure_data',
-           'build_model', 'tiny_clip_dir', 'shuffle_answers', 'detective_answers', 'compact_answer', 'mention_sets',
-           'first_mentions', 'KBImages', 'text_inputs', 'image_inputs', 'CachedPairs', 'collate_cached',
-           'cache_training_pairs', 'encode_dataset', 'encode_inputs', 'LinkingEvaluator', 'train_run',
+           'load_checkpoint', 'epoch_batches', 'read_metrics', 'make_accelerator', 'fit', 'RunConfig', 'preset',
+           'ablate', 'ensure_data', 'build_model', 'tiny_clip_dir', 'shuffle_answers', 'detective_answers',
+           'compact_answer', 'mention_sets', 'first_mentions', 'KBImages', 'text_inputs', 'image_inputs', 'CachedPairs',
+           'collate_cached', 'cache_training_pairs', 'encode_dataset', 'encode_inputs', 'LinkingEvaluator', 'train_run',
            'run_config_from_args', 'add_run_args', 'cli_train', 'cli_eval', 'bench_train']
 
 # %% ../nbs/08_train.ipynb #b482df7f
@@ -142,15 +142,23 @@ def _truncate_metrics(path: Path, global_step: int):
     keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)['step'] <= global_step]
     path.write_text(''.join(l + '\n' for l in keep))
 
+# %% ../nbs/08_train.ipynb #6ffd0acb
+def make_accelerator(mixed_precision: str = 'no'):
+    "An `accelerate.Accelerator` on the GPU if there is one (`mixed_precision` there, 'no' on the CPU); safe to call again with another precision."
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+    mp = mixed_precision if torch.cuda.is_available() else 'no'
+    st = AcceleratorState._shared_state
+    if st and st.get('_mixed_precision') != mp and PartialState().num_processes == 1: AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
+
 # %% ../nbs/08_train.ipynb #0647e27c
 def fit(model: nn.Module, train_set, collate: Callable, evaluate: Callable[[nn.Module], dict], cfg: TrainConfig,
         out_dir, resume: bool = True, progress: bool = True, log_every: int = 1) -> dict:
     "Train with AdamW and in-order, seeded batches; evaluate each epoch; early-stop on `cfg.monitor`; resumable."
-    from accelerate import Accelerator
     from accelerate.utils import send_to_device
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    mp = cfg.mixed_precision if torch.cuda.is_available() else 'no'
-    acc = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
+    acc = make_accelerator(cfg.mixed_precision)
     set_seed(cfg.seed)
     n_batches = len(epoch_batches(len(train_set), cfg.batch_size, cfg.seed, 0))
     total = max(1, n_batches * cfg.epochs)
@@ -295,13 +303,14 @@ def ablate(cfg: RunConfig, name: str) -> RunConfig:
 
 # %% ../nbs/08_train.ipynb #db4acb9e
 def ensure_data(cfg: RunConfig) -> MELDataset:
-    "Load the run's dataset, building MiniVPWiki first if `cfg.synth_preset` is set and the folder is missing."
+    """Load the run's dataset. With `cfg.synth_preset`, MiniVPWiki is built first if the folder is missing, and a
+    MiniVPWiki folder made by another version of the generator (its `meta.json` differs) is refused, not silently used."""
     root = Path(cfg.data)
-    if not (root/'kb_entity.json').exists():
-        if cfg.synth_preset is None:
-            raise FileNotFoundError(f'{root} holds no dataset (kb_entity.json); see data/README.md for where VPWiki goes')
+    if cfg.synth_preset is not None and ((root/'meta.json').exists() or not (root/'kb_entity.json').exists()):
         from vpmel.synth import build_minivpwiki
         build_minivpwiki(root, preset=cfg.synth_preset, seed=cfg.synth_seed)
+    if not (root/'kb_entity.json').exists():
+        raise FileNotFoundError(f'{root} holds no dataset (kb_entity.json); see data/README.md for where VPWiki goes')
     return load_dataset(root)
 
 def build_model(cfg: RunConfig, ds: MELDataset, progress: bool = True) -> IIER:
@@ -406,7 +415,9 @@ def text_inputs(model: IIER, texts: Sequence[str], bs: int = 256, cache_dir=None
     f = Path(cache_dir)/f'text-{_text_cache_key(model, texts)}.safetensors' if (cache_dir and frozen) else None
     if f is not None and f.exists(): return load_file(str(f))
     chunks = [model.encoder.tokenize(list(texts[s:s + bs])) for s in range(0, len(texts), bs)]
-    if frozen: chunks = [model.encoder.text_backbone(**c) for c in chunks]
+    if frozen:
+        dev = model.matcher_device
+        chunks = [{k: v.cpu() for k, v in model.encoder.text_backbone(**{k: v.to(dev) for k, v in c.items()}).items()} for c in chunks]
     out = _cat(chunks)
     if f is not None:
         f.parent.mkdir(parents=True, exist_ok=True)
@@ -419,7 +430,8 @@ def image_inputs(model: IIER, images, bs: int = 256, progress: bool = False, des
     model.eval()
     dl = tqdm(torch.utils.data.DataLoader(images, batch_size=bs), desc=desc, disable=not progress, leave=False)
     frozen = model.cfg.encoder.freeze_vision
-    return _cat([model.encoder.image_backbone(pv) if frozen else {'pixel_values': pv} for pv in dl])
+    dev = model.matcher_device
+    return _cat([{k: v.cpu() for k, v in model.encoder.image_backbone(pv.to(dev)).items()} if frozen else {'pixel_values': pv} for pv in dl])
 
 def _take(d: dict, i) -> dict: return {k: v[i] for k, v in d.items()}
 
@@ -516,6 +528,7 @@ def train_run(cfg: RunConfig, out_root='runs', resume: bool = True, progress: bo
     out.mkdir(parents=True, exist_ok=True)
     ds = ensure_data(cfg)
     model = build_model(cfg, ds, progress)
+    if torch.cuda.is_available(): model.cuda()        # caches and evaluation run where training runs
     write_json_atomic(out/'run_config.json', cfg.to_json(), indent=1)
     men = mention_sets(cfg, ds, model, progress)
     enc = model.cfg.encoder
@@ -590,6 +603,7 @@ def cli_eval(argv: list[str]) -> int:
     if a.data: cfg.data = a.data
     ds = ensure_data(cfg)
     model = IIER.from_pretrained(run/'model')
+    if torch.cuda.is_available(): model.cuda()
     men = mention_sets(cfg, ds, model)
     if a.split not in men: print(f'vpmel eval: no split {a.split!r} in {cfg.data}'); return 1
     m = LinkingEvaluator(model, ds, men[a.split], cfg.eval_batch_size, progress=True)(model)
@@ -627,12 +641,12 @@ def bench_train(argv: list[str]) -> int:
         model = IIER(cfg).to(dev).train()
         g = torch.Generator().manual_seed(0)
         batch = {'mention': _random_side(model, a.batch_size, g), 'entity': _random_side(model, a.batch_size, g)}
+        from accelerate.utils import send_to_device
+        batch = send_to_device(batch, dev)
         if frozen:
             with torch.no_grad():
                 batch = {s: {**model.encoder.backbone(b['input_ids'], b['attention_mask'], b['pixel_values']),
                              'index': b['index']} for s, b in batch.items()}
-        from accelerate.utils import send_to_device
-        batch = send_to_device(batch, dev)
         opt = torch.optim.AdamW(param_groups(model), lr=1e-4)
         amp = torch.autocast('cuda', dtype=torch.bfloat16) if dev == 'cuda' else contextlib.nullcontext()
         for i in range(a.warmup + a.steps):

@@ -93,7 +93,7 @@ class TextInteractionUnit(nn.Module):
     def prepare_mentions(self, feats) -> dict:
         "Mention side: `k, v [M, Lm, d]`, additive key bias `[M, Lm]` (0 or -inf; None when nothing is padded), `cls [M, Dt]`."
         mask = self._mask(feats, 'mention')
-        bias = None if mask.all() else torch.zeros(mask.shape, dtype=feats.text_tokens.dtype).masked_fill(~mask, float('-inf'))
+        bias = None if mask.all() else torch.zeros(mask.shape, dtype=feats.text_tokens.dtype, device=mask.device).masked_fill(~mask, float('-inf'))
         return {'k': self.fc_key(feats.text_tokens), 'v': self.fc_value(feats.text_tokens), 'bias': bias,
                 'cls': feats.text_cls}
 
