@@ -17,13 +17,14 @@ from .vpwiki import MELDataset, load_dataset, resolve_in_root, write_bytes_atomi
 
 # %% auto #0
 __all__ = ['QUESTION', 'CHAT_TOKENS', 'EOS_TOKEN', 'PAD_TOKEN', 'UNK_TOKEN', 'TINY_BACKENDS', 'PRETRAINED', 'LORA_TARGET',
-           'PROJECTORS', 'DETECTIVE_PRESETS', 'detective_prompt', 'detective_target', 'DetectiveExample',
-           'detective_examples', 'train_word_tokenizer', 'detective_corpus', 'TinyVLMConfig', 'build_tiny_detective',
-           'clip_vision_state_dict', 'load_detective', 'add_lora', 'is_peft', 'chat', 'load_rgb', 'DetectiveCollate',
+           'PROJECTORS', 'PROMPT_VIEWS', 'DETECTIVE_PRESETS', 'detective_prompt', 'detective_target',
+           'DetectiveExample', 'detective_examples', 'detective_kb_examples', 'train_word_tokenizer',
+           'detective_corpus', 'TinyVLMConfig', 'build_tiny_detective', 'clip_vision_state_dict', 'load_detective',
+           'add_lora', 'is_peft', 'chat', 'load_rgb', 'prompt_view', 'detective_view', 'DetectiveCollate',
            'DetectiveTrainConfig', 'answer_loss', 'detective_loss', 'train_detective', 'save_detective',
            'read_answer_cache', 'load_detective_answers', 'generate_answers', 'generate_split', 'parse_answer',
-           'normalize_name', 'name_similarity', 'detective_metrics', 'detective_dir', 'ensure_detective_answers',
-           'cli_detective', 'detective_gallery']
+           'normalize_name', 'name_similarity', 'detective_metrics', 'caption_names', 'caption_guess', 'detective_dir',
+           'ensure_detective_answers', 'cli_detective', 'detective_gallery']
 
 # %% ../nbs/09_detective.ipynb #f8f31810
 QUESTION = ("In the red box of the image, tell me briefly what is the Entity Type, "
@@ -56,6 +57,28 @@ def detective_examples(ds: MELDataset, split: str) -> list[DetectiveExample]:
         e = ds.entity(m.answer)
         out.append(DetectiveExample(m.id, ds.path(m.img_path), detective_prompt(m.sentence),
                                     detective_target(e.type, e.entity_name), e.type, e.entity_name))
+    return out
+
+# %% ../nbs/09_detective.ipynb #cf886364
+def detective_kb_examples(ds: MELDataset, max_names: int = 3, same_type: float = 0.5, seed: int = 0) -> list[DetectiveExample]:
+    """One instruction example per KB image: the entity's image, a made-up caption naming it among 1-`max_names`
+    others (each of the entity's type with probability `same_type`), and its type and name as the answer."""
+    rng = random.Random(seed)
+    by_type: dict[str, list[str]] = {}
+    for e in ds.kb: by_type.setdefault(e.type, []).append(e.entity_name)
+    names = [e.entity_name for e in ds.kb]
+    out = []
+    for e in ds.kb:
+        for k, img in enumerate(e.image_list):
+            others, want = [], min(rng.randint(1, max_names), len(set(names)) - 1)
+            while len(others) < want:
+                pool = by_type[e.type] if rng.random() < same_type and len(set(by_type[e.type])) > 1 else names
+                n = rng.choice(pool)
+                if n != e.entity_name and n not in others: others.append(n)
+            cap = others + [e.entity_name]; rng.shuffle(cap)
+            sentence = cap[0] + '.' if len(cap) == 1 else f"{', '.join(cap[:-1])} and {cap[-1]}."
+            out.append(DetectiveExample(f'kb:{e.id}:{k}', ds.path(img), detective_prompt(sentence),
+                                        detective_target(e.type, e.entity_name), e.type, e.entity_name))
     return out
 
 # %% ../nbs/09_detective.ipynb #4547285f
@@ -114,6 +137,7 @@ class TinyVLMConfig:
     vision_mlp_ratio: int = 2
     vision_act: str = 'quick_gelu'
     vision_from_clip: str | None = None  # an open_clip folder: LLaVA's vision tower becomes that CLIP's ViT (size + weights)
+    prompt_view: str = 'full'            # 'full' (the paper: the whole prompted image) or 'zoom' (the red box, enlarged)
 
 # %% ../nbs/09_detective.ipynb #1a67ba0b
 def build_tiny_detective(tokenizer_or_texts, backend: str = 'llava', cfg: TinyVLMConfig | None = None, seed: int = 0):
@@ -169,6 +193,7 @@ def build_tiny_detective(tokenizer_or_texts, backend: str = 'llava', cfg: TinyVL
         model = tf.Idefics3ForConditionalGeneration(config)
         ip = tf.Idefics3ImageProcessor(do_image_splitting=False, size={'longest_edge': S}, max_image_size={'longest_edge': S})
         proc = tf.Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=(S // P) ** 2 // 4, chat_template=template)
+    model.config.prompt_view = cfg.prompt_view   # saved in config.json: generation sees what training saw
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.bos_token_id = None
@@ -236,9 +261,26 @@ def load_rgb(path: Path) -> Image.Image:
     "Open an image fully (raises on unreadable files: never a silent blank)."
     with Image.open(path) as im: return im.convert('RGB')
 
+PROMPT_VIEWS = ('full', 'zoom')
+
+def prompt_view(img: Image.Image, view: str = 'full', margin: float = 0.1) -> Image.Image:
+    "What the Detective sees: the whole prompted image ('full', the paper), or the red box and `margin` around it ('zoom'; the whole image if no box is found)."
+    if view not in PROMPT_VIEWS: raise ValueError(f'unknown prompt view {view!r}; choose from {PROMPT_VIEWS}')
+    if view == 'full': return img
+    from vpmel.prompts import find_prompt_box, crop_with_margin
+    box = find_prompt_box(img)
+    return crop_with_margin(img, box, margin) if box is not None and box[2] - box[0] > 1 and box[3] - box[1] > 1 else img
+
+def detective_view(model) -> str:
+    "The prompt view a Detective was trained with (kept in its `config.json` as `prompt_view`; 'full' if absent)."
+    return getattr(model.config, 'prompt_view', 'full')
+
 class DetectiveCollate:
-    "Turn a list of `DetectiveExample` into model inputs; `train=True` adds `labels` on the answer tokens only."
-    def __init__(self, processor, train: bool = True): self.processor, self.train = processor, train
+    "Turn a list of `DetectiveExample` into model inputs (images seen through `view`); `train=True` adds `labels` on the answer tokens only."
+    def __init__(self, processor, train: bool = True, view: str = 'full', caption_dropout: float = 0.0, seed: int = 0):
+        if view not in PROMPT_VIEWS: raise ValueError(f'unknown prompt view {view!r}; choose from {PROMPT_VIEWS}')
+        self.processor, self.train, self.view = processor, train, view
+        self.caption_dropout, self.rng = caption_dropout, random.Random(seed)
 
     def _encode(self, texts, images, side):
         tok = self.processor.tokenizer
@@ -247,7 +289,10 @@ class DetectiveCollate:
         finally: tok.padding_side = old
 
     def __call__(self, examples: Sequence[DetectiveExample]) -> dict:
-        images = [load_rgb(e.image) for e in examples]
+        images = [prompt_view(load_rgb(e.image), self.view) for e in examples]
+        if self.train and self.caption_dropout:   # modality dropout: some examples keep only the question
+            examples = [dataclasses.replace(e, prompt=detective_prompt('')) if self.rng.random() < self.caption_dropout else e
+                        for e in examples]
         p = self.processor
         prompts = [p.apply_chat_template(chat(e.prompt), tokenize=False, add_generation_prompt=True) for e in examples]
         if not self.train: return dict(self._encode(prompts, images, 'left'))
@@ -277,6 +322,7 @@ class DetectiveTrainConfig:
     num_workers: int = 0
     mixed_precision: str = 'no'
     max_steps: int | None = None  # stop early (tests)
+    caption_dropout: float = 0.0  # share of training examples shown without their caption (the type must come from the image)
 
 def answer_loss(model, batch: dict) -> torch.Tensor:
     """Mean cross-entropy of the answer tokens of a (left-padded) training batch. Only the logits of the last
@@ -294,7 +340,7 @@ def answer_loss(model, batch: dict) -> torch.Tensor:
 @torch.no_grad()
 def detective_loss(model, processor, examples, batch_size: int = 32, accelerator=None) -> float:
     "Mean token loss of the answers of `examples` (teacher forcing)."
-    model.eval(); col, tot, n = DetectiveCollate(processor), 0.0, 0
+    model.eval(); col, tot, n = DetectiveCollate(processor, view=detective_view(model)), 0.0, 0
     dev = accelerator.device if accelerator else next(model.parameters()).device
     for i in range(0, len(examples), batch_size):
         b = {k: v.to(dev) for k, v in col(examples[i:i + batch_size]).items()}
@@ -311,7 +357,8 @@ def train_detective(model, processor, train: Sequence[DetectiveExample], dev: Se
     acc = make_accelerator(cfg.mixed_precision)
     g = torch.Generator().manual_seed(cfg.seed)
     dl = torch.utils.data.DataLoader(list(train), batch_size=cfg.batch_size, shuffle=True, generator=g,
-                                     collate_fn=DetectiveCollate(processor), num_workers=cfg.num_workers)
+                                     collate_fn=DetectiveCollate(processor, view=detective_view(model), caption_dropout=cfg.caption_dropout,
+                                                                 seed=cfg.seed), num_workers=cfg.num_workers)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * len(dl) if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * len(dl))
@@ -385,7 +432,7 @@ def _clean_cache(path: Path):
 def generate_answers(model, processor, examples: Sequence[DetectiveExample], batch_size: int = 32,
                      max_new_tokens: int = 32, progress: bool = False) -> list[str]:
     "Greedy answers for `examples`, in order."
-    model.eval(); col, out = DetectiveCollate(processor, train=False), []
+    model.eval(); col, out = DetectiveCollate(processor, train=False, view=detective_view(model)), []
     dev = next(model.parameters()).device
     for i in tqdm(range(0, len(examples), batch_size), desc='generate', disable=not progress):
         b = {k: v.to(dev) for k, v in col(examples[i:i + batch_size]).items()}
@@ -458,6 +505,30 @@ def detective_metrics(answers: dict[str, str], examples: Sequence[DetectiveExamp
     return {'n': n, 'answered': sum(e.id in answers for e in examples) / n, 'parsed': ok / n,
             'type_acc': ty / n, 'name_exact': ex / n, 'name_fuzzy': fz / n}
 
+# %% ../nbs/09_detective.ipynb #5ced90e1
+def caption_names(sentence: str, names: dict[str, object], max_words: int = 6) -> list[str]:
+    "KB names (keys of `names`) written in `sentence`, in order of appearance (longest match first at each word)."
+    words, out, i = sentence.split(), [], 0
+    while i < len(words):
+        for n in range(min(max_words, len(words) - i), 0, -1):
+            cand = ' '.join(words[i:i + n]).strip(' .,;:!?()"\'')
+            if cand in names: out.append(cand); i += n; break
+        else: i += 1
+    return out
+
+def caption_guess(ds: MELDataset, split: str) -> dict[str, str]:
+    "A blind Detective's answers: the commonest type among the caption's KB names, and the first name of that type."
+    import collections
+    kb = {e.entity_name: e for e in ds.kb}
+    common = collections.Counter(e.type for e in ds.kb).most_common(1)[0][0]
+    out = {}
+    for m in ds.splits[split]:
+        found = caption_names(m.sentence, kb)
+        if not found: out[m.id] = detective_target(common, ''); continue
+        typ = collections.Counter(kb[n].type for n in found).most_common(1)[0][0]
+        out[m.id] = detective_target(typ, next(n for n in found if kb[n].type == typ))
+    return out
+
 # %% ../nbs/09_detective.ipynb #271c260a
 DETECTIVE_PRESETS = {  # offline model size + training schedule
     'tiny': (TinyVLMConfig(), DetectiveTrainConfig(epochs=20, batch_size=12, lr=3e-3, log_every=10)),
@@ -524,6 +595,7 @@ def cli_detective(argv: list[str]) -> int:
     t.add_argument('--backend', default='llava', choices=sorted(TINY_BACKENDS))
     t.add_argument('--model', help='hub id or local folder of a pretrained VLM (fine-tuned with LoRA)')
     t.add_argument('--lora-r', type=int, default=16)
+    t.add_argument('--view', choices=PROMPT_VIEWS, help="what the Detective sees: 'full' prompted image (the paper) or 'zoom' on the red box (default: the preset's)")
     t.add_argument('--epochs', type=int); t.add_argument('--batch-size', type=int); t.add_argument('--lr', type=float)
     t.add_argument('--max-steps', type=int); t.add_argument('--seed', type=int, default=0)
     for name, hlp in (('generate', 'answer every mention of a split into a resumable JSON-lines cache'),
@@ -543,7 +615,11 @@ def cli_detective(argv: list[str]) -> int:
             mcfg, tcfg = copy.deepcopy(DETECTIVE_PRESETS[a.preset])
             for k in ('epochs', 'batch_size', 'lr', 'max_steps', 'seed'):
                 if getattr(a, k) is not None: setattr(tcfg, k, getattr(a, k))
-            if a.model: model, proc = load_detective(a.model); model = add_lora(model, r=a.lora_r, alpha=2 * a.lora_r)
+            if a.view: mcfg.prompt_view = a.view
+            if a.model:
+                model, proc = load_detective(a.model)
+                model.config.prompt_view = mcfg.prompt_view if a.view else 'full'
+                model = add_lora(model, r=a.lora_r, alpha=2 * a.lora_r)
             else: model, proc = build_tiny_detective(detective_corpus(ds), a.backend, mcfg, seed=a.seed)
             hist = train_detective(model, proc, detective_examples(ds, 'train'),
                                    detective_examples(ds, 'dev') if 'dev' in ds.splits else (), tcfg)

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 # %% auto #0
 __all__ = ['Box', 'PROMPT_STYLES', 'validate_box', 'clip_box', 'rescale_box', 'box_area', 'box_iou', 'crop_with_margin',
-           'draw_prompt', 'show_prompt_styles']
+           'draw_prompt', 'find_prompt_box', 'show_prompt_styles']
 
 # %% ../nbs/01_prompts.ipynb #316781f1
 Box = tuple[int, int, int, int]
@@ -104,6 +104,14 @@ def draw_prompt(img: Image.Image, box, style: str = 'rect', color=(255, 0, 0), w
     elif style == 'ellipse': d.ellipse([x0, y0, x1 - 1, y1 - 1], outline=color, width=width)
     elif style == 'arrow': _arrow(d, box, out.size, color, width)
     return out
+
+# %% ../nbs/01_prompts.ipynb #8218aa38
+def find_prompt_box(img: Image.Image, color=(255, 0, 0), tol: int = 60, min_pixels: int = 8) -> Box | None:
+    "The box of a rectangle prompt drawn in `color`: bounding box of the pixels within `tol` of it per channel (None if fewer than `min_pixels`)."
+    a = np.asarray(img.convert('RGB')).astype(np.int16)
+    ys, xs = np.nonzero((np.abs(a - np.asarray(color, dtype=np.int16)) <= tol).all(-1))
+    if len(xs) < min_pixels: return None
+    return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
 
 # %% ../nbs/01_prompts.ipynb #38ae9b89
 def show_prompt_styles(img: Image.Image, box, styles: Sequence[str] = PROMPT_STYLES, **kw):
