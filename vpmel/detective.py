@@ -17,14 +17,14 @@ from .vpwiki import MELDataset, load_dataset, resolve_in_root, write_bytes_atomi
 
 # %% auto #0
 __all__ = ['QUESTION', 'CHAT_TOKENS', 'EOS_TOKEN', 'PAD_TOKEN', 'UNK_TOKEN', 'TINY_BACKENDS', 'PRETRAINED', 'LORA_TARGET',
-           'PROJECTORS', 'PROMPT_VIEWS', 'DETECTIVE_PRESETS', 'detective_prompt', 'detective_target',
+           'PROJECTORS', 'VISION_TOWERS', 'PROMPT_VIEWS', 'DETECTIVE_PRESETS', 'detective_prompt', 'detective_target',
            'DetectiveExample', 'detective_examples', 'detective_kb_examples', 'train_word_tokenizer',
            'detective_corpus', 'TinyVLMConfig', 'build_tiny_detective', 'clip_vision_state_dict', 'load_detective',
            'add_lora', 'is_peft', 'chat', 'load_rgb', 'prompt_view', 'detective_view', 'DetectiveCollate',
-           'DetectiveTrainConfig', 'answer_loss', 'detective_loss', 'train_detective', 'save_detective',
-           'read_answer_cache', 'load_detective_answers', 'generate_answers', 'generate_split', 'parse_answer',
-           'normalize_name', 'name_similarity', 'detective_metrics', 'caption_names', 'caption_guess', 'detective_dir',
-           'ensure_detective_answers', 'cli_detective', 'detective_gallery']
+           'DetectiveTrainConfig', 'with_positions', 'answer_loss', 'detective_loss', 'train_detective',
+           'save_detective', 'read_answer_cache', 'load_detective_answers', 'generate_answers', 'generate_split',
+           'parse_answer', 'normalize_name', 'name_similarity', 'detective_metrics', 'caption_names', 'caption_guess',
+           'detective_dir', 'ensure_detective_answers', 'cli_detective', 'detective_gallery']
 
 # %% ../nbs/09_detective.ipynb #f8f31810
 QUESTION = ("In the red box of the image, tell me briefly what is the Entity Type, "
@@ -239,6 +239,7 @@ def load_detective(name_or_path: str | Path, dtype=None, **kwargs):
 # %% ../nbs/09_detective.ipynb #84b93588
 LORA_TARGET = r'.*(language_model|text_model)\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)'
 PROJECTORS = ('multi_modal_projector', 'merger', 'connector')
+VISION_TOWERS = ('vision_tower.', 'vision_model.', 'visual.blocks', 'visual.patch_embed')   # parameter-name parts of each backend's vision encoder
 
 def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, target: str = LORA_TARGET):
     "Wrap `model` with LoRA adapters on its language model's attention; the vision-text projector stays trainable."
@@ -323,6 +324,16 @@ class DetectiveTrainConfig:
     mixed_precision: str = 'no'
     max_steps: int | None = None  # stop early (tests)
     caption_dropout: float = 0.0  # share of training examples shown without their caption (the type must come from the image)
+    freeze_vision: bool = False   # keep the vision tower as it is (LLaVA's recipe); trained jointly from scratch it collapses
+    kb_examples: bool = False     # add one example per KB image (`detective_kb_examples`) to the training mentions
+
+def with_positions(model, inputs: dict) -> dict:
+    """`inputs` with `position_ids` counted from each row's first real token, as `generate` counts them. Without them a
+    left-padded training batch numbers positions from the padding, so the pad count, i.e. how much shorter this
+    conversation is than the batch's longest, is visible to the model: it leaks the answer's length, and a small
+    model learns that instead of looking at the image. (Qwen2-VL computes its own 3-D positions from the mask.)"""
+    if 'position_ids' in inputs or getattr(model.config, 'model_type', '') == 'qwen2_vl': return inputs
+    return {**inputs, 'position_ids': (inputs['attention_mask'].long().cumsum(-1) - 1).clamp(min=0)}
 
 def answer_loss(model, batch: dict) -> torch.Tensor:
     """Mean cross-entropy of the answer tokens of a (left-padded) training batch. Only the logits of the last
@@ -333,7 +344,7 @@ def answer_loss(model, batch: dict) -> torch.Tensor:
     on = (labels != -100).any(0).nonzero()
     if not len(on): raise ValueError('batch has no answer tokens')
     k = labels.shape[1] - on[0].item()                      # answer span: the last k positions
-    inputs = {n: v for n, v in batch.items() if n != 'labels'}
+    inputs = with_positions(model, {n: v for n, v in batch.items() if n != 'labels'})
     logits = model(**inputs, logits_to_keep=k + 1).logits[:, -(k + 1):-1]
     return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels[:, -k:].flatten(), ignore_index=-100)
 
@@ -355,6 +366,9 @@ def train_detective(model, processor, train: Sequence[DetectiveExample], dev: Se
     cfg = cfg or DetectiveTrainConfig()
     torch.manual_seed(cfg.seed)
     acc = make_accelerator(cfg.mixed_precision)
+    if cfg.freeze_vision:
+        for n, q in model.named_parameters():
+            if any(k in n for k in VISION_TOWERS): q.requires_grad_(False)
     g = torch.Generator().manual_seed(cfg.seed)
     dl = torch.utils.data.DataLoader(list(train), batch_size=cfg.batch_size, shuffle=True, generator=g,
                                      collate_fn=DetectiveCollate(processor, view=detective_view(model), caption_dropout=cfg.caption_dropout,
@@ -532,8 +546,8 @@ def caption_guess(ds: MELDataset, split: str) -> dict[str, str]:
 # %% ../nbs/09_detective.ipynb #271c260a
 DETECTIVE_PRESETS = {  # offline model size + training schedule
     'tiny': (TinyVLMConfig(), DetectiveTrainConfig(epochs=20, batch_size=12, lr=3e-3, log_every=10)),
-    'cpu': (TinyVLMConfig(patch_size=16, vision_layers=3, heads=4, tie_embeddings=True),
-            DetectiveTrainConfig(epochs=16, batch_size=16, lr=3e-3, log_every=25)),
+    'cpu': (TinyVLMConfig(patch_size=16, vision_layers=3, heads=4, tie_embeddings=True, prompt_view='zoom'),
+            DetectiveTrainConfig(epochs=12, batch_size=16, lr=3e-3, log_every=25, freeze_vision=True, kb_examples=True)),
 }
 
 # %% ../nbs/09_detective.ipynb #edc6d09d
@@ -551,6 +565,7 @@ def _detective_model(ck: Path, ds: MELDataset, train: Sequence[DetectiveExample]
     mcfg, tcfg = copy.deepcopy(DETECTIVE_PRESETS[preset])
     if clip_dir: mcfg.vision_from_clip = str(clip_dir)
     tcfg.seed = seed
+    if tcfg.kb_examples: train = list(train) + detective_kb_examples(ds, seed=seed)
     model, proc = build_tiny_detective(detective_corpus(ds), 'llava', mcfg, seed=seed)
     hist = train_detective(model, proc, train, detective_examples(ds, 'dev') if 'dev' in ds.splits else (), tcfg, progress=progress)
     save_detective(model, proc, ck)
@@ -595,6 +610,7 @@ def cli_detective(argv: list[str]) -> int:
     t.add_argument('--backend', default='llava', choices=sorted(TINY_BACKENDS))
     t.add_argument('--model', help='hub id or local folder of a pretrained VLM (fine-tuned with LoRA)')
     t.add_argument('--lora-r', type=int, default=16)
+    t.add_argument('--vision-from-clip', help='offline: an open_clip folder (vpmel pretrain_clip) whose ViT becomes the vision tower')
     t.add_argument('--view', choices=PROMPT_VIEWS, help="what the Detective sees: 'full' prompted image (the paper) or 'zoom' on the red box (default: the preset's)")
     t.add_argument('--epochs', type=int); t.add_argument('--batch-size', type=int); t.add_argument('--lr', type=float)
     t.add_argument('--max-steps', type=int); t.add_argument('--seed', type=int, default=0)
@@ -616,12 +632,14 @@ def cli_detective(argv: list[str]) -> int:
             for k in ('epochs', 'batch_size', 'lr', 'max_steps', 'seed'):
                 if getattr(a, k) is not None: setattr(tcfg, k, getattr(a, k))
             if a.view: mcfg.prompt_view = a.view
+            if a.vision_from_clip: mcfg.vision_from_clip = a.vision_from_clip
             if a.model:
                 model, proc = load_detective(a.model)
                 model.config.prompt_view = mcfg.prompt_view if a.view else 'full'
                 model = add_lora(model, r=a.lora_r, alpha=2 * a.lora_r)
             else: model, proc = build_tiny_detective(detective_corpus(ds), a.backend, mcfg, seed=a.seed)
-            hist = train_detective(model, proc, detective_examples(ds, 'train'),
+            train = detective_examples(ds, 'train') + (detective_kb_examples(ds, seed=tcfg.seed) if tcfg.kb_examples else [])
+            hist = train_detective(model, proc, train,
                                    detective_examples(ds, 'dev') if 'dev' in ds.splits else (), tcfg)
             save_detective(model, proc, a.out)
             write_json_atomic(Path(a.out) / 'history.json', hist)

@@ -351,7 +351,8 @@ def detective_answers(cfg: RunConfig, ds: MELDataset, progress: bool = True) -> 
     "The run's Detective answers (None without `cfg.detective`); `'auto'` trains and runs the offline Detective once."
     if not cfg.detective: return None
     from vpmel.detective import load_detective_answers, ensure_detective_answers
-    path = ensure_detective_answers(ds, seed=cfg.synth_seed, progress=progress) if cfg.detective == 'auto' else cfg.detective
+    path = (ensure_detective_answers(ds, clip_dir=tiny_clip_dir(cfg, ds, progress), seed=cfg.synth_seed, progress=progress)
+            if cfg.detective == 'auto' else cfg.detective)
     ans = load_detective_answers(path)
     if cfg.detective_format == 'parsed': ans = {k: compact_answer(v) for k, v in ans.items()}
     elif cfg.detective_format != 'raw': raise ValueError(f"detective_format must be 'parsed' or 'raw', not {cfg.detective_format!r}")
