@@ -330,8 +330,8 @@ class DetectiveTrainConfig:
 def with_positions(model, inputs: dict) -> dict:
     """`inputs` with `position_ids` counted from each row's first real token, as `generate` counts them. Without them a
     left-padded training batch numbers positions from the padding, so the pad count, i.e. how much shorter this
-    conversation is than the batch's longest, is visible to the model: it leaks the answer's length, and a small
-    model learns that instead of looking at the image. (Qwen2-VL computes its own 3-D positions from the mask.)"""
+    conversation is than the batch's longest, is visible to the model: it leaks the answer's length, and training
+    sees other positions than generation. (Qwen2-VL computes its own 3-D positions from the mask.)"""
     if 'position_ids' in inputs or getattr(model.config, 'model_type', '') == 'qwen2_vl': return inputs
     return {**inputs, 'position_ids': (inputs['attention_mask'].long().cumsum(-1) - 1).clamp(min=0)}
 
