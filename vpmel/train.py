@@ -408,6 +408,12 @@ def _text_cache_key(model: IIER, texts: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 @torch.no_grad()
+def _tower_outputs(tower, model: IIER, *args, **kwargs) -> dict:
+    "A frozen tower's outputs, computed on the model's device (a GPU if there), kept on the CPU (caches can be large)."
+    dev = model.matcher_device
+    to = lambda v: v.to(dev) if torch.is_tensor(v) else v
+    return {k: v.cpu() for k, v in tower(*map(to, args), **{k: to(v) for k, v in kwargs.items()}).items()}
+
 def text_inputs(model: IIER, texts: Sequence[str], bs: int = 256, cache_dir=None) -> dict:
     """Token ids of `texts`, or, when the text tower is frozen, its outputs (computed once; with `cache_dir`, also
     kept on disk, keyed by the tower and the texts, so ablations and seeds share them)."""
@@ -416,9 +422,7 @@ def text_inputs(model: IIER, texts: Sequence[str], bs: int = 256, cache_dir=None
     f = Path(cache_dir)/f'text-{_text_cache_key(model, texts)}.safetensors' if (cache_dir and frozen) else None
     if f is not None and f.exists(): return load_file(str(f))
     chunks = [model.encoder.tokenize(list(texts[s:s + bs])) for s in range(0, len(texts), bs)]
-    if frozen:
-        dev = model.matcher_device
-        chunks = [{k: v.cpu() for k, v in model.encoder.text_backbone(**{k: v.to(dev) for k, v in c.items()}).items()} for c in chunks]
+    if frozen: chunks = [_tower_outputs(model.encoder.text_backbone, model, **c) for c in chunks]
     out = _cat(chunks)
     if f is not None:
         f.parent.mkdir(parents=True, exist_ok=True)
@@ -431,8 +435,7 @@ def image_inputs(model: IIER, images, bs: int = 256, progress: bool = False, des
     model.eval()
     dl = tqdm(torch.utils.data.DataLoader(images, batch_size=bs), desc=desc, disable=not progress, leave=False)
     frozen = model.cfg.encoder.freeze_vision
-    dev = model.matcher_device
-    return _cat([{k: v.cpu() for k, v in model.encoder.image_backbone(pv.to(dev)).items()} if frozen else {'pixel_values': pv} for pv in dl])
+    return _cat([_tower_outputs(model.encoder.image_backbone, model, pv) if frozen else {'pixel_values': pv} for pv in dl])
 
 def _take(d: dict, i) -> dict: return {k: v[i] for k, v in d.items()}
 
