@@ -20,11 +20,12 @@ __all__ = ['QUESTION', 'CHAT_TOKENS', 'EOS_TOKEN', 'PAD_TOKEN', 'UNK_TOKEN', 'TI
            'PROJECTORS', 'VISION_TOWERS', 'PROMPT_VIEWS', 'DETECTIVE_PRESETS', 'detective_prompt', 'detective_target',
            'DetectiveExample', 'detective_examples', 'detective_kb_examples', 'train_word_tokenizer',
            'detective_corpus', 'TinyVLMConfig', 'build_tiny_detective', 'clip_vision_state_dict', 'load_detective',
-           'add_lora', 'is_peft', 'chat', 'load_rgb', 'prompt_view', 'detective_view', 'DetectiveCollate',
-           'DetectiveTrainConfig', 'with_positions', 'answer_loss', 'detective_loss', 'train_detective',
-           'save_detective', 'read_answer_cache', 'load_detective_answers', 'generate_answers', 'generate_split',
-           'parse_answer', 'normalize_name', 'name_similarity', 'detective_metrics', 'caption_names', 'caption_guess',
-           'detective_dir', 'ensure_detective_answers', 'cli_detective', 'detective_gallery']
+           'add_lora', 'is_peft', 'chat', 'load_rgb', 'prompt_view', 'detective_view', 'rename_entity', 'names_by_type',
+           'DetectiveCollate', 'DetectiveTrainConfig', 'with_positions', 'answer_loss', 'detective_loss',
+           'train_detective', 'save_detective', 'read_answer_cache', 'load_detective_answers', 'generate_answers',
+           'generate_split', 'parse_answer', 'normalize_name', 'name_similarity', 'detective_metrics', 'caption_names',
+           'caption_guess', 'detective_dir', 'caption_folds', 'ensure_detective_answers', 'cli_detective',
+           'detective_gallery']
 
 # %% ../nbs/09_detective.ipynb #f8f31810
 QUESTION = ("In the red box of the image, tell me briefly what is the Entity Type, "
@@ -276,12 +277,45 @@ def detective_view(model) -> str:
     "The prompt view a Detective was trained with (kept in its `config.json` as `prompt_view`; 'full' if absent)."
     return getattr(model.config, 'prompt_view', 'full')
 
+def rename_entity(e: DetectiveExample, new_name: str) -> DetectiveExample:
+    "`e` with its entity called `new_name`, in the caption and in the answer (the image is unchanged)."
+    question, sep, sentence = e.prompt.partition(' Sentence: ')
+    return dataclasses.replace(e, prompt=question + sep + sentence.replace(e.name, new_name),
+                               target=detective_target(e.type, new_name), name=new_name)
+
+def names_by_type(examples: Sequence[DetectiveExample]) -> dict[str, list[str]]:
+    "`{type: sorted names}` of the examples' gold entities: the pool `rename` draws new names from."
+    out = {}
+    for e in examples:
+        if e.name: out.setdefault(e.type, set()).add(e.name)
+    return {t: sorted(v) for t, v in out.items()}
+
 class DetectiveCollate:
-    "Turn a list of `DetectiveExample` into model inputs (images seen through `view`); `train=True` adds `labels` on the answer tokens only."
-    def __init__(self, processor, train: bool = True, view: str = 'full', caption_dropout: float = 0.0, seed: int = 0):
+    """Turn a list of `DetectiveExample` into model inputs (images seen through `view`); `train=True` adds `labels` on
+    the answer tokens only. Training augmentations: `caption_dropout` (drop the caption) and `rename` (the share of
+    examples whose entity, when the caption names it, gets another name of its type from `names`, in caption and answer).
+    Viewed images are kept in memory up to `cache_mb` (they are re-read every epoch otherwise)."""
+    def __init__(self, processor, train: bool = True, view: str = 'full', caption_dropout: float = 0.0, seed: int = 0,
+                 rename: float = 0.0, names: dict[str, list[str]] | None = None, cache_mb: float = 256):
         if view not in PROMPT_VIEWS: raise ValueError(f'unknown prompt view {view!r}; choose from {PROMPT_VIEWS}')
+        if rename and not names: raise ValueError('rename needs the `names` to draw from (see `names_by_type`)')
         self.processor, self.train, self.view = processor, train, view
-        self.caption_dropout, self.rng = caption_dropout, random.Random(seed)
+        self.caption_dropout, self.rename, self.names, self.rng = caption_dropout, rename, names or {}, random.Random(seed)
+        self._images, self._bytes, self.cache_bytes = {}, 0, cache_mb * 2**20
+
+    def image(self, path: Path) -> Image.Image:
+        "The example's image seen through the view (from memory when seen before)."
+        if (im := self._images.get(path)) is not None: return im
+        im = prompt_view(load_rgb(path), self.view)
+        size = im.width * im.height * 3
+        if self._bytes + size <= self.cache_bytes: self._images[path] = im; self._bytes += size
+        return im
+
+    def _renamed(self, e: DetectiveExample) -> DetectiveExample:
+        sentence = e.prompt.partition(' Sentence: ')[2]
+        if not e.name or e.name not in sentence or self.rng.random() >= self.rename: return e
+        pool = [n for n in self.names.get(e.type, ()) if n not in sentence]
+        return rename_entity(e, self.rng.choice(pool)) if pool else e
 
     def _encode(self, texts, images, side):
         tok = self.processor.tokenizer
@@ -290,7 +324,8 @@ class DetectiveCollate:
         finally: tok.padding_side = old
 
     def __call__(self, examples: Sequence[DetectiveExample]) -> dict:
-        images = [prompt_view(load_rgb(e.image), self.view) for e in examples]
+        images = [self.image(e.image) for e in examples]
+        if self.train and self.rename: examples = [self._renamed(e) for e in examples]
         if self.train and self.caption_dropout:   # modality dropout: some examples keep only the question
             examples = [dataclasses.replace(e, prompt=detective_prompt('')) if self.rng.random() < self.caption_dropout else e
                         for e in examples]
@@ -326,6 +361,7 @@ class DetectiveTrainConfig:
     caption_dropout: float = 0.0  # share of training examples shown without their caption (the type must come from the image)
     freeze_vision: bool = False   # keep the vision tower as it is (LLaVA's recipe); trained jointly from scratch it collapses
     kb_examples: bool = False     # add one example per KB image (`detective_kb_examples`) to the training mentions
+    rename: float = 0.0           # share of examples whose entity is renamed (caption + answer): teaches copying names
 
 def with_positions(model, inputs: dict) -> dict:
     """`inputs` with `position_ids` counted from each row's first real token, as `generate` counts them. Without them a
@@ -372,7 +408,8 @@ def train_detective(model, processor, train: Sequence[DetectiveExample], dev: Se
     g = torch.Generator().manual_seed(cfg.seed)
     dl = torch.utils.data.DataLoader(list(train), batch_size=cfg.batch_size, shuffle=True, generator=g,
                                      collate_fn=DetectiveCollate(processor, view=detective_view(model), caption_dropout=cfg.caption_dropout,
-                                                                 seed=cfg.seed), num_workers=cfg.num_workers)
+                                                                 seed=cfg.seed, rename=cfg.rename, names=names_by_type(train)),
+                                     num_workers=cfg.num_workers)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * len(dl) if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * len(dl))
@@ -547,15 +584,22 @@ def caption_guess(ds: MELDataset, split: str) -> dict[str, str]:
 DETECTIVE_PRESETS = {  # offline model size + training schedule
     'tiny': (TinyVLMConfig(), DetectiveTrainConfig(epochs=20, batch_size=12, lr=3e-3, log_every=10)),
     'cpu': (TinyVLMConfig(patch_size=16, vision_layers=3, heads=4, tie_embeddings=True, prompt_view='zoom'),
-            DetectiveTrainConfig(epochs=12, batch_size=16, lr=3e-3, log_every=25, freeze_vision=True, kb_examples=True)),
+            DetectiveTrainConfig(epochs=16, batch_size=16, lr=3e-3, log_every=25, freeze_vision=True, kb_examples=True)),
 }
 
 # %% ../nbs/09_detective.ipynb #edc6d09d
 def detective_dir(ds: MELDataset, preset: str = 'cpu', clip_dir: str | Path | None = None, seed: int = 0,
                   cross_fit: int = 2) -> Path:
     "Where `ensure_detective_answers` keeps its Detectives and answers: `<data>/detective/<preset>-<vision>-seed<seed>[-cf<k>]`."
-    cf = f'-cf{cross_fit}' if cross_fit > 1 else ''
+    cf = f'-cf{cross_fit}-by-caption' if cross_fit > 1 else ''
     return Path(ds.root)/'detective'/f"{preset}-{Path(clip_dir).name if clip_dir else 'scratch'}-seed{seed}{cf}"
+
+def caption_folds(examples: Sequence[DetectiveExample], k: int) -> list[list[DetectiveExample]]:
+    """`examples` in `k` folds, all mentions of one caption (one scene) in the same fold. Split mention by mention, a
+    fold's Detective would have been trained on the other mentions of the very scene it answers about, and writes
+    their names back."""
+    fold = {p: i % k for i, p in enumerate(dict.fromkeys(e.prompt for e in examples))}
+    return [[e for e in examples if fold[e.prompt] == i] for i in range(k)]
 
 def _detective_model(ck: Path, ds: MELDataset, train: Sequence[DetectiveExample], preset: str, clip_dir, seed: int, progress: bool):
     "The Detective saved in `ck`, or a new one of `preset` trained on `train` (dev loss logged) and saved there."
@@ -584,7 +628,7 @@ def ensure_detective_answers(ds: MELDataset, preset: str = 'cpu', clip_dir: str 
     for split in ds.splits:
         ex = detective_examples(ds, split)
         if split == 'train' and cross_fit > 1:
-            folds = [ex[i::cross_fit] for i in range(cross_fit)]
+            folds = caption_folds(ex, cross_fit)
             for i, fold in enumerate(folds):
                 rest = [e for j, f in enumerate(folds) if j != i for e in f]
                 mf, pf = _detective_model(out/f'model_fold{i}', ds, rest, preset, clip_dir, seed, progress)
