@@ -12,13 +12,15 @@ import numpy as np
 
 from .vpwiki import write_json_atomic
 from .train import preset, ablate, train_run, read_metrics, ABLATIONS
+from .detective import DETECTIVE_PRESETS
 
 # %% auto #0
-__all__ = ['DEFAULT_ABLATIONS', 'TABLE_METRICS', 'run_demo', 'summarise', 'format_table', 'plot_demo', 'cli_demo',
-           'mention_figure']
+__all__ = ['DEFAULT_ABLATIONS', 'DETECTIVE_ABLATIONS', 'TABLE_METRICS', 'run_demo', 'summarise', 'format_table', 'plot_demo',
+           'cli_demo', 'mention_figure']
 
 # %% ../nbs/11_demo.ipynb #fcbb8c87
 DEFAULT_ABLATIONS = ('iier', 'no-prompt', 'deep-only')
+DETECTIVE_ABLATIONS = ('iier', 'no-prompt', 'detective', 'shuffled-detective')   # `vpmel demo --detective`
 TABLE_METRICS = ('H@1', 'H@3', 'H@5', 'H@10', 'H@20', 'MR', 'MRR')
 
 def run_demo(out_root='runs', preset_name: str = 'cpu', seeds: Sequence[int] = (0,),
@@ -91,15 +93,21 @@ def cli_demo(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog='vpmel demo', description='Build MiniVPWiki, train IIER and ablations, print a results table.')
     p.add_argument('--preset', default='cpu')
     p.add_argument('--seeds', type=int, nargs='+', default=[0])
-    p.add_argument('--ablations', nargs='+', default=list(DEFAULT_ABLATIONS), choices=sorted(ABLATIONS))
+    p.add_argument('--ablations', nargs='+', default=None, choices=sorted(ABLATIONS),
+                   help=f"default: {' '.join(DEFAULT_ABLATIONS)}; with --detective: {' '.join(DETECTIVE_ABLATIONS)}")
     p.add_argument('--epochs', type=int, default=None, help="training epochs of every run (default: the preset's)")
     p.add_argument('--detective', action='store_true',
                    help='add the Detective step: train the offline Detective-VLM, then IIER with its answers and the shuffled control')
+    p.add_argument('--detective-preset', default='demo', choices=sorted(DETECTIVE_PRESETS),
+                   help="the offline Detective: 'demo' (default; two half-data Detectives answer every split, fits the "
+                        "15-minute demo) or 'cpu' (the strong one of chapter 09, plus two for the training split: ~30 min more)")
     p.add_argument('--out', default='runs')
     p.add_argument('--quiet', action='store_true')
     a = p.parse_args(argv)
-    abl = list(dict.fromkeys(a.ablations + (['detective', 'shuffled-detective'] if a.detective else [])))
-    res = run_demo(a.out, a.preset, a.seeds, abl, progress=not a.quiet, epochs=a.epochs)
+    abl = a.ablations or list(DETECTIVE_ABLATIONS[:2] if a.detective else DEFAULT_ABLATIONS)
+    abl = list(dict.fromkeys(abl + (['detective', 'shuffled-detective'] if a.detective else [])))
+    det = dict(detective_preset=a.detective_preset, detective_full_model=a.detective_preset != 'demo') if a.detective else {}
+    res = run_demo(a.out, a.preset, a.seeds, abl, progress=not a.quiet, epochs=a.epochs, **det)
     print(f"\nMiniVPWiki test split, whole-KB ranking ({len(a.seeds)} seed(s), mean ± std):\n")
     print(format_table(res['table']))
     print(f"\nmetrics: {Path(a.out)/'demo'/'metrics.json'}   plots: {Path(a.out)/'demo'}/*.png   time: {res['seconds']:.0f} s")

@@ -585,14 +585,17 @@ DETECTIVE_PRESETS = {  # offline model size + training schedule
     'tiny': (TinyVLMConfig(), DetectiveTrainConfig(epochs=20, batch_size=12, lr=3e-3, log_every=10)),
     'cpu': (TinyVLMConfig(patch_size=16, vision_layers=3, heads=4, tie_embeddings=True, prompt_view='zoom'),
             DetectiveTrainConfig(epochs=16, batch_size=16, lr=3e-3, log_every=25, freeze_vision=True, kb_examples=True)),
+    # `vpmel demo --detective`: the cpu model, trained for the type (no KB examples, 12 epochs) to fit the demo's time
+    'demo': (TinyVLMConfig(patch_size=16, vision_layers=3, heads=4, tie_embeddings=True, prompt_view='zoom'),
+             DetectiveTrainConfig(epochs=12, batch_size=16, lr=3e-3, log_every=25, freeze_vision=True)),
 }
 
 # %% ../nbs/09_detective.ipynb #edc6d09d
 def detective_dir(ds: MELDataset, preset: str = 'cpu', clip_dir: str | Path | None = None, seed: int = 0,
-                  cross_fit: int = 2) -> Path:
-    "Where `ensure_detective_answers` keeps its Detectives and answers: `<data>/detective/<preset>-<vision>-seed<seed>[-cf<k>]`."
+                  cross_fit: int = 2, full_model: bool = True) -> Path:
+    "Where `ensure_detective_answers` keeps its Detectives and answers: `<data>/detective/<preset>-<vision>-seed<seed>[-cf<k>-by-caption][-folds]`."
     cf = f'-cf{cross_fit}-by-caption' if cross_fit > 1 else ''
-    return Path(ds.root)/'detective'/f"{preset}-{Path(clip_dir).name if clip_dir else 'scratch'}-seed{seed}{cf}"
+    return Path(ds.root)/'detective'/f"{preset}-{Path(clip_dir).name if clip_dir else 'scratch'}-seed{seed}{cf}{'' if full_model else '-folds'}"
 
 def caption_folds(examples: Sequence[DetectiveExample], k: int) -> list[list[DetectiveExample]]:
     """`examples` in `k` folds, all mentions of one caption (one scene) in the same fold. Split mention by mention, a
@@ -617,26 +620,34 @@ def _detective_model(ck: Path, ds: MELDataset, train: Sequence[DetectiveExample]
     return model, proc
 
 def ensure_detective_answers(ds: MELDataset, preset: str = 'cpu', clip_dir: str | Path | None = None, seed: int = 0,
-                             out: str | Path | None = None, cross_fit: int = 2, batch_size: int = 64, progress: bool = True) -> Path:
+                             out: str | Path | None = None, cross_fit: int = 2, full_model: bool = True, batch_size: int = 64,
+                             progress: bool = True) -> Path:
     """Train (once; saved) the offline Detective of `preset` on the training split and answer every split into
     `answers_<split>.jsonl`; returns the folder. With `cross_fit` = k > 1 the training split is answered *out of
-    fold*: k more Detectives, each trained on the other folds, answer their held-out fold."""
-    out = Path(out) if out else detective_dir(ds, preset, clip_dir, seed, cross_fit)
-    train = detective_examples(ds, 'train') if 'train' in ds.splits else []
-    model, proc = _detective_model(out/'model', ds, train, preset, clip_dir, seed, progress)
+    fold*: k more Detectives, each trained on the other folds, answer their held-out fold. With `full_model=False`
+    no Detective is trained on the whole training split: fold 0's answers dev and test too (the cost of one
+    Detective instead of two, and answers of the same quality in every split)."""
+    if not full_model and cross_fit < 2: raise ValueError('full_model=False needs cross_fit >= 2: the fold Detectives answer every split')
+    if 'train' not in ds.splits: raise ValueError(f'{ds.root}: the Detective needs a training split')
+    out = Path(out) if out else detective_dir(ds, preset, clip_dir, seed, cross_fit, full_model)
+    train = detective_examples(ds, 'train')
+    folds, fold_models = caption_folds(train, cross_fit) if cross_fit > 1 else [], {}
+    def fold_model(i):
+        if i not in fold_models:
+            rest = [e for j, f in enumerate(folds) if j != i for e in f]
+            fold_models[i] = _detective_model(out/f'model_fold{i}', ds, rest, preset, clip_dir, seed, progress)
+        return fold_models[i]
+    model, proc = _detective_model(out/'model', ds, train, preset, clip_dir, seed, progress) if full_model else fold_model(0)
     scores = {}
     for split in ds.splits:
         ex = detective_examples(ds, split)
-        if split == 'train' and cross_fit > 1:
-            folds = caption_folds(ex, cross_fit)
-            for i, fold in enumerate(folds):
-                rest = [e for j, f in enumerate(folds) if j != i for e in f]
-                mf, pf = _detective_model(out/f'model_fold{i}', ds, rest, preset, clip_dir, seed, progress)
-                generate_split(mf, pf, fold, out/'answers_train.jsonl', batch_size, progress=progress)
+        if split == 'train':
+            for i, fold in enumerate(folds): generate_split(*fold_model(i), fold, out/'answers_train.jsonl', batch_size, progress=progress)
         ans = generate_split(model, proc, ex, out/f'answers_{split}.jsonl', batch_size, progress=progress)
         scores[split] = detective_metrics(ans, ex)
     write_json_atomic(out/'metrics.json', scores, indent=1)
     return out
+
 
 # %% ../nbs/09_detective.ipynb #5564c698
 def _data(path) -> MELDataset:

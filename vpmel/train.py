@@ -235,6 +235,8 @@ class RunConfig:
     prompt: str = 'dataset'                # 'dataset' (boxed images) | 'none' (same scenes, no box) | a prompt style
     detective: str | None = None           # Detective answers for the mention text: a JSON-lines file, a folder of
                                            # answers_<split>.jsonl, or 'auto' (train the offline Detective, chapter 09)
+    detective_preset: str = 'cpu'          # with 'auto': the offline Detective's preset (chapter 09's DETECTIVE_PRESETS)
+    detective_full_model: bool = True      # with 'auto': False = no full-data Detective, fold 0's answers dev and test
     detective_shuffle: bool = False        # the paper's control: the answers shuffled across the mentions of each split
     detective_format: str = 'parsed'       # 'parsed': '<type> <name>' read from the answer (short); 'raw': the answer as written
     image_choice: str = 'random'           # which KB image an entity shows during training
@@ -351,7 +353,8 @@ def detective_answers(cfg: RunConfig, ds: MELDataset, progress: bool = True) -> 
     "The run's Detective answers (None without `cfg.detective`); `'auto'` trains and runs the offline Detective once."
     if not cfg.detective: return None
     from vpmel.detective import load_detective_answers, ensure_detective_answers
-    path = (ensure_detective_answers(ds, clip_dir=tiny_clip_dir(cfg, ds, progress), seed=cfg.synth_seed, progress=progress)
+    path = (ensure_detective_answers(ds, cfg.detective_preset, clip_dir=tiny_clip_dir(cfg, ds, progress), seed=cfg.synth_seed,
+                                     full_model=cfg.detective_full_model, progress=progress)
             if cfg.detective == 'auto' else cfg.detective)
     ans = load_detective_answers(path)
     if cfg.detective_format == 'parsed': ans = {k: compact_answer(v) for k, v in ans.items()}
