@@ -585,9 +585,9 @@ DETECTIVE_PRESETS = {  # offline model size + training schedule
     'tiny': (TinyVLMConfig(), DetectiveTrainConfig(epochs=20, batch_size=12, lr=3e-3, log_every=10)),
     'cpu': (TinyVLMConfig(patch_size=16, vision_layers=3, heads=4, tie_embeddings=True, prompt_view='zoom'),
             DetectiveTrainConfig(epochs=16, batch_size=16, lr=3e-3, log_every=25, freeze_vision=True, kb_examples=True)),
-    # `vpmel demo --detective`: the cpu model, trained for the type (no KB examples, 12 epochs) to fit the demo's time
+    # `vpmel demo --detective`: the cpu model, trained for the type (no KB examples, 10 epochs) to fit the demo's time
     'demo': (TinyVLMConfig(patch_size=16, vision_layers=3, heads=4, tie_embeddings=True, prompt_view='zoom'),
-             DetectiveTrainConfig(epochs=12, batch_size=16, lr=3e-3, log_every=25, freeze_vision=True)),
+             DetectiveTrainConfig(epochs=10, batch_size=16, lr=3e-3, log_every=25, freeze_vision=True)),
 }
 
 # %% ../nbs/09_detective.ipynb #edc6d09d
@@ -614,7 +614,8 @@ def _detective_model(ck: Path, ds: MELDataset, train: Sequence[DetectiveExample]
     tcfg.seed = seed
     if tcfg.kb_examples: train = list(train) + detective_kb_examples(ds, seed=seed)
     model, proc = build_tiny_detective(detective_corpus(ds), 'llava', mcfg, seed=seed)
-    hist = train_detective(model, proc, train, detective_examples(ds, 'dev') if 'dev' in ds.splits else (), tcfg, progress=progress)
+    dev = detective_examples(ds, 'dev')[:200] if 'dev' in ds.splits else ()   # the dev loss curve: 200 mentions are enough
+    hist = train_detective(model, proc, train, dev, tcfg, progress=progress)
     save_detective(model, proc, ck)
     write_json_atomic(ck.parent/f'history_{ck.name}.json', hist)
     return model, proc
