@@ -100,7 +100,7 @@ def cli_demo(argv: list[str]) -> int:
                    help='add the Detective step: train the offline Detective-VLM, then IIER with its answers and the shuffled control')
     p.add_argument('--detective-preset', default='demo', choices=sorted(DETECTIVE_PRESETS),
                    help="the offline Detective: 'demo' (default; two half-data Detectives answer every split, fits the "
-                        "15-minute demo) or 'cpu' (the strong one of chapter 09, plus two for the training split: ~30 min more)")
+                        "15-minute demo) or 'cpu' (the strong one of chapter 09, plus two for the training split: ~17 min more)")
     p.add_argument('--out', default='runs')
     p.add_argument('--quiet', action='store_true')
     a = p.parse_args(argv)
