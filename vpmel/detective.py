@@ -16,24 +16,30 @@ from tqdm.auto import tqdm
 from .vpwiki import MELDataset, load_dataset, resolve_in_root, write_bytes_atomic, write_json_atomic
 
 # %% auto #0
-__all__ = ['QUESTION', 'CHAT_TOKENS', 'EOS_TOKEN', 'PAD_TOKEN', 'UNK_TOKEN', 'TINY_BACKENDS', 'PRETRAINED', 'LORA_TARGET',
-           'PROJECTORS', 'VISION_TOWERS', 'PROMPT_VIEWS', 'DETECTIVE_PRESETS', 'detective_prompt', 'detective_target',
-           'DetectiveExample', 'detective_examples', 'detective_kb_examples', 'train_word_tokenizer',
-           'detective_corpus', 'TinyVLMConfig', 'build_tiny_detective', 'clip_vision_state_dict', 'load_detective',
-           'add_lora', 'is_peft', 'chat', 'load_rgb', 'prompt_view', 'detective_view', 'rename_entity', 'names_by_type',
-           'DetectiveCollate', 'DetectiveTrainConfig', 'with_positions', 'answer_loss', 'detective_loss',
-           'train_detective', 'save_detective', 'read_answer_cache', 'load_detective_answers', 'generate_answers',
-           'generate_split', 'parse_answer', 'normalize_name', 'name_similarity', 'detective_metrics', 'caption_names',
-           'caption_guess', 'detective_dir', 'caption_folds', 'ensure_detective_answers', 'cli_detective',
-           'detective_gallery']
+__all__ = ['QUESTION', 'SENTENCE_TAG', 'CHAT_TOKENS', 'EOS_TOKEN', 'PAD_TOKEN', 'UNK_TOKEN', 'TINY_BACKENDS', 'PRETRAINED',
+           'LORA_TARGET', 'PROJECTORS', 'VISION_TOWERS', 'PROMPT_VIEWS', 'DETECTIVE_PRESETS', 'detective_prompt',
+           'prompt_caption', 'detective_target', 'DetectiveExample', 'detective_examples', 'detective_kb_examples',
+           'train_word_tokenizer', 'detective_corpus', 'TinyVLMConfig', 'build_tiny_detective',
+           'clip_vision_state_dict', 'load_detective', 'add_lora', 'is_peft', 'chat', 'load_rgb', 'prompt_view',
+           'detective_view', 'rename_entity', 'names_by_type', 'DetectiveCollate', 'DetectiveTrainConfig',
+           'with_positions', 'answer_loss', 'detective_loss', 'train_detective', 'save_detective', 'read_answer_cache',
+           'load_detective_answers', 'generate_answers', 'generate_split', 'parse_answer', 'normalize_name',
+           'name_similarity', 'detective_metrics', 'caption_names', 'caption_guess', 'detective_dir', 'caption_folds',
+           'ensure_detective_answers', 'cli_detective', 'detective_gallery']
 
 # %% ../nbs/09_detective.ipynb #f8f31810
 QUESTION = ("In the red box of the image, tell me briefly what is the Entity Type, "
             "and which Entity Name in the sentence corresponds to the Entity Type?")
 
+SENTENCE_TAG = ' Sentence: '   # between the question and the caption in the user turn
+
 def detective_prompt(sentence: str) -> str:
     "The user turn's text: the paper's question, then the caption."
-    return f'{QUESTION} Sentence: {sentence.strip()}'
+    return f'{QUESTION}{SENTENCE_TAG}{sentence.strip()}'
+
+def prompt_caption(prompt: str) -> str:
+    "The caption part of a `detective_prompt`."
+    return prompt.partition(SENTENCE_TAG)[2]
 
 def detective_target(entity_type: str, entity_name: str) -> str:
     "The answer the Detective is trained to write."
@@ -279,8 +285,7 @@ def detective_view(model) -> str:
 
 def rename_entity(e: DetectiveExample, new_name: str) -> DetectiveExample:
     "`e` with its entity called `new_name`, in the caption and in the answer (the image is unchanged)."
-    question, sep, sentence = e.prompt.partition(' Sentence: ')
-    return dataclasses.replace(e, prompt=question + sep + sentence.replace(e.name, new_name),
+    return dataclasses.replace(e, prompt=detective_prompt(prompt_caption(e.prompt).replace(e.name, new_name)),
                                target=detective_target(e.type, new_name), name=new_name)
 
 def names_by_type(examples: Sequence[DetectiveExample]) -> dict[str, list[str]]:
@@ -312,7 +317,7 @@ class DetectiveCollate:
         return im
 
     def _renamed(self, e: DetectiveExample) -> DetectiveExample:
-        sentence = e.prompt.partition(' Sentence: ')[2]
+        sentence = prompt_caption(e.prompt)
         if not e.name or e.name not in sentence or self.rng.random() >= self.rename: return e
         pool = [n for n in self.names.get(e.type, ()) if n not in sentence]
         return rename_entity(e, self.rng.choice(pool)) if pool else e
@@ -385,9 +390,9 @@ def answer_loss(model, batch: dict) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels[:, -k:].flatten(), ignore_index=-100)
 
 @torch.no_grad()
-def detective_loss(model, processor, examples, batch_size: int = 32, accelerator=None) -> float:
-    "Mean token loss of the answers of `examples` (teacher forcing)."
-    model.eval(); col, tot, n = DetectiveCollate(processor, view=detective_view(model)), 0.0, 0
+def detective_loss(model, processor, examples, batch_size: int = 32, accelerator=None, collate=None) -> float:
+    "Mean token loss of the answers of `examples` (teacher forcing); pass `collate` to keep its images across calls."
+    model.eval(); col, tot, n = collate or DetectiveCollate(processor, view=detective_view(model)), 0.0, 0
     dev = accelerator.device if accelerator else next(model.parameters()).device
     for i in range(0, len(examples), batch_size):
         b = {k: v.to(dev) for k, v in col(examples[i:i + batch_size]).items()}
@@ -417,7 +422,7 @@ def train_detective(model, processor, train: Sequence[DetectiveExample], dev: Se
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
     model, opt, dl, sched = acc.prepare(model, opt, dl, sched)
     hist = {'step': [], 'loss': [], 'epoch': [], 'dev_loss': [], 'seconds': 0.0}
-    t0, step, run = time.time(), 0, []
+    t0, step, run, dev_col = time.time(), 0, [], DetectiveCollate(processor, view=detective_view(model))
     bar = tqdm(total=total, desc='detective', disable=not progress)
     for ep in range(cfg.epochs):
         model.train()
@@ -432,7 +437,7 @@ def train_detective(model, processor, train: Sequence[DetectiveExample], dev: Se
                 bar.set_postfix(loss=f"{hist['loss'][-1]:.3f}")
             if step >= total: break
         if dev:
-            hist['epoch'].append(ep + 1); hist['dev_loss'].append(detective_loss(model, processor, dev, accelerator=acc))
+            hist['epoch'].append(ep + 1); hist['dev_loss'].append(detective_loss(model, processor, dev, accelerator=acc, collate=dev_col))
         if step >= total: break
     bar.close()
     hist['seconds'] = time.time() - t0
@@ -581,13 +586,12 @@ def caption_guess(ds: MELDataset, split: str) -> dict[str, str]:
     return out
 
 # %% ../nbs/09_detective.ipynb #271c260a
-DETECTIVE_PRESETS = {  # offline model size + training schedule
+_CPU_VLM = TinyVLMConfig(patch_size=16, vision_layers=3, heads=4, tie_embeddings=True, prompt_view='zoom')
+DETECTIVE_PRESETS = {  # offline model size + training schedule (copy before changing one: the cpu model is shared)
     'tiny': (TinyVLMConfig(), DetectiveTrainConfig(epochs=20, batch_size=12, lr=3e-3, log_every=10)),
-    'cpu': (TinyVLMConfig(patch_size=16, vision_layers=3, heads=4, tie_embeddings=True, prompt_view='zoom'),
-            DetectiveTrainConfig(epochs=16, batch_size=16, lr=3e-3, log_every=25, freeze_vision=True, kb_examples=True)),
+    'cpu': (_CPU_VLM, DetectiveTrainConfig(epochs=16, batch_size=16, lr=3e-3, log_every=25, freeze_vision=True, kb_examples=True)),
     # `vpmel demo --detective`: the cpu model, trained for the type (no KB examples, 10 epochs) to fit the demo's time
-    'demo': (TinyVLMConfig(patch_size=16, vision_layers=3, heads=4, tie_embeddings=True, prompt_view='zoom'),
-             DetectiveTrainConfig(epochs=10, batch_size=16, lr=3e-3, log_every=25, freeze_vision=True)),
+    'demo': (_CPU_VLM, DetectiveTrainConfig(epochs=10, batch_size=16, lr=3e-3, log_every=25, freeze_vision=True)),
 }
 
 # %% ../nbs/09_detective.ipynb #edc6d09d
@@ -604,6 +608,11 @@ def caption_folds(examples: Sequence[DetectiveExample], k: int) -> list[list[Det
     fold = {p: i % k for i, p in enumerate(dict.fromkeys(e.prompt for e in examples))}
     return [[e for e in examples if fold[e.prompt] == i] for i in range(k)]
 
+def _training_data(ds: MELDataset, train: Sequence[DetectiveExample], cfg: DetectiveTrainConfig) -> tuple[list, list]:
+    "What a Detective trained with `cfg` sees: `train` (+ one example per KB image with `cfg.kb_examples`), and the first 200 dev mentions (enough for its dev loss curve)."
+    train = list(train) + (detective_kb_examples(ds, seed=cfg.seed) if cfg.kb_examples else [])
+    return train, detective_examples(ds, 'dev')[:200] if 'dev' in ds.splits else []
+
 def _detective_model(ck: Path, ds: MELDataset, train: Sequence[DetectiveExample], preset: str, clip_dir, seed: int, progress: bool):
     "The Detective saved in `ck`, or a new one of `preset` trained on `train` (dev loss logged) and saved there."
     if (ck/'config.json').exists():
@@ -612,10 +621,8 @@ def _detective_model(ck: Path, ds: MELDataset, train: Sequence[DetectiveExample]
     mcfg, tcfg = copy.deepcopy(DETECTIVE_PRESETS[preset])
     if clip_dir: mcfg.vision_from_clip = str(clip_dir)
     tcfg.seed = seed
-    if tcfg.kb_examples: train = list(train) + detective_kb_examples(ds, seed=seed)
     model, proc = build_tiny_detective(detective_corpus(ds), 'llava', mcfg, seed=seed)
-    dev = detective_examples(ds, 'dev')[:200] if 'dev' in ds.splits else ()   # the dev loss curve: 200 mentions are enough
-    hist = train_detective(model, proc, train, dev, tcfg, progress=progress)
+    hist = train_detective(model, proc, *_training_data(ds, train, tcfg), tcfg, progress=progress)
     save_detective(model, proc, ck)
     write_json_atomic(ck.parent/f'history_{ck.name}.json', hist)
     return model, proc
@@ -694,9 +701,7 @@ def cli_detective(argv: list[str]) -> int:
                 model.config.prompt_view = mcfg.prompt_view if a.view else 'full'
                 model = add_lora(model, r=a.lora_r, alpha=2 * a.lora_r)
             else: model, proc = build_tiny_detective(detective_corpus(ds), a.backend, mcfg, seed=a.seed)
-            train = detective_examples(ds, 'train') + (detective_kb_examples(ds, seed=tcfg.seed) if tcfg.kb_examples else [])
-            hist = train_detective(model, proc, train,
-                                   detective_examples(ds, 'dev') if 'dev' in ds.splits else (), tcfg)
+            hist = train_detective(model, proc, *_training_data(ds, detective_examples(ds, 'train'), tcfg), tcfg)
             save_detective(model, proc, a.out)
             write_json_atomic(Path(a.out) / 'history.json', hist)
             print(f"trained {hist['step'][-1] if hist['step'] else 0} steps in {hist['seconds']:.0f}s; "
