@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_rank.ipynb #8684568b
 from __future__ import annotations
-import argparse, importlib, json, math, os, resource, subprocess, sys, tempfile, time
+import argparse, json, math, os, resource, subprocess, sys, tempfile, time
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Callable, Iterable, Sequence
@@ -14,11 +14,11 @@ import torch
 from torch import Tensor
 
 from .units import (IIERMatcher, cat_caches, index_cache, cache_len, random_features, index_features,
-                         cat_features, official_matcher_forward)
+                         cat_features, reference_matcher_forward)
 
 # %% auto #0
-__all__ = ['HITS_AT', 'BENCH_COMMANDS', 'build_entity_cache', 'RankResult', 'rank_entities', 'brute_force_rank', 'mel_metrics',
-           'official_rank', 'bench_rank', 'cli_bench']
+__all__ = ['HITS_AT', 'build_entity_cache', 'RankResult', 'rank_entities', 'brute_force_rank', 'mel_metrics', 'reference_rank',
+           'bench_rank']
 
 # %% ../nbs/06_rank.ipynb #38fa3504
 def _alloc_like(cache, n: int):
@@ -130,9 +130,9 @@ def mel_metrics(ranks) -> dict[str, float]:
 
 # %% ../nbs/06_rank.ipynb #2ec3629f
 @torch.no_grad()
-def official_rank(sd: dict[str, Tensor], entity_feats, mention_feats, gold=None, eval_batch: int = 20,
+def reference_rank(sd: dict[str, Tensor], entity_feats, mention_feats, gold=None, eval_batch: int = 20,
                   chunk_size: int = 6000, topk: int = 20) -> RankResult:
-    "The official evaluation algorithm (MIMIC/IIER `test_step`) on raw features and an official-format state dict."
+    "The official evaluation algorithm (MIMIC/IIER `test_step`), re-implemented, on raw features and an official-format state dict."
     sd = {k[8:] if k.startswith('matcher.') else k: v for k, v in sd.items()}
     e, N = entity_feats, len(entity_feats.text_cls)
     ranks, top_i, top_s = [], [], []
@@ -141,7 +141,7 @@ def official_rank(sd: dict[str, Tensor], entity_feats, mention_feats, gold=None,
         scores = []
         for es in range(0, N, chunk_size):
             sl = slice(es, es + chunk_size)
-            score, _ = official_matcher_forward(sd, e.text_cls[sl], e.text_tokens[sl], m.text_cls, m.text_tokens,
+            score, _ = reference_matcher_forward(sd, e.text_cls[sl], e.text_tokens[sl], m.text_cls, m.text_tokens,
                                                 e.image_cls[sl], e.image_tokens[sl], m.image_cls, m.image_tokens)
             scores.append(score)
         scores = torch.cat(scores, -1)
@@ -195,11 +195,11 @@ def _bench_worker(argv: list[str]) -> int:
         cache = build_entity_cache(matcher, timed_blocks(), total=n_entities)
         res = rank_entities(matcher, mentions, cache, gold, chunk_size=chunk)
         t_work = time.perf_counter() - t - gen_time[0]
-    elif impl == 'official':
+    elif impl == 'reference':
         ents = cat_features(list(_kb_blocks(seed, n_entities)))
         sd = {k: v for k, v in matcher.state_dict().items()}
         t = time.perf_counter()
-        res = official_rank(sd, ents, mentions, gold, eval_batch=20, chunk_size=chunk)
+        res = reference_rank(sd, ents, mentions, gold, eval_batch=20, chunk_size=chunk)
         t_work = time.perf_counter() - t
     else: raise ValueError(f'unknown implementation {impl!r}')
     peak, ru1 = _rss_mb(), resource.getrusage(resource.RUSAGE_SELF)
@@ -213,7 +213,7 @@ def _bench_worker(argv: list[str]) -> int:
 
 def _run_worker(impl: str, a, tmp: str) -> dict:
     out = os.path.join(tmp, f'{impl}.json')
-    chunk = a.chunk if impl == 'ours' else a.official_chunk
+    chunk = a.chunk if impl == 'ours' else a.reference_chunk
     cmd = [sys.executable, '-c', 'import sys; from vpmel.rank import _bench_worker; sys.exit(_bench_worker(sys.argv[1:]))',
            impl, str(a.entities), str(a.queries), str(chunk), str(a.seed), str(a.threads), out]
     env = dict(os.environ)
@@ -236,13 +236,13 @@ def _agreement(a: dict, b: dict, tol: float = 1e-3) -> dict:
             'ranks_equal_frac': float(np.mean(np.array(a['ranks']) == np.array(b['ranks'])))}
 
 def bench_rank(argv: list[str]) -> int:
-    "`vpmel bench rank`: time full-KB ranking (ours, and with --reference the official algorithm) and print JSON."
+    "`vpmel bench rank`: time full-KB ranking (ours, and with --reference the official algorithm re-implemented) and print JSON."
     p = argparse.ArgumentParser(prog='vpmel bench rank', description=bench_rank.__doc__)
     p.add_argument('--entities', type=int, default=12000, help='KB size (VPWiki: 132460)')
     p.add_argument('--queries', type=int, default=40, help='number of mentions')
-    p.add_argument('--reference', action='store_true', help='also run the official algorithm and compare')
+    p.add_argument('--reference', action='store_true', help='also run the official algorithm (re-implemented, `reference_rank`) and compare')
     p.add_argument('--chunk', type=int, default=8192, help='entity chunk size of our ranking')
-    p.add_argument('--official-chunk', type=int, default=6000, help="official eval_chunk_size")
+    p.add_argument('--reference-chunk', type=int, default=6000, help="the reference's entity chunk (the official eval_chunk_size)")
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--threads', type=int, default=1, help='torch threads per run (0: torch default)')
     a = p.parse_args(argv)
@@ -251,13 +251,13 @@ def bench_rank(argv: list[str]) -> int:
            'hidden': 96, 'seed': a.seed}
     with tempfile.TemporaryDirectory() as tmp:
         res = {'ours': _run_worker('ours', a, tmp)}
-        if a.reference: res['official'] = _run_worker('official', a, tmp)
+        if a.reference: res['reference'] = _run_worker('reference', a, tmp)
     for k, r in res.items():
         out[k] = {x: r[x] for x in ('seconds', 'cpu_user_s', 'cpu_sys_s', 'entities_per_s', 'pairs_per_s', 'peak_rss_mb', 'baseline_rss_mb',
                                     'peak_above_baseline_mb', 'threads')}
         out[k]['metrics_on_random_features'] = mel_metrics(r['ranks'])
     if a.reference:
-        o, f = res['ours'], res['official']
+        o, f = res['ours'], res['reference']
         out['speedup'] = f['seconds'] / o['seconds']
         out['cpu_speedup'] = (f['cpu_user_s'] + f['cpu_sys_s']) / (o['cpu_user_s'] + o['cpu_sys_s'])
         out['peak_rss_ratio'] = f['peak_rss_mb'] / o['peak_rss_mb']
@@ -265,25 +265,3 @@ def bench_rank(argv: list[str]) -> int:
         out.update(_agreement(o, f))
     print(json.dumps(out, indent=1))
     return 0
-
-BENCH_COMMANDS: dict[str, tuple[str, str, str]] = {  # sub-command: (module, function(argv) -> int, help)
-    'rank': ('vpmel.rank', 'bench_rank', 'time full-KB ranking, optionally against the official algorithm'),
-    'train': ('vpmel.train', 'bench_train', 'time training steps'),
-}
-
-def cli_bench(argv: list[str]) -> int:
-    "`vpmel bench <what> ...`: dispatch to a benchmark in `BENCH_COMMANDS`."
-    if not argv or argv[0] in ('-h', '--help'):
-        print('usage: vpmel bench <what> [options]\n\nbenchmarks:')
-        for k, (_, _, h) in BENCH_COMMANDS.items(): print(f'  {k:<8} {h}')
-        return 0 if argv else 2
-    what, rest = argv[0], argv[1:]
-    if what not in BENCH_COMMANDS:
-        print(f"vpmel bench: unknown benchmark {what!r}; choose from {', '.join(BENCH_COMMANDS)}", file=sys.stderr)
-        return 2
-    mod, fn, _ = BENCH_COMMANDS[what]
-    f = getattr(importlib.import_module(mod), fn, None)
-    if f is None:
-        print(f'vpmel bench {what}: {mod}.{fn} is not available', file=sys.stderr)
-        return 2
-    return int(f(rest) or 0)

@@ -15,7 +15,7 @@ from torch import nn, Tensor
 # %% auto #0
 __all__ = ['FEATURE_NAMES', 'UNITS', 'random_features', 'index_features', 'cat_features', 'index_cache', 'cat_caches',
            'cache_len', 'TextInteractionUnit', 'DualGate', 'VisualInteractionUnit', 'CrossModalInteractionUnit',
-           'IIERMatcher', 'iier_loss', 'load_official_state_dict', 'official_matcher_forward',
+           'IIERMatcher', 'contrastive_loss', 'iier_loss', 'load_official_state_dict', 'reference_matcher_forward',
            'official_state_dict_shapes']
 
 # %% ../nbs/05_units.ipynb #b0a89bf2
@@ -296,22 +296,28 @@ class IIERMatcher(nn.Module):
         out['fused'] = sum(out.values()) / len(self.units)
         return out
 
-# %% ../nbs/05_units.ipynb #5e45ab6b
-def iier_loss(scores: dict[str, Tensor], entity_index: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-    """In-batch cross-entropy (diagonal = positives) on `'fused'` and on every unit score; returns `(total, parts)`.
-    With `entity_index` (the gold KB row of each item), an off-diagonal pair whose entity is the row's own gold entity
-    (two mentions of one entity in a batch) is masked out instead of being pushed down as a negative."""
-    if 'fused' not in scores: raise KeyError("scores need a 'fused' entry (use IIERMatcher.forward)")
-    B = scores['fused'].shape[0]
-    dup = None
+# %% ../nbs/05_units.ipynb #5e45ab6a
+def contrastive_loss(logits: Tensor, entity_index: Tensor | None = None, symmetric: bool = False) -> Tensor:
+    """In-batch cross-entropy of a `[B, B]` score matrix whose diagonal holds the positives: over rows (mention ->
+    entities), or with `symmetric` averaged with the columns (CLIP's loss). With `entity_index` (the gold KB row of each
+    item) an off-diagonal pair of the same entity (two mentions of one entity in a batch) is masked out instead of
+    being pushed down as a negative."""
+    B = logits.shape[0]
+    if logits.ndim != 2 or logits.shape[1] != B: raise ValueError(f'in-batch scores must be [B, B], got {tuple(logits.shape)}')
     if entity_index is not None:
         dup = (entity_index[:, None] == entity_index[None, :]) & ~torch.eye(B, dtype=torch.bool, device=entity_index.device)
-        if not dup.any(): dup = None
+        if dup.any(): logits = logits.masked_fill(dup.to(logits.device), float('-inf'))
+    gold = torch.arange(B, device=logits.device)
+    loss = F.cross_entropy(logits.float(), gold)
+    return (loss + F.cross_entropy(logits.T.float(), gold)) / 2 if symmetric else loss
+
+def iier_loss(scores: dict[str, Tensor], entity_index: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    "`contrastive_loss` (rows) on `'fused'` and on every unit score, summed; returns `(total, parts)`."
+    if 'fused' not in scores: raise KeyError("scores need a 'fused' entry (use IIERMatcher.forward)")
     total, parts = 0., {}
     for k, s in scores.items():
-        if s.ndim != 2 or s.shape[0] != s.shape[1]: raise ValueError(f'{k}: in-batch scores must be [B, B], got {tuple(s.shape)}')
-        if dup is not None: s = s.masked_fill(dup.to(s.device), float('-inf'))
-        l = F.cross_entropy(s.float(), torch.arange(s.shape[0], device=s.device))
+        try: l = contrastive_loss(s, entity_index)
+        except ValueError as e: raise ValueError(f'{k}: {e}') from None
         parts[k] = float(l.detach()); total = total + l
     return total, parts
 
@@ -324,7 +330,7 @@ def load_official_state_dict(matcher: IIERMatcher, sd: dict[str, Tensor]) -> IIE
     matcher.load_state_dict(sd, strict=True)
     return matcher
 
-def official_matcher_forward(sd: dict[str, Tensor], entity_text_cls, entity_text_tokens, mention_text_cls,
+def reference_matcher_forward(sd: dict[str, Tensor], entity_text_cls, entity_text_tokens, mention_text_cls,
                              mention_text_tokens, entity_image_cls, entity_image_tokens, mention_image_cls,
                              mention_image_tokens) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
     "The official MIMIC matcher forward (same argument order), from a state dict: `(score [M, N], (text, visual, cross))`."
