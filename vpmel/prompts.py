@@ -84,6 +84,7 @@ def _arrow(d: ImageDraw.ImageDraw, box: Box, size: tuple[int, int], color, width
     d.polygon([(tx, ty), (base[0] + px * head * 0.6, base[1] + py * head * 0.6),
                (base[0] - px * head * 0.6, base[1] - py * head * 0.6)], fill=color)
 
+# %% ../nbs/01_prompts.ipynb #d92dfbc4
 def draw_prompt(img: Image.Image, box, style: str = 'rect', color=(255, 0, 0), width: int = 3,
                 dim: float = 0.5) -> Image.Image:
     "A new RGB image: `img` with a visual prompt of `style` (one of `PROMPT_STYLES`) marking `box`."

@@ -121,6 +121,7 @@ class MELDataset:
     def __repr__(self):
         return f'MELDataset({self.root}, {len(self.kb)} entities, ' + ', '.join(f'{k}: {len(v)}' for k, v in self.splits.items()) + ')'
 
+# %% ../nbs/00_vpwiki.ipynb #8b13bc6f
 def write_dataset(root, kb: Sequence[KBEntity], splits: dict[str, Sequence[Mention]], qid2id: dict | None = None):
     "Write `kb_entity.json`, `qid2id.json` (KB order by default) and one JSON file per split under `root`."
     root = Path(root)
@@ -165,6 +166,7 @@ def open_image(path: str | Path, mode: str = 'RGB') -> Image.Image:
     except Exception as e:  # FileNotFoundError, PIL's UnidentifiedImageError, truncated data, decompression bombs...
         raise BadImageError(f'cannot read image {path}: {type(e).__name__}: {e}') from e
 
+# %% ../nbs/00_vpwiki.ipynb #c1377424
 @dataclass
 class ImageReader:
     "Read images under `root` by relative path, applying the bad-image policy `on_bad_image` ('raise' | 'blank')."
@@ -206,6 +208,7 @@ class Problem:
         where = self.file + (f' [{self.record}]' if self.record else '') + (f' {self.field}' if self.field else '')
         return f'{self.severity}: {where}: {self.message}'
 
+# %% ../nbs/00_vpwiki.ipynb #e6f7239d
 @dataclass
 class CheckReport:
     "All problems of a dataset (folder or lone split file), with record counts per file and the number of `nil` answers."
@@ -287,6 +290,7 @@ def _check_bbox(v, name: str, rec: str, rep: CheckReport) -> tuple | None:
         rep.add('error', name, rec, 'bbox', f'box {list(v)} has zero or negative area'); return None
     return tuple(v)
 
+# %% ../nbs/00_vpwiki.ipynb #b6783371
 def _check_mention(d, i: int, name: str, rep: CheckReport) -> str:
     "Check one mention record's keys and types; returns its label."
     rec = _record_label(d, i)
@@ -346,6 +350,70 @@ def _check_images(root: Path, items: list, rep: CheckReport, lone: bool, progres
                 rep.add('error', f, rec, 'bbox', f'box {list(box)} lies outside the {w}x{h} image {rel}')
 
 # %% ../nbs/00_vpwiki.ipynb #5dc03711
+def _check_kb(root: Path, rep: CheckReport, img_items: list) -> list | None:
+    "Phase 1: the KB's records; returns each row's QID (None for a broken one), or None when the KB cannot be read."
+    kb = _read_json(root/KB_FILE, KB_FILE, list, rep)
+    if kb is None: return None
+    rep.records[KB_FILE] = len(kb)
+    if not kb: rep.add('error', KB_FILE, None, None, 'the knowledge base is empty')
+    kb_ids, first = [], {}
+    for i, d in enumerate(kb):
+        rec = _check_entity(d, i, KB_FILE, rep)
+        qid = d.get('id') if isinstance(d, dict) and isinstance(d.get('id'), str) else None
+        kb_ids.append(qid)
+        if qid is not None:
+            if qid in first: rep.add('error', KB_FILE, rec, 'id', f'duplicate id (records #{first[qid]} and #{i})')
+            else: first[qid] = i
+        il = d.get('image_list') if isinstance(d, dict) else None
+        if isinstance(il, list): img_items += [(KB_FILE, rec, f'image_list[{k}]', p, None) for k, p in enumerate(il) if isinstance(p, str)]
+    return kb_ids
+
+# %% ../nbs/00_vpwiki.ipynb #5dc03712
+def _check_qid2id(root: Path, kb_ids: list, rep: CheckReport) -> set[str]:
+    "Phase 2: `qid2id.json` against the KB; returns the QIDs an answer may take (those it maps to their own row)."
+    known = {q for q in kb_ids if q is not None}
+    if not (root/QID2ID_FILE).exists():
+        rep.add('note', QID2ID_FILE, None, None, 'absent: the KB order is used as the index'); return known
+    q2i = _read_json(root/QID2ID_FILE, QID2ID_FILE, dict, rep)
+    if q2i is None: return known
+    rep.records[QID2ID_FILE] = len(q2i)
+    valid = set()
+    for qid, row in q2i.items():
+        if not _is_int(row): rep.add('error', QID2ID_FILE, f'id {qid}', qid, f'row must be an int, not {row!r}')
+        elif not 0 <= row < len(kb_ids): rep.add('error', QID2ID_FILE, f'id {qid}', qid, f'row {row} is outside the KB ({len(kb_ids)} entities)')
+        elif kb_ids[row] != qid: rep.add('error', QID2ID_FILE, f'id {qid}', qid, f'row {row} holds entity {kb_ids[row]!r}, not {qid!r}'
+                                          if kb_ids[row] else f'row {row} holds a record without a valid id')
+        else: valid.add(qid)
+    unindexed = [q for q in known if q not in q2i]
+    if unindexed: rep.add('warning', QID2ID_FILE, None, None, f'{len(unindexed)} KB entities are not indexed (e.g. {sorted(unindexed)[:3]})')
+    return valid
+
+# %% ../nbs/00_vpwiki.ipynb #5dc03713
+def _valid_box(box) -> tuple | None:
+    return tuple(box) if isinstance(box, list) and len(box) == 4 and all(_is_int(x) for x in box) and box[2] > box[0] and box[3] > box[1] else None
+
+def _check_split(root: Path, name: str, known: set[str] | None, rep: CheckReport, img_items: list):
+    "Phase 3: one split file's mentions: records, duplicate ids, answers the index knows, nil answers."
+    data = _read_json(root/name, name, list, rep)
+    if data is None: return
+    rep.records[name] = len(data)
+    first, n_nil = {}, 0
+    for i, d in enumerate(data):
+        rec = _check_mention(d, i, name, rep)
+        if not isinstance(d, dict): continue
+        idv = d.get('id')
+        if isinstance(idv, str) or _is_int(idv):
+            if str(idv) in first: rep.add('error', name, rec, 'id', f'duplicate id (records #{first[str(idv)]} and #{i})')
+            else: first[str(idv)] = i
+        ans = d.get('answer')
+        if is_nil(ans): n_nil += 1
+        elif isinstance(ans, str) and known is not None and ans not in known:
+            rep.add('error', name, rec, 'answer', f'{ans!r} is not in the knowledge base' + (' index (qid2id)' if (root/QID2ID_FILE).exists() else ''))
+        if isinstance(d.get('imgPath'), str) and d['imgPath']: img_items.append((name, rec, 'imgPath', d['imgPath'], _valid_box(d.get('bbox'))))
+    if n_nil: rep.add('warning', name, None, 'answer', f'{n_nil} mentions have a nil answer: loaders skip them (as the official code does)')
+    rep.n_nil += n_nil
+
+# %% ../nbs/00_vpwiki.ipynb #5dc03714
 def check_dataset(path: str | Path, images: bool = True, progress: bool = False) -> CheckReport:
     """Validate a dataset folder (`kb_entity.json`, `qid2id.json`, split files, images) or a single split JSON file.
     Read-only: returns a `CheckReport`, writes nothing."""
@@ -353,73 +421,14 @@ def check_dataset(path: str | Path, images: bool = True, progress: bool = False)
     rep = CheckReport(str(path))
     if not path.exists(): rep.add('error', str(path), None, None, 'no such file or folder'); return rep
     lone = path.is_file()
-    root = path.parent if lone else path
-    split_files = [path.name] if lone else [f'{s}.json' for s in SPLITS if (root/f'{s}.json').exists()]
-    img_items = []
-    # --- knowledge base (required for a folder; used if present next to a lone split file)
-    kb_ids = None
-    if (root/KB_FILE).exists() and path.name != KB_FILE:
-        kb = _read_json(root/KB_FILE, KB_FILE, list, rep)
-        if kb is not None:
-            rep.records[KB_FILE] = len(kb)
-            if not kb: rep.add('error', KB_FILE, None, None, 'the knowledge base is empty')
-            kb_ids, first = [], {}
-            for i, d in enumerate(kb):
-                rec = _check_entity(d, i, KB_FILE, rep)
-                qid = d.get('id') if isinstance(d, dict) and isinstance(d.get('id'), str) else None
-                kb_ids.append(qid)
-                if qid is not None:
-                    if qid in first: rep.add('error', KB_FILE, rec, 'id', f'duplicate id (records #{first[qid]} and #{i})')
-                    else: first[qid] = i
-                il = d.get('image_list') if isinstance(d, dict) else None
-                if isinstance(il, list):
-                    img_items += [(KB_FILE, rec, f'image_list[{k}]', p, None) for k, p in enumerate(il) if isinstance(p, str)]
-    elif not lone:
-        rep.add('error', KB_FILE, None, None, f'missing: a dataset folder needs {KB_FILE}')
-    # --- qid2id
-    known = None  # the QIDs an answer may take
-    if kb_ids is not None:
-        known = {q for q in kb_ids if q is not None}
-        if (root/QID2ID_FILE).exists():
-            q2i = _read_json(root/QID2ID_FILE, QID2ID_FILE, dict, rep)
-            if q2i is not None:
-                rep.records[QID2ID_FILE] = len(q2i)
-                valid = set()  # the QIDs that qid2id maps to their own KB row
-                for qid, row in q2i.items():
-                    if not _is_int(row): rep.add('error', QID2ID_FILE, f'id {qid}', qid, f'row must be an int, not {row!r}')
-                    elif not 0 <= row < len(kb_ids): rep.add('error', QID2ID_FILE, f'id {qid}', qid, f'row {row} is outside the KB ({len(kb_ids)} entities)')
-                    elif kb_ids[row] != qid: rep.add('error', QID2ID_FILE, f'id {qid}', qid, f'row {row} holds entity {kb_ids[row]!r}, not {qid!r}'
-                                                      if kb_ids[row] else f'row {row} holds a record without a valid id')
-                    else: valid.add(qid)
-                unindexed = [q for q in known if q not in q2i]
-                if unindexed: rep.add('warning', QID2ID_FILE, None, None, f'{len(unindexed)} KB entities are not indexed (e.g. {sorted(unindexed)[:3]})')
-                known = valid
-        else: rep.add('note', QID2ID_FILE, None, None, 'absent: the KB order is used as the index')
+    root, img_items, kb_ids, known = path.parent if lone else path, [], None, None
+    if (root/KB_FILE).exists() and path.name != KB_FILE: kb_ids = _check_kb(root, rep, img_items)
+    elif not lone: rep.add('error', KB_FILE, None, None, f'missing: a dataset folder needs {KB_FILE}')
+    if kb_ids is not None: known = _check_qid2id(root, kb_ids, rep)
     elif lone: rep.add('note', path.name, None, None, 'no knowledge base next to it: answers are not checked against a KB')
-    # --- splits
+    split_files = [path.name] if lone else [f'{s}.json' for s in SPLITS if (root/f'{s}.json').exists()]
     if not lone and not split_files: rep.add('warning', str(path), None, None, f'no split file ({", ".join(s + ".json" for s in SPLITS)})')
-    for name in split_files:
-        data = _read_json(root/name, name, list, rep)
-        if data is None: continue
-        rep.records[name] = len(data)
-        first, n_nil = {}, 0
-        for i, d in enumerate(data):
-            rec = _check_mention(d, i, name, rep)
-            if not isinstance(d, dict): continue
-            idv = d.get('id')
-            if isinstance(idv, str) or _is_int(idv):
-                if str(idv) in first: rep.add('error', name, rec, 'id', f'duplicate id (records #{first[str(idv)]} and #{i})')
-                else: first[str(idv)] = i
-            ans = d.get('answer')
-            if is_nil(ans): n_nil += 1
-            elif isinstance(ans, str) and known is not None and ans not in known:
-                rep.add('error', name, rec, 'answer', f'{ans!r} is not in the knowledge base' + (' index (qid2id)' if (root/QID2ID_FILE).exists() else ''))
-            if isinstance(d.get('imgPath'), str) and d['imgPath']:
-                box = d.get('bbox')
-                box = tuple(box) if isinstance(box, list) and len(box) == 4 and all(_is_int(x) for x in box) and box[2] > box[0] and box[3] > box[1] else None
-                img_items.append((name, rec, 'imgPath', d['imgPath'], box))
-        if n_nil: rep.add('warning', name, None, 'answer', f'{n_nil} mentions have a nil answer: loaders skip them (as the official code does)')
-        rep.n_nil += n_nil
+    for name in split_files: _check_split(root, name, known, rep, img_items)
     if images: _check_images(root, img_items, rep, lone, progress)
     return rep
 
