@@ -173,6 +173,7 @@ def minilm_path() -> Path:
 
 def _hf_name(backend: str) -> str: return str(minilm_path()) if backend == 'minilm' else backend
 
+# %% ../nbs/04_encoders.ipynb #5f0c277b
 class ClipText(nn.Module):
     "CLIP's text tower taken out of an open_clip `CLIP`: `(input_ids, attention_mask) -> (EOT global [B, E], tokens [B, L, W])`."
     def __init__(self, clip):

@@ -19,8 +19,8 @@ from .units import contrastive_loss
 from .train import TrainConfig, DrawnBatches, fit
 
 # %% auto #0
-__all__ = ['CLIP_CONFIG_FILE', 'CLIP_WEIGHTS_FILE', 'entity_text', 'clip_kb_retrieval', 'clip_preprocess_defaults',
-           'save_open_clip', 'clip_scene_retrieval', 'PretrainConfig', 'clip_loss', 'pretrain_tiny_clip',
+__all__ = ['CLIP_CONFIG_FILE', 'CLIP_WEIGHTS_FILE', 'entity_text', 'clip_preprocess_defaults', 'save_open_clip',
+           'clip_kb_retrieval', 'clip_scene_retrieval', 'PretrainConfig', 'clip_loss', 'pretrain_tiny_clip',
            'default_clip_dir', 'cli_pretrain_clip']
 
 # %% ../nbs/09_pretrain.ipynb #a1ac8908
@@ -47,6 +47,26 @@ def _as_dataset(kb_dataset, splits: Sequence[str] = ()) -> MELDataset:
     "`kb_dataset` itself, or the dataset folder it names loaded with `splits` (the KB alone by default)."
     return kb_dataset if isinstance(kb_dataset, MELDataset) else load_dataset(kb_dataset, splits=splits)
 
+# %% ../nbs/09_pretrain.ipynb #94ae42bd
+CLIP_CONFIG_FILE, CLIP_WEIGHTS_FILE = 'open_clip_config.json', 'open_clip_model.safetensors'
+
+def clip_preprocess_defaults() -> dict:
+    "open_clip's default (OpenAI) preprocessing config."
+    from open_clip.transform import PreprocessCfg
+    return asdict(PreprocessCfg())
+
+def save_open_clip(clip: nn.Module, model_cfg: dict, out_dir) -> Path:
+    "Save `clip` in open_clip's folder format (loadable with `open_clip.create_model('local-dir:DIR')`), atomically."
+    from safetensors.torch import save as st_save
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    pp = clip.visual.preprocess_cfg
+    write_json_atomic(out/CLIP_CONFIG_FILE, {'model_cfg': model_cfg,
+                      'preprocess_cfg': {'mean': list(pp['mean']), 'std': list(pp['std'])}}, indent=2)
+    sd = {k: v.detach().contiguous() for k, v in clip.state_dict().items()}
+    write_bytes_atomic(out/CLIP_WEIGHTS_FILE, st_save(sd))
+    return out
+
+# %% ../nbs/09_pretrain.ipynb #a1ac8909
 @torch.no_grad()
 def clip_kb_retrieval(clip: nn.Module, kb_dataset, batch_size: int = 256) -> dict[str, float]:
     "Top-1 accuracy of KB image -> entity text (`i2t`) and text -> image (`t2i`), first image of each entity, over the whole KB."
@@ -69,25 +89,6 @@ def clip_kb_retrieval(clip: nn.Module, kb_dataset, batch_size: int = 256) -> dic
     gold = torch.arange(len(S))
     return {'i2t': (S.argmax(1) == gold).float().mean().item(), 't2i': (S.argmax(0) == gold).float().mean().item(),
             'n': len(S), 'chance': 1 / len(S)}
-
-# %% ../nbs/09_pretrain.ipynb #94ae42bd
-CLIP_CONFIG_FILE, CLIP_WEIGHTS_FILE = 'open_clip_config.json', 'open_clip_model.safetensors'
-
-def clip_preprocess_defaults() -> dict:
-    "open_clip's default (OpenAI) preprocessing config."
-    from open_clip.transform import PreprocessCfg
-    return asdict(PreprocessCfg())
-
-def save_open_clip(clip: nn.Module, model_cfg: dict, out_dir) -> Path:
-    "Save `clip` in open_clip's folder format (loadable with `open_clip.create_model('local-dir:DIR')`), atomically."
-    from safetensors.torch import save as st_save
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    pp = clip.visual.preprocess_cfg
-    write_json_atomic(out/CLIP_CONFIG_FILE, {'model_cfg': model_cfg,
-                      'preprocess_cfg': {'mean': list(pp['mean']), 'std': list(pp['std'])}}, indent=2)
-    sd = {k: v.detach().contiguous() for k, v in clip.state_dict().items()}
-    write_bytes_atomic(out/CLIP_WEIGHTS_FILE, st_save(sd))
-    return out
 
 # %% ../nbs/09_pretrain.ipynb #p0000009
 def _scene_images(ds: MELDataset, split: str, size: int, raw: bool = False) -> tuple[list[int], list[torch.Tensor]]:

@@ -111,6 +111,7 @@ def save_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, stat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True); raise
 
+# %% ../nbs/08_train.ipynb #954e29d3
 def load_weights(model: nn.Module, path, strict: bool = True):
     "Load `model.safetensors` from a checkpoint folder (or a file) into `model`."
     path = Path(path)

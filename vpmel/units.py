@@ -15,8 +15,8 @@ from torch import nn, Tensor
 # %% auto #0
 __all__ = ['FEATURE_NAMES', 'UNITS', 'random_features', 'index_features', 'cat_features', 'index_cache', 'cat_caches',
            'cache_len', 'TextInteractionUnit', 'DualGate', 'VisualInteractionUnit', 'CrossModalInteractionUnit',
-           'IIERMatcher', 'contrastive_loss', 'iier_loss', 'load_official_state_dict', 'reference_matcher_forward',
-           'official_state_dict_shapes']
+           'IIERMatcher', 'contrastive_loss', 'iier_loss', 'official_state_dict_shapes', 'load_official_state_dict',
+           'reference_matcher_forward']
 
 # %% ../nbs/05_units.ipynb #b0a89bf2
 def random_features(n: int, text_len: int = 40, dt: int = 512, patches: int = 50, dv: int = 96,
@@ -44,6 +44,7 @@ def cat_features(feats: Sequence) -> SimpleNamespace:
 
 FEATURE_NAMES = ('text_cls', 'text_tokens', 'text_mask', 'image_cls', 'image_tokens')
 
+# %% ../nbs/05_units.ipynb #b0a89bf3
 def _map_cache(cache, fn):
     if isinstance(cache, dict): return {k: _map_cache(v, fn) for k, v in cache.items()}
     return None if cache is None else fn(cache)
@@ -322,6 +323,23 @@ def iier_loss(scores: dict[str, Tensor], entity_index: Tensor | None = None) -> 
     return total, parts
 
 # %% ../nbs/05_units.ipynb #3b009384
+def official_state_dict_shapes(dt: int = 512, dv: int = 96, hidden: int = 96) -> dict[str, tuple[int, ...]]:
+    "Parameter names and shapes of the official matcher (config: input_hidden_dim = dt, dv, *_hidden_dim = hidden)."
+    shapes = {}
+    def lin(n, i, o): shapes[f'{n}.weight'] = (o, i); shapes[f'{n}.bias'] = (o,)
+    def ln(n, d): shapes[f'{n}.weight'] = (d,); shapes[f'{n}.bias'] = (d,)
+    for n in ('fc_query', 'fc_key', 'fc_value', 'fc_cls'): lin(f'tglu.{n}', dt, hidden)
+    ln('tglu.layer_norm', hidden)
+    for d in ('dual_ent2men', 'dual_men2ent'):
+        lin(f'vdlu.{d}.cls_fc', dv, hidden); lin(f'vdlu.{d}.tokens_fc', dv, hidden)
+        lin(f'vdlu.{d}.fc', hidden, hidden); lin(f'vdlu.{d}.gate_fc', hidden, 1)
+        ln(f'vdlu.{d}.add_layer_norm', hidden); ln(f'vdlu.{d}.layer_norm', hidden)
+    lin('cmfu.text_fc', dt, hidden); lin('cmfu.image_fc', dv, hidden); lin('cmfu.gate_fc', hidden, 1)
+    ln('cmfu.gate_layer_norm', hidden); ln('cmfu.context_layer_norm', hidden)
+    ln('text_cls_layernorm', dt); ln('text_tokens_layernorm', dt)
+    ln('image_cls_layernorm', dv); ln('image_tokens_layernorm', dv)
+    return shapes
+
 def load_official_state_dict(matcher: IIERMatcher, sd: dict[str, Tensor]) -> IIERMatcher:
     "Load an official MIMIC/IIER matcher state dict (optionally `matcher.`-prefixed, encoder keys ignored) strictly."
     if any(k.startswith('matcher.') for k in sd): sd = {k[8:]: v for k, v in sd.items() if k.startswith('matcher.')}
@@ -330,6 +348,7 @@ def load_official_state_dict(matcher: IIERMatcher, sd: dict[str, Tensor]) -> IIE
     matcher.load_state_dict(sd, strict=True)
     return matcher
 
+# %% ../nbs/05_units.ipynb #3b009386
 def reference_matcher_forward(sd: dict[str, Tensor], entity_text_cls, entity_text_tokens, mention_text_cls,
                              mention_text_tokens, entity_image_cls, entity_image_tokens, mention_image_cls,
                              mention_image_tokens) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
@@ -363,19 +382,3 @@ def reference_matcher_forward(sd: dict[str, Tensor], entity_text_cls, entity_tex
     cross = fuse(mtc, mit) @ fuse(etc, eit).T
     return (text + visual + cross) / 3, (text, visual, cross)
 
-def official_state_dict_shapes(dt: int = 512, dv: int = 96, hidden: int = 96) -> dict[str, tuple[int, ...]]:
-    "Parameter names and shapes of the official matcher (config: input_hidden_dim = dt, dv, *_hidden_dim = hidden)."
-    shapes = {}
-    def lin(n, i, o): shapes[f'{n}.weight'] = (o, i); shapes[f'{n}.bias'] = (o,)
-    def ln(n, d): shapes[f'{n}.weight'] = (d,); shapes[f'{n}.bias'] = (d,)
-    for n in ('fc_query', 'fc_key', 'fc_value', 'fc_cls'): lin(f'tglu.{n}', dt, hidden)
-    ln('tglu.layer_norm', hidden)
-    for d in ('dual_ent2men', 'dual_men2ent'):
-        lin(f'vdlu.{d}.cls_fc', dv, hidden); lin(f'vdlu.{d}.tokens_fc', dv, hidden)
-        lin(f'vdlu.{d}.fc', hidden, hidden); lin(f'vdlu.{d}.gate_fc', hidden, 1)
-        ln(f'vdlu.{d}.add_layer_norm', hidden); ln(f'vdlu.{d}.layer_norm', hidden)
-    lin('cmfu.text_fc', dt, hidden); lin('cmfu.image_fc', dv, hidden); lin('cmfu.gate_fc', hidden, 1)
-    ln('cmfu.gate_layer_norm', hidden); ln('cmfu.context_layer_norm', hidden)
-    ln('text_cls_layernorm', dt); ln('text_tokens_layernorm', dt)
-    ln('image_cls_layernorm', dv); ln('image_tokens_layernorm', dv)
-    return shapes
