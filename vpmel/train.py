@@ -162,10 +162,10 @@ class LoaderBatches:
         return self.loader
 
 class DrawnBatches:
-    "`n` batches per epoch, each made by `draw()` (which samples from the global RNG)."
-    def __init__(self, draw: Callable[[], object], n: int): self.draw, self.n = draw, n
-    def __len__(self): return self.n
-    def __call__(self, epoch: int, start: int = 0) -> Iterable: return (self.draw() for _ in range(start, self.n))
+    "`n_batches` batches per epoch, each made by `draw()` (which samples from the global RNG)."
+    def __init__(self, draw: Callable[[], object], n_batches: int): self.draw, self.n_batches = draw, n_batches
+    def __len__(self): return self.n_batches
+    def __call__(self, epoch: int, start: int = 0) -> Iterable: return (self.draw() for _ in range(start, self.n_batches))
 
 # %% ../nbs/08_train.ipynb #2b7f0c32
 def _append_jsonl(path: Path, rec: dict):
