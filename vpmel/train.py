@@ -263,22 +263,21 @@ def fit(model: nn.Module, batches, cfg: TrainConfig, out_dir=None, loss_fn: Call
     state = files.start(resume, raw, opt, sched)
     while not state.done and state.epoch < cfg.epochs:
         model.train()
-        bar = tqdm(batches(state.epoch, state.step_in_epoch), total=len(batches) - state.step_in_epoch,
-                   desc=f'{desc} {state.epoch + 1}/{cfg.epochs}', disable=not progress, leave=False)
-        for batch in bar:
+        bar = tqdm(total=len(batches) - state.step_in_epoch, desc=f'{desc} {state.epoch + 1}/{cfg.epochs}', disable=not progress, leave=False)
+        for batch in batches(state.epoch, state.step_in_epoch):   # iterated once (tqdm.auto would call iter() twice)
             out = train_step(model, send_to_device(batch, acc.device), opt, acc, sched, loss_fn, cfg.grad_clip)
             if after_step is not None: after_step(raw)
             state.step_in_epoch += 1; state.global_step += 1
-            bar.set_postfix(loss=f"{out['loss'].item():.3f}")
+            bar.update(); bar.set_postfix(loss=f"{out['loss'].item():.3f}")
             if state.global_step % cfg.log_every == 0:
                 history.append({'split': 'train', 'epoch': state.epoch, 'step': state.global_step,
                                 **{k: float(v.detach() if torch.is_tensor(v) else v) for k, v in out.items() if k.startswith('loss')}})
                 files.log(history[-1])
             if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0: files.checkpoint(raw, opt, sched, state)
             if cfg.max_steps is not None and state.global_step >= cfg.max_steps:
-                files.checkpoint(raw, opt, sched, state)
+                files.checkpoint(raw, opt, sched, state); bar.close()
                 return {'stopped': 'max_steps', 'state': asdict(state), 'history': history}
-        model.eval()
+        bar.close(); model.eval()
         if evaluate is not None: history.append(_end_of_epoch(raw, evaluate, cfg, state, files, progress))
         state.epoch += 1; state.step_in_epoch = 0
         files.checkpoint(raw, opt, sched, state)
