@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_answers.ipynb #a0000004
 from __future__ import annotations
-import argparse, collections, copy, difflib, json, os, random, re
+import argparse, collections, copy, difflib, json, os, random, re, sys
 from pathlib import Path
 from typing import Sequence
 
@@ -12,8 +12,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .vpwiki import MELDataset, load_dataset, write_bytes_atomic, write_json_atomic
-from .detective import (DETECTIVE_PRESETS, DetectiveExample, build_tiny_detective, detective_corpus, detective_examples,
-                        detective_kb_examples, detective_target, generate_answers, load_detective, save_detective, train_detective)
+from .detective import (DETECTIVE_PRESETS, PROMPT_VIEWS, TINY_BACKENDS, DetectiveExample, DetectiveTrainConfig, add_lora,
+                        build_tiny_detective, detective_corpus, detective_examples, detective_kb_examples, detective_target,
+                        generate_answers, load_detective, load_rgb, save_detective, train_detective)
 
 # %% auto #0
 __all__ = ['parse_answer', 'normalize_name', 'name_similarity', 'detective_metrics', 'read_answer_cache',
