@@ -154,6 +154,7 @@ def caption_folds(examples: Sequence[DetectiveExample], k: int) -> list[list[Det
     fold = {p: i % k for i, p in enumerate(dict.fromkeys(e.prompt for e in examples))}
     return [[e for e in examples if fold[e.prompt] == i] for i in range(k)]
 
+# %% ../nbs/12_answers.ipynb #7d3b0a43
 def _training_data(ds: MELDataset, train: Sequence[DetectiveExample], cfg: DetectiveTrainConfig) -> tuple[list, list]:
     "What a Detective trained with `cfg` sees: `train` (+ one example per KB image with `cfg.kb_examples`), and the first 200 dev mentions (enough for its dev loss curve)."
     train = list(train) + (detective_kb_examples(ds, seed=cfg.seed) if cfg.kb_examples else [])
@@ -233,6 +234,7 @@ def _data(path) -> MELDataset:
     if not (p / 'kb_entity.json').is_file(): raise FileNotFoundError(f'{p} is not a dataset folder (no kb_entity.json)')
     return load_dataset(p)
 
+# %% ../nbs/12_answers.ipynb #84db17e4
 def cli_detective(argv: list[str]) -> int:
     "`vpmel detective train|generate|eval`: train the Detective, answer a split into a cache, score a cache."
     ap = argparse.ArgumentParser(prog='vpmel detective', description='Detective-VLM: the type and name of the boxed entity.')

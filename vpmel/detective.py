@@ -281,6 +281,7 @@ def detective_view(model) -> str:
     "The prompt view a Detective was trained with (kept in its `config.json` as `prompt_view`; 'full' if absent)."
     return getattr(model.config, 'prompt_view', 'full')
 
+# %% ../nbs/11_detective.ipynb #4bfccf35
 def rename_entity(e: DetectiveExample, new_name: str) -> DetectiveExample:
     "`e` with its entity called `new_name`, in the caption and in the answer (the image is unchanged)."
     return dataclasses.replace(e, prompt=detective_prompt(prompt_caption(e.prompt).replace(e.name, new_name)),
@@ -293,6 +294,7 @@ def names_by_type(examples: Sequence[DetectiveExample]) -> dict[str, list[str]]:
         if e.name: out.setdefault(e.type, set()).add(e.name)
     return {t: sorted(v) for t, v in out.items()}
 
+# %% ../nbs/11_detective.ipynb #12db65f7
 class DetectiveCollate:
     """Turn a list of `DetectiveExample` into model inputs (images seen through `view`); `train=True` adds `labels` on
     the answer tokens only. Training augmentations: `caption_dropout` (drop the caption) and `rename` (the share of

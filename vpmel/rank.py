@@ -173,6 +173,7 @@ def _bench_setup(seed: int, n_entities: int, n_queries: int):
 
 def _rss_mb() -> float: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB
 
+# %% ../nbs/07_rank.ipynb #79129d3a
 def _bench_worker(argv: list[str]) -> int:
     "One implementation in this process: prints nothing, writes JSON to the output path."
     impl, n_entities, n_queries, chunk, seed, threads, out = argv
@@ -221,6 +222,7 @@ def _run_worker(impl: str, a, tmp: str) -> dict:
     subprocess.run(cmd, check=True, env=env)
     with open(out) as f: return json.load(f)
 
+# %% ../nbs/07_rank.ipynb #8b57ac68
 def _agreement(a: dict, b: dict, tol: float = 1e-3) -> dict:
     "Top-k agreement of two bench results; disagreements between near-equal scores (|diff| <= tol*scale) count as ties."
     ai, bi = np.array(a['topk_indices']), np.array(b['topk_indices'])

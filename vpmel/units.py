@@ -165,6 +165,7 @@ class DualGate(nn.Module):
         agg = self.layer_norm(u * g + kside['q'][None])
         return torch.einsum('abd,ad->ab', agg, qside['qn'])
 
+# %% ../nbs/06_units.ipynb #6b8b6290
 class VisualInteractionUnit(nn.Module):
     "VDLU: dual gated unit, entity->mention and mention->entity, averaged."
     def __init__(self, dv: int = 96, hidden: int = 96, max_block: int = 2**18):
@@ -381,4 +382,3 @@ def reference_matcher_forward(sd: dict[str, Tensor], entity_text_cls, entity_tex
         return ln(t * torch.tanh(lin(t, 'cmfu.gate_fc')) + (a @ p).squeeze(1), 'cmfu.gate_layer_norm')
     cross = fuse(mtc, mit) @ fuse(etc, eit).T
     return (text + visual + cross) / 3, (text, visual, cross)
-
