@@ -145,11 +145,52 @@ class TinyVLMConfig:
     prompt_view: str = 'full'            # 'full' (the paper: the whole prompted image) or 'zoom' (the red box, enlarged)
 
 # %% ../nbs/11_detective.ipynb #1a67ba0b
+def _tiny_llava(cfg: TinyVLMConfig, tok, text: dict, vision: dict, template: str, clip=None):
+    "LLaVA: a CLIP vision tower (the `clip`'s weights when given), a Llama decoder, one image token per patch + CLS."
+    import transformers as tf
+    S, P = cfg.image_size, cfg.patch_size
+    config = tf.LlavaConfig(vision_config=tf.CLIPVisionConfig(**vision), text_config=tf.LlamaConfig(**text),
+                            image_token_index=tok.convert_tokens_to_ids('<image>'), vision_feature_select_strategy='default',
+                            vision_feature_layer=-1, projector_hidden_act='gelu')
+    model = tf.LlavaForConditionalGeneration(config)
+    norm = {'image_mean': clip.visual.preprocess_cfg['mean'], 'image_std': clip.visual.preprocess_cfg['std']} if clip else {}
+    ip = tf.CLIPImageProcessor(size={'shortest_edge': S}, crop_size={'height': S, 'width': S}, **norm)
+    if clip is not None: model.model.vision_tower.load_state_dict(clip_vision_state_dict(clip.visual))
+    return model, tf.LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=P, vision_feature_select_strategy='default',
+                                    num_additional_image_tokens=1, chat_template=template)
+
+def _tiny_qwen2_vl(cfg: TinyVLMConfig, tok, text: dict, vision: dict, template: str, clip=None):
+    "Qwen2-VL: its own ViT with 2x2 patch merging, a decoder with multimodal rotary positions (time, height, width)."
+    import transformers as tf
+    S, P, tid = cfg.image_size, cfg.patch_size, tok.convert_tokens_to_ids
+    hd = cfg.hidden // cfg.heads // 2  # rotary half-dimension, split over (time, height, width)
+    config = tf.Qwen2VLConfig(
+        vision_config=dict(depth=cfg.vision_layers, embed_dim=cfg.vision_hidden, hidden_size=cfg.hidden, num_heads=cfg.heads,
+                           patch_size=P, spatial_merge_size=2, temporal_patch_size=2, mlp_ratio=2),
+        text_config=dict(text, rope_scaling={'type': 'mrope', 'mrope_section': [hd - 2 * (hd // 3), hd // 3, hd // 3]}),
+        image_token_id=tid('<|image_pad|>'), video_token_id=tid('<|video_pad|>'),
+        vision_start_token_id=tid('<|vision_start|>'), vision_end_token_id=tid('<|vision_end|>'))
+    ip = tf.Qwen2VLImageProcessor(min_pixels=S * S, max_pixels=S * S, patch_size=P, merge_size=2, temporal_patch_size=2)
+    return (tf.Qwen2VLForConditionalGeneration(config),
+            tf.Qwen2VLProcessor(image_processor=ip, tokenizer=tok, video_processor=tf.Qwen2VLVideoProcessor(), chat_template=template))
+
+def _tiny_idefics3(cfg: TinyVLMConfig, tok, text: dict, vision: dict, template: str, clip=None):
+    "Idefics3 (the architecture of SmolVLM): a SigLIP-style ViT, pixel shuffle (scale 2), a Llama decoder."
+    import transformers as tf
+    S, P = cfg.image_size, cfg.patch_size
+    config = tf.Idefics3Config(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids('<image>'),
+                               scale_factor=2, pad_token_id=tok.pad_token_id, tie_word_embeddings=cfg.tie_embeddings)
+    ip = tf.Idefics3ImageProcessor(do_image_splitting=False, size={'longest_edge': S}, max_image_size={'longest_edge': S})
+    return (tf.Idefics3ForConditionalGeneration(config),
+            tf.Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=(S // P) ** 2 // 4, chat_template=template))
+
+_TINY_BUILDERS = {'llava': _tiny_llava, 'qwen2_vl': _tiny_qwen2_vl, 'idefics3': _tiny_idefics3}
+
+# %% ../nbs/11_detective.ipynb #1a67ba0c
 def build_tiny_detective(tokenizer_or_texts, backend: str = 'llava', cfg: TinyVLMConfig | None = None, seed: int = 0):
     """A randomly initialised `(model, processor)` of `backend`'s class, built from configs (no download).
     `tokenizer_or_texts`: texts to train a word-level tokenizer on, or a tokenizer made by `train_word_tokenizer`
     with `TINY_BACKENDS[backend][0]` as special tokens."""
-    import transformers as tf
     if backend not in TINY_BACKENDS: raise ValueError(f'unknown backend {backend!r}; choose from {list(TINY_BACKENDS)}')
     cfg = cfg or TinyVLMConfig()
     if cfg.vision_from_clip and backend != 'llava':
@@ -158,52 +199,23 @@ def build_tiny_detective(tokenizer_or_texts, backend: str = 'llava', cfg: TinyVL
     tok = tokenizer_or_texts if hasattr(tokenizer_or_texts, 'convert_tokens_to_ids') else train_word_tokenizer(tokenizer_or_texts, specials)
     missing = [t for t in specials if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)]
     if missing: raise ValueError(f'tokenizer lacks the special tokens {missing} needed by {backend}')
-    tid = tok.convert_tokens_to_ids
-    template = _TEMPLATE.replace('@IMAGE@', placeholder)
     clip = None
     if cfg.vision_from_clip: cfg, clip = _vision_cfg_from_clip(cfg)
-    S, P = cfg.image_size, cfg.patch_size
     text = dict(vocab_size=len(tok), hidden_size=cfg.hidden, intermediate_size=2 * cfg.hidden, num_hidden_layers=cfg.layers,
                 num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads, max_position_embeddings=1024,
                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None, tie_word_embeddings=cfg.tie_embeddings)
     vision = dict(hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_mlp_ratio * cfg.vision_hidden,
-                  num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.heads, image_size=S, patch_size=P,
-                  hidden_act=cfg.vision_act)
+                  num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.heads, image_size=cfg.image_size,
+                  patch_size=cfg.patch_size, hidden_act=cfg.vision_act)
     torch.manual_seed(seed)
-    if backend == 'llava':
-        config = tf.LlavaConfig(vision_config=tf.CLIPVisionConfig(**vision), text_config=tf.LlamaConfig(**text),
-                                image_token_index=tid('<image>'), vision_feature_select_strategy='default',
-                                vision_feature_layer=-1, projector_hidden_act='gelu')
-        model = tf.LlavaForConditionalGeneration(config)
-        norm = {'image_mean': clip.visual.preprocess_cfg['mean'], 'image_std': clip.visual.preprocess_cfg['std']} if clip else {}
-        ip = tf.CLIPImageProcessor(size={'shortest_edge': S}, crop_size={'height': S, 'width': S}, **norm)
-        if clip is not None: model.model.vision_tower.load_state_dict(clip_vision_state_dict(clip.visual))
-        proc = tf.LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=P, vision_feature_select_strategy='default',
-                                 num_additional_image_tokens=1, chat_template=template)
-    elif backend == 'qwen2_vl':
-        hd = cfg.hidden // cfg.heads // 2  # rotary half-dimension, split over (time, height, width)
-        sec = [hd - 2 * (hd // 3), hd // 3, hd // 3]
-        config = tf.Qwen2VLConfig(
-            vision_config=dict(depth=cfg.vision_layers, embed_dim=cfg.vision_hidden, hidden_size=cfg.hidden, num_heads=cfg.heads,
-                               patch_size=P, spatial_merge_size=2, temporal_patch_size=2, mlp_ratio=2),
-            text_config=dict(text, rope_scaling={'type': 'mrope', 'mrope_section': sec}),
-            image_token_id=tid('<|image_pad|>'), video_token_id=tid('<|video_pad|>'),
-            vision_start_token_id=tid('<|vision_start|>'), vision_end_token_id=tid('<|vision_end|>'))
-        model = tf.Qwen2VLForConditionalGeneration(config)
-        ip = tf.Qwen2VLImageProcessor(min_pixels=S * S, max_pixels=S * S, patch_size=P, merge_size=2, temporal_patch_size=2)
-        proc = tf.Qwen2VLProcessor(image_processor=ip, tokenizer=tok, video_processor=tf.Qwen2VLVideoProcessor(), chat_template=template)
-    else:  # idefics3 (the architecture of SmolVLM)
-        config = tf.Idefics3Config(vision_config=vision, text_config=text, image_token_id=tid('<image>'), scale_factor=2,
-                                   pad_token_id=tok.pad_token_id, tie_word_embeddings=cfg.tie_embeddings)
-        model = tf.Idefics3ForConditionalGeneration(config)
-        ip = tf.Idefics3ImageProcessor(do_image_splitting=False, size={'longest_edge': S}, max_image_size={'longest_edge': S})
-        proc = tf.Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=(S // P) ** 2 // 4, chat_template=template)
+    model, proc = _TINY_BUILDERS[backend](cfg, tok, text, vision, _TEMPLATE.replace('@IMAGE@', placeholder), clip)
     model.config.prompt_view = cfg.prompt_view   # saved in config.json: generation sees what training saw
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.bos_token_id = None
     return model, proc
 
+# %% ../nbs/11_detective.ipynb #1a67ba0d
 def clip_vision_state_dict(visual: torch.nn.Module) -> dict[str, torch.Tensor]:
     "An open_clip ViT's weights under the names of transformers' `CLIPVisionModel` (q, k, v split out of `in_proj`)."
     sd, out = visual.state_dict(), {}
