@@ -11,10 +11,10 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .vpwiki import MELDataset, load_dataset, write_bytes_atomic, write_json_atomic
+from .vpwiki import MELDataset, load_dataset, open_image, write_bytes_atomic, write_json_atomic
 from .detective import (DETECTIVE_PRESETS, PROMPT_VIEWS, TINY_BACKENDS, DetectiveExample, DetectiveTrainConfig, add_lora,
                         build_tiny_detective, detective_corpus, detective_examples, detective_kb_examples, detective_target,
-                        generate_answers, load_detective, load_rgb, save_detective, train_detective)
+                        generate_answers, load_detective, save_detective, train_detective)
 
 # %% auto #0
 __all__ = ['parse_answer', 'normalize_name', 'name_similarity', 'detective_metrics', 'read_answer_cache',
@@ -302,7 +302,7 @@ def detective_gallery(examples: Sequence[DetectiveExample], answers: dict[str, s
     if not picks: raise ValueError('nothing to show')
     fig, axs = plt.subplots(1, len(picks), figsize=(2.6 * len(picks), 3.6), squeeze=False)
     for ax, e in zip(axs[0], picks):
-        ax.imshow(load_rgb(e.image)); ax.set_axis_off()
+        ax.imshow(open_image(e.image)); ax.set_axis_off()
         ok = right(e)
         t, n = parse_answer(answers.get(e.id, ''))
         ax.set_title('\n'.join(textwrap.wrap(f'said: {t} / {n}', 26)), fontsize=8, color='green' if ok else 'red')

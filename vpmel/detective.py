@@ -13,17 +13,18 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .vpwiki import MELDataset, load_dataset, resolve_in_root, write_bytes_atomic, write_json_atomic
+from .vpwiki import MELDataset, load_dataset, open_image, resolve_in_root, write_bytes_atomic, write_json_atomic
+from .pretrain import clip_vision_state_dict
 from .train import TrainConfig, LoaderBatches, fit
 
 # %% auto #0
 __all__ = ['QUESTION', 'SENTENCE_TAG', 'CHAT_TOKENS', 'EOS_TOKEN', 'PAD_TOKEN', 'UNK_TOKEN', 'TINY_BACKENDS', 'PRETRAINED',
            'LORA_TARGET', 'PROJECTORS', 'VISION_TOWERS', 'PROMPT_VIEWS', 'DETECTIVE_PRESETS', 'detective_prompt',
            'prompt_caption', 'detective_target', 'DetectiveExample', 'detective_examples', 'detective_kb_examples',
-           'train_word_tokenizer', 'detective_corpus', 'TinyVLMConfig', 'build_tiny_detective',
-           'clip_vision_state_dict', 'load_detective', 'add_lora', 'is_peft', 'chat', 'load_rgb', 'prompt_view',
-           'detective_view', 'rename_entity', 'names_by_type', 'DetectiveCollate', 'DetectiveTrainConfig',
-           'with_positions', 'answer_loss', 'detective_loss', 'train_detective', 'save_detective', 'generate_answers']
+           'train_word_tokenizer', 'detective_corpus', 'TinyVLMConfig', 'build_tiny_detective', 'load_detective',
+           'add_lora', 'is_peft', 'chat', 'prompt_view', 'detective_view', 'rename_entity', 'names_by_type',
+           'DetectiveCollate', 'DetectiveTrainConfig', 'with_positions', 'answer_loss', 'detective_loss',
+           'train_detective', 'save_detective', 'generate_answers']
 
 # %% ../nbs/11_detective.ipynb #f8f31810
 QUESTION = ("In the red box of the image, tell me briefly what is the Entity Type, "
@@ -216,22 +217,6 @@ def build_tiny_detective(tokenizer_or_texts, backend: str = 'llava', cfg: TinyVL
     return model, proc
 
 # %% ../nbs/11_detective.ipynb #1a67ba0d
-def clip_vision_state_dict(visual: torch.nn.Module) -> dict[str, torch.Tensor]:
-    "An open_clip ViT's weights under the names of transformers' `CLIPVisionModel` (q, k, v split out of `in_proj`)."
-    sd, out = visual.state_dict(), {}
-    out['embeddings.class_embedding'] = sd['class_embedding']
-    out['embeddings.patch_embedding.weight'] = sd['conv1.weight']
-    out['embeddings.position_embedding.weight'] = sd['positional_embedding']
-    for hf, oc in (('pre_layrnorm', 'ln_pre'), ('post_layernorm', 'ln_post')):
-        for p in ('weight', 'bias'): out[f'{hf}.{p}'] = sd[f'{oc}.{p}']
-    names = {'self_attn.out_proj': 'attn.out_proj', 'layer_norm1': 'ln_1', 'layer_norm2': 'ln_2', 'mlp.fc1': 'mlp.c_fc', 'mlp.fc2': 'mlp.c_proj'}
-    for i in range(len(visual.transformer.resblocks)):
-        src, dst = f'transformer.resblocks.{i}.', f'encoder.layers.{i}.'
-        for p in ('weight', 'bias'):
-            for n, qkv in zip('qkv', sd[f'{src}attn.in_proj_{p}'].chunk(3)): out[f'{dst}self_attn.{n}_proj.{p}'] = qkv
-            for hf, oc in names.items(): out[f'{dst}{hf}.{p}'] = sd[f'{src}{oc}.{p}']
-    return out
-
 def _vision_cfg_from_clip(cfg: TinyVLMConfig):
     "`cfg` with the vision tower sized like the open_clip ViT in folder `cfg.vision_from_clip`, and that CLIP."
     import open_clip
@@ -274,10 +259,6 @@ def chat(prompt: str, answer: str | None = None) -> list[dict]:
     msgs = [{'role': 'user', 'content': [{'type': 'image'}, {'type': 'text', 'text': prompt}]}]
     if answer is not None: msgs.append({'role': 'assistant', 'content': [{'type': 'text', 'text': answer}]})
     return msgs
-
-def load_rgb(path: Path) -> Image.Image:
-    "Open an image fully (raises on unreadable files: never a silent blank)."
-    with Image.open(path) as im: return im.convert('RGB')
 
 PROMPT_VIEWS = ('full', 'zoom')
 
@@ -323,7 +304,7 @@ class DetectiveCollate:
     def image(self, path: Path) -> Image.Image:
         "The example's image seen through the view (from memory when seen before)."
         if (im := self._images.get(path)) is not None: return im
-        im = prompt_view(load_rgb(path), self.view)
+        im = prompt_view(open_image(path), self.view)      # a bad file raises, naming it
         size = im.width * im.height * 3
         if self._bytes + size <= self.cache_bytes: self._images[path] = im; self._bytes += size
         return im

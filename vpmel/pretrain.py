@@ -20,8 +20,8 @@ from .train import TrainConfig, DrawnBatches, fit
 
 # %% auto #0
 __all__ = ['CLIP_CONFIG_FILE', 'CLIP_WEIGHTS_FILE', 'entity_text', 'clip_preprocess_defaults', 'save_open_clip',
-           'clip_kb_retrieval', 'clip_scene_retrieval', 'PretrainConfig', 'clip_loss', 'pretrain_tiny_clip',
-           'default_clip_dir', 'cli_pretrain_clip']
+           'clip_vision_state_dict', 'clip_kb_retrieval', 'clip_scene_retrieval', 'PretrainConfig', 'clip_loss',
+           'pretrain_tiny_clip', 'default_clip_dir', 'cli_pretrain_clip']
 
 # %% ../nbs/10_pretrain.ipynb #a1ac8908
 def entity_text(e) -> str:
@@ -64,6 +64,23 @@ def save_open_clip(clip: nn.Module, model_cfg: dict, out_dir) -> Path:
                       'preprocess_cfg': {'mean': list(pp['mean']), 'std': list(pp['std'])}}, indent=2)
     sd = {k: v.detach().contiguous() for k, v in clip.state_dict().items()}
     write_bytes_atomic(out/CLIP_WEIGHTS_FILE, st_save(sd))
+    return out
+
+# %% ../nbs/10_pretrain.ipynb #94ae42c1
+def clip_vision_state_dict(visual: torch.nn.Module) -> dict[str, torch.Tensor]:
+    "An open_clip ViT's weights under the names of transformers' `CLIPVisionModel` (q, k, v split out of `in_proj`)."
+    sd, out = visual.state_dict(), {}
+    out['embeddings.class_embedding'] = sd['class_embedding']
+    out['embeddings.patch_embedding.weight'] = sd['conv1.weight']
+    out['embeddings.position_embedding.weight'] = sd['positional_embedding']
+    for hf, oc in (('pre_layrnorm', 'ln_pre'), ('post_layernorm', 'ln_post')):
+        for p in ('weight', 'bias'): out[f'{hf}.{p}'] = sd[f'{oc}.{p}']
+    names = {'self_attn.out_proj': 'attn.out_proj', 'layer_norm1': 'ln_1', 'layer_norm2': 'ln_2', 'mlp.fc1': 'mlp.c_fc', 'mlp.fc2': 'mlp.c_proj'}
+    for i in range(len(visual.transformer.resblocks)):
+        src, dst = f'transformer.resblocks.{i}.', f'encoder.layers.{i}.'
+        for p in ('weight', 'bias'):
+            for n, qkv in zip('qkv', sd[f'{src}attn.in_proj_{p}'].chunk(3)): out[f'{dst}self_attn.{n}_proj.{p}'] = qkv
+            for hf, oc in names.items(): out[f'{dst}{hf}.{p}'] = sd[f'{src}{oc}.{p}']
     return out
 
 # %% ../nbs/10_pretrain.ipynb #a1ac8909
