@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 import torch.nn.functional as F
-from safetensors.torch import save_file, load_file
+from safetensors.torch import load_file, save as st_save
 
 from .vpwiki import write_json_atomic, write_bytes_atomic
 from .encoders import EncoderConfig, MultimodalEncoder, Features
@@ -97,8 +97,7 @@ class IIER(nn.Module):
         "`config.json` + `model.safetensors` in folder `path` (written atomically)."
         path = Path(path); path.mkdir(parents=True, exist_ok=True)
         sd = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
-        tmp = path/'.model.safetensors.tmp'
-        save_file(sd, str(tmp)); tmp.replace(path/'model.safetensors')
+        write_bytes_atomic(path/'model.safetensors', st_save(sd))
         write_json_atomic(path/'config.json', self.cfg.to_json(), indent=2)
 
     @classmethod

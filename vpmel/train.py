@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from safetensors.torch import save_file, load_file
 
-from .vpwiki import write_json_atomic
+from .vpwiki import write_bytes_atomic, write_json_atomic
 
 # %% auto #0
 __all__ = ['set_seed', 'param_groups', 'lr_factor', 'TrainConfig', 'LoopState', 'save_checkpoint', 'load_weights',
@@ -180,7 +180,7 @@ def _truncate_metrics(path: Path, global_step: int):
     "On resume, drop metric lines written after the checkpoint we resume from (they will be produced again)."
     if not path.exists(): return
     keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)['step'] <= global_step]
-    path.write_text(''.join(l + '\n' for l in keep))
+    write_bytes_atomic(path, ''.join(l + '\n' for l in keep).encode())
 
 # %% ../nbs/09_train.ipynb #6ffd0acb
 def make_accelerator(mixed_precision: str = 'no'):
