@@ -1,0 +1,85 @@
+"""Run All of every chapter in JupyterLab, in a real browser (Debian's chromium through playwright), as a reader would.
+
+Usage (from the repository root, in the project's environment):
+    apt-get install -y chromium && pip install playwright && python .ci/browser_run_all.py [--only 00_vpwiki ...]
+
+A copy of the repository (without .git, .venv, data and runs) is served by JupyterLab on 127.0.0.1 with a token, so
+the browser never saves outputs into the real notebooks. For each chapter: open it in a fresh workspace, wait for the
+kernel, run all cells, wait until no cell is running, and fail on any error output or a "Select Kernel" dialog.
+Prints seconds per chapter and writes a screenshot of each under --shots (default /tmp/vpmel-browser)."""
+import argparse, json, os, secrets, shutil, socket, subprocess, sys, tempfile, time, urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+def free_port() -> int:
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+def start_lab(nbs: Path, port: int, token: str) -> subprocess.Popen:
+    cmd = [sys.executable, '-m', 'jupyter', 'lab', '--no-browser', '--ip=127.0.0.1', f'--port={port}',
+           f'--IdentityProvider.token={token}', f'--ServerApp.root_dir={nbs}', '--LabApp.expose_app_in_browser=True',
+           '--allow-root']
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(120):
+        try:
+            with urllib.request.urlopen(f'http://127.0.0.1:{port}/api/status?token={token}', timeout=2) as r:
+                if r.status == 200: return proc
+        except OSError: time.sleep(0.5)
+    proc.kill(); raise RuntimeError('JupyterLab did not start')
+
+JS_PROMPTS = "() => Array.from(document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')).map(e => e.textContent)"
+
+def run_all(page, url: str, timeout: float) -> tuple[float, str]:
+    "Open a notebook, run all its cells; returns (seconds, problem or '')."
+    page.goto(url)
+    page.wait_for_selector('.jp-Notebook', timeout=60_000)
+    page.wait_for_function('() => window.jupyterapp !== undefined', timeout=60_000)
+    if page.query_selector('.jp-Dialog'): return 0.0, 'a dialog opened (no kernelspec?)'
+    page.wait_for_function("() => /Idle/.test(document.querySelector('#jp-main-statusbar')?.textContent || '')", timeout=120_000)
+    t0 = time.time()
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    while time.time() - t0 < timeout:
+        time.sleep(1)
+        prompts = page.evaluate(JS_PROMPTS)
+        if prompts and not any('*' in p for p in prompts) and all(any(c.isdigit() for c in p) for p in prompts): break
+    else: return time.time() - t0, f'still running after {timeout:.0f} s'
+    secs = time.time() - t0
+    if page.query_selector('.jp-Dialog'): return secs, 'a dialog opened'
+    errors = page.evaluate("() => Array.from(document.querySelectorAll('.jp-OutputArea-output')).map(e => e.textContent).filter(t => /Traceback|Error:/.test(t) && /Traceback/.test(t))")
+    return secs, (errors[0][:500] if errors else '')
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--only', nargs='*', default=None, help='chapter names (e.g. 00_vpwiki); default: all')
+    ap.add_argument('--timeout', type=float, default=300, help='seconds a chapter may take')
+    ap.add_argument('--shots', default='/tmp/vpmel-browser', help='folder for screenshots')
+    ap.add_argument('--chromium', default='/usr/bin/chromium')
+    a = ap.parse_args()
+    from playwright.sync_api import sync_playwright
+    work = Path(tempfile.mkdtemp(prefix='vpmel-browser-'))
+    shutil.copytree(ROOT, work/'repo', ignore=shutil.ignore_patterns('.git', '.venv', 'data', 'runs', '__pycache__', '_proc'))
+    nbs, shots = work/'repo'/'nbs', Path(a.shots)
+    shots.mkdir(parents=True, exist_ok=True)
+    chapters = sorted(p.stem for p in nbs.glob('[0-9][0-9]_*.ipynb') if a.only is None or p.stem in a.only)
+    port, token = free_port(), secrets.token_hex(16)
+    lab, results = start_lab(nbs, port, token), {}
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=a.chromium, args=['--no-sandbox', '--disable-gpu'])
+            for i, ch in enumerate(chapters):
+                page = browser.new_page(viewport={'width': 1400, 'height': 1000})
+                secs, problem = run_all(page, f'http://127.0.0.1:{port}/lab/workspaces/ci{i}/tree/{ch}.ipynb?reset&token={token}', a.timeout)
+                page.screenshot(path=str(shots/f'{ch}.png'))
+                page.evaluate("() => window.jupyterapp.commands.execute('kernelmenu:shutdown')")
+                page.close()
+                results[ch] = {'seconds': round(secs, 1), 'problem': problem}
+                print(f"{ch:<18} {secs:7.1f} s  {'OK' if not problem else 'FAILED: ' + problem}", flush=True)
+            browser.close()
+    finally:
+        lab.terminate(); lab.wait(timeout=30); shutil.rmtree(work, ignore_errors=True)
+    bad = [c for c, r in results.items() if r['problem']]
+    print(json.dumps({'chapters': len(results), 'failed': bad, 'total_seconds': round(sum(r['seconds'] for r in results.values()), 1)}))
+    print(f'{len(results) - len(bad)} passed, {len(bad)} failed')
+    return 1 if bad else 0
+
+if __name__ == '__main__': sys.exit(main())
