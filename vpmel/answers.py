@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_answers.ipynb #a0000004
 from __future__ import annotations
-import argparse, collections, copy, difflib, json, os, random, re, sys
+import argparse, copy, difflib, json, os, random, re, sys
 from pathlib import Path
 from typing import Sequence
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_demo.ipynb #91ad5726
 from __future__ import annotations
-import argparse, json, time
+import argparse, time
 from pathlib import Path
 from typing import Sequence
 

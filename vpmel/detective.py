@@ -4,16 +4,16 @@
 
 # %% ../nbs/11_detective.ipynb #560f755f
 from __future__ import annotations
-import argparse, copy, dataclasses, difflib, json, math, os, random, re, sys, time
-from dataclasses import dataclass, asdict, field
+import dataclasses, json, random, time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .vpwiki import MELDataset, load_dataset, open_image, resolve_in_root, write_bytes_atomic, write_json_atomic
+from .vpwiki import MELDataset, open_image
 from .pretrain import clip_vision_state_dict
 from .train import TrainConfig, LoaderBatches, fit
 

@@ -6,7 +6,7 @@
 from __future__ import annotations
 from dataclasses import dataclass, fields, asdict
 import torch
-from .vpwiki import write_json_atomic, write_bytes_atomic, resolve_in_root, load_dataset, MELDataset, SPLITS
+from .vpwiki import write_json_atomic
 
 # %% auto #0
 __all__ = ['LayerSpec', 'TINY_CLIPS', 'Features', 'resolve_layers', 'EncoderConfig', 'tiny_clip_config', 'register_tiny_clips',
@@ -52,11 +52,11 @@ class Features:
     def shapes(self) -> dict: return {f.name: tuple(getattr(self, f.name).shape) for f in fields(self)}
 
 # %% ../nbs/05_encoders.ipynb #aabae845
-import importlib.util, json, math, os, tempfile, time
+import importlib.util, json, tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 import open_clip
-import torch.nn as nn, torch.nn.functional as F
+import torch.nn as nn
 
 LayerSpec = str | Sequence[int]
 

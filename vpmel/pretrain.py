@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_pretrain.ipynb #p0000004
 from __future__ import annotations
-import argparse, json, math, time
+import json, math, time
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 from typing import Sequence

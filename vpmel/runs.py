@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_runs.ipynb #cb7ac8a1
 from __future__ import annotations
-import argparse, contextlib, copy, hashlib, json, random, time
+import argparse, copy, hashlib, json, random, time
 from dataclasses import dataclass, asdict, field
 from functools import partial
 from pathlib import Path

@@ -4,12 +4,12 @@
 
 # %% ../nbs/03_synth.ipynb #53c50847
 from __future__ import annotations
-import argparse, hashlib, io, json, math, multiprocessing as mp, random, shutil, sys, time
-from dataclasses import dataclass, asdict, field, replace
+import argparse, io, json, multiprocessing as mp, random, shutil, sys, time
+from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from typing import Mapping, Sequence
-import numpy as np
-from PIL import Image, ImageDraw
+
+from PIL import Image
 from .vpwiki import KBEntity, Mention, SPLITS, write_dataset, write_bytes_atomic, write_json_atomic
 from .prompts import draw_prompt, box_area
 from .world import (PALETTE, PATTERNS, MARKS, GLYPHS, TYPES, Look, Pose, auto_ink, glyph_box, draw_glyph, background,
