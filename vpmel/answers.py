@@ -205,7 +205,7 @@ def ensure_detective_answers(ds: MELDataset, preset: str = 'cpu', clip_dir: str 
 
 # %% ../nbs/12_answers.ipynb #g0000002
 def compact_answer(answer: str) -> str:
-    "`'<type> <name>'` parsed from a Detective answer (the answer itself when nothing parses): 5 tokens instead of ~14."
+    "`'<type> <name>'` parsed from a Detective answer (the answer itself when nothing parses): less than half its tokens."
     t, n = parse_answer(answer)
     return ' '.join(x for x in (t, n) if x) or answer.strip()
 

@@ -19,6 +19,7 @@ from .prompts import draw_prompt
 from .synth import build_minivpwiki
 from .loading import MentionDataset, EntityDataset, PairDataset, PairCollate, TextImageCollate
 from .encoders import EncoderConfig, Features
+from .units import cat_caches, index_cache
 from .rank import build_entity_cache, rank_entities, mel_metrics
 from .iier import IIER, IIERConfig
 from .train import TrainConfig, SeededBatches, fit, load_weights, make_accelerator, param_groups, train_step
@@ -168,9 +169,6 @@ def first_mentions(mentions: MentionDataset, n: int | None) -> MentionDataset:
     return v
 
 # %% ../nbs/13_runs.ipynb #502f3a67
-def _cat(chunks: list[dict]) -> dict: return {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
-def _take(d: dict, i) -> dict: return {k: v[i] for k, v in d.items()}
-
 def _text_cache_key(model: IIER, texts: Sequence[str]) -> str:
     "A key for the frozen text tower's outputs: its config, its weights, and the texts."
     e = model.cfg.encoder
@@ -193,7 +191,7 @@ def text_inputs(model: IIER, texts: Sequence[str], bs: int = 256, cache_dir=None
     if f is not None and f.exists(): return load_file(str(f))
     chunks = [model.encoder.tokenize(list(texts[s:s + bs])) for s in range(0, len(texts), bs)]
     if frozen: chunks = [_tower_outputs(model.encoder.text_backbone, model, **c) for c in chunks]
-    out = _cat(chunks)
+    out = cat_caches(chunks)
     if f is not None: write_bytes_atomic(f, st_save({k: v.contiguous() for k, v in out.items()}))
     return out
 
@@ -222,7 +220,7 @@ def image_inputs(model: IIER, images, bs: int = 256, progress: bool = False, des
     model.eval()
     dl = tqdm(torch.utils.data.DataLoader(images, batch_size=bs), desc=desc, disable=not progress, leave=False)
     frozen = model.cfg.encoder.freeze_vision
-    return _cat([_tower_outputs(model.encoder.image_backbone, model, pv) if frozen else {'pixel_values': pv} for pv in dl])
+    return cat_caches([_tower_outputs(model.encoder.image_backbone, model, pv) if frozen else {'pixel_values': pv} for pv in dl])
 
 # %% ../nbs/13_runs.ipynb #8c25a32d
 class CachedPairs(torch.utils.data.Dataset):
@@ -238,11 +236,11 @@ class CachedPairs(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         e, imgs = self.gold_rows[i], self.images_of_entity[self.gold_rows[i]]
         k = imgs[random.Random(f'{self.seed}:{self.epoch}:{i}').randrange(len(imgs))] if len(imgs) > 1 else imgs[0]
-        return {'mention': {**_take(self.mention_inputs, i), 'index': e},
-                'entity': {**_take(self.entity_text_inputs, e), **_take(self.image_inputs, k), 'index': e}}
+        return {'mention': {**index_cache(self.mention_inputs, i), 'index': e},
+                'entity': {**index_cache(self.entity_text_inputs, e), **index_cache(self.image_inputs, k), 'index': e}}
     def entity_inputs(self) -> dict:
         "The inputs of every KB entity showing its first image: what `LinkingEvaluator` ranks, without encoding the KB again."
-        return {**self.entity_text_inputs, **_take(self.image_inputs, torch.tensor([imgs[0] for imgs in self.images_of_entity]))}
+        return {**self.entity_text_inputs, **index_cache(self.image_inputs, torch.tensor([imgs[0] for imgs in self.images_of_entity]))}
 
 def collate_cached(items: list[dict]) -> dict:
     "Stack `CachedPairs` items into `{'mention': {...}, 'entity': {...}}` batches."
@@ -278,7 +276,7 @@ def encode_inputs(model: IIER, inputs: dict, bs: int = 256) -> Features:
     "`Features` from precomputed inputs (see `text_inputs`, `image_inputs`)."
     model.eval()
     n = len(next(iter(inputs.values())))
-    return Features.cat([model.encode(_take(inputs, slice(s, s + bs))).detach() for s in range(0, n, bs)])
+    return Features.cat([model.encode(index_cache(inputs, slice(s, s + bs))).detach() for s in range(0, n, bs)])
 
 class LinkingEvaluator:
     """Whole-KB evaluation of one split. With a frozen tower its outputs are computed once, here, for all evaluations
