@@ -240,6 +240,13 @@ class TextTokenizer:
         enc = tok(list(texts), padding='max_length', truncation=True, max_length=self.max_length, return_tensors='pt')
         return {'input_ids': enc['input_ids'], 'attention_mask': enc['attention_mask']}
 
+    def tokens(self, text: str) -> list[str]:
+        "The tokens of `text` as strings, one per real position of `self([text])` (for pictures of attention)."
+        tok, ids = self._load(), self([text])
+        ids = ids['input_ids'][0][ids['attention_mask'][0].bool()].tolist()
+        if self.backend == 'clip': return [tok.decoder[i].replace('</w>', '') for i in ids]
+        return tok.convert_ids_to_tokens(ids)
+
 def make_tokenizer(cfg: EncoderConfig) -> TextTokenizer:
     "The tokenizer matching `cfg` (no model weights are loaded)."
     return TextTokenizer(cfg.text_backend, cfg.max_text_len, cfg.clip_model)

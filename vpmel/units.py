@@ -126,6 +126,12 @@ class TextInteractionUnit(nn.Module):
         g2l = torch.cat(g2l, 1) if g2l else q.new_zeros(M, 0)
         return (g2l + mc['cls'] @ ec['cls'].T) / 2
 
+    def token_attention(self, mc: dict, ec: dict) -> Tensor:
+        "`[M, N, Lm]`: how much each entity reads each mention token (attention averaged over its real tokens; padding gets 0)."
+        logits = torch.einsum('nid,mjd->nmij', ec['q'], mc['k'])
+        if mc['bias'] is not None: logits = logits + mc['bias'][None, :, None, :]
+        return torch.einsum('ni,nmij->mnj', ec['w'], logits.softmax(-1))
+
     def forward(self, mention_feats, entity_feats) -> Tensor:
         "Scores `[M, N]` (all pairs)."
         return self.pair_scores(self.prepare_mentions(mention_feats), self.prepare_entities(entity_feats))
@@ -215,10 +221,17 @@ class CrossModalInteractionUnit(nn.Module):
         self.text_fc, self.image_fc = nn.Linear(dt, hidden), nn.Linear(dv, hidden)
         self.gate_fc, self.gate_layer_norm = nn.Linear(hidden, 1), nn.LayerNorm(hidden)
 
+    def _attend(self, text_cls: Tensor, image_tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        t, p = self.text_fc(text_cls), self.image_fc(image_tokens)
+        return t, p, torch.einsum('bpd,bd->bp', p, t).softmax(-1)
+
+    def attention(self, text_cls: Tensor, image_tokens: Tensor) -> Tensor:
+        "`alpha [B, P]`: how much the text reads each image patch (rows sum to 1): where the unit looks."
+        return self._attend(text_cls, image_tokens)[2]
+
     def fuse(self, text_cls: Tensor, image_tokens: Tensor) -> Tensor:
         "Fused vectors `[B, d]` from `text_cls [B, Dt]` and `image_tokens [B, P, Dv]`."
-        t, p = self.text_fc(text_cls), self.image_fc(image_tokens)
-        alpha = torch.einsum('bpd,bd->bp', p, t).softmax(-1)
+        t, p, alpha = self._attend(text_cls, image_tokens)
         ctx = torch.einsum('bp,bpd->bd', alpha, p)
         return self.gate_layer_norm(t * torch.tanh(self.gate_fc(t)) + ctx)
 
