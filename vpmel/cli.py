@@ -18,12 +18,14 @@ COMMANDS = {  # command: (module, function(argv) -> int, one-line help)
     'train':         ('vpmel.runs', 'cli_train', 'train IIER (or an ablation) and evaluate it on the whole KB'),
     'eval':          ('vpmel.runs', 'cli_eval', 'evaluate a trained run on a split'),
     'detective':     ('vpmel.answers', 'cli_detective', 'Detective-VLM: train | generate | eval'),
-    'bench':         ('vpmel.cli', 'cli_bench', 'benchmarks: `bench rank` (full-KB ranking), `bench train` (steps/s)'),
+    'explore':       ('vpmel.explore', 'cli_explore', 'the prompt explorer of a trained run as a web page (Voilà, localhost)'),
+    'bench':         ('vpmel.cli', 'cli_bench', 'benchmarks: `bench rank` (full-KB ranking), `bench train` (steps/s), `bench explore` (latency)'),
 }
 
 BENCH_COMMANDS = {  # benchmark: (module, function(argv) -> int, one-line help)
     'rank':  ('vpmel.rank', 'bench_rank', 'time full-KB ranking, optionally against the official algorithm'),
     'train': ('vpmel.runs', 'bench_train', 'time IIER training steps'),
+    'explore': ('vpmel.explore', 'bench_explore', 'time the prompt explorer: a box change -> the whole-KB top-k'),
 }
 
 # %% ../nbs/14_cli.ipynb #f0e9e459

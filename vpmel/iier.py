@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_iier.ipynb #7b9e384e
 from __future__ import annotations
-import json
+import json, logging
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Sequence
@@ -19,7 +19,7 @@ from .encoders import EncoderConfig, MultimodalEncoder, Features
 from .units import IIERMatcher, UNITS, index_features, iier_loss
 
 # %% auto #0
-__all__ = ['BACKBONE_KEYS', 'GlobalMatcher', 'IIERConfig', 'IIER']
+__all__ = ['CLIP_ARCH_FILE', 'BACKBONE_KEYS', 'GlobalMatcher', 'IIERConfig', 'IIER']
 
 # %% ../nbs/08_iier.ipynb #a86ee55b
 class GlobalMatcher(nn.Module):
@@ -58,6 +58,7 @@ class IIERConfig:
     def from_json(cls, d: dict) -> IIERConfig: return cls(**d)
 
 # %% ../nbs/08_iier.ipynb #8917488e
+CLIP_ARCH_FILE = 'clip/open_clip_config.json'   # the CLIP's architecture and preprocessing, in open_clip's format
 BACKBONE_KEYS = ('text_global', 'text_hidden', 'image_layers_cls', 'image_patches', 'attention_mask')
 
 class IIER(nn.Module):
@@ -94,11 +95,15 @@ class IIER(nn.Module):
         return {'loss': loss, 'scores': scores, **{f'loss_{k}': v for k, v in parts.items()}}
 
     def save_pretrained(self, path):
-        "`config.json` + `model.safetensors` in folder `path` (written atomically)."
+        """`config.json` + `model.safetensors` in folder `path` (written atomically). A CLIP read from a local folder
+        also leaves its architecture there (`open_clip_config.json`), so the folder loads from any working directory."""
         path = Path(path); path.mkdir(parents=True, exist_ok=True)
         sd = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
         write_bytes_atomic(path/'model.safetensors', st_save(sd))
         write_json_atomic(path/'config.json', self.cfg.to_json(), indent=2)
+        name = self.cfg.encoder.clip_model
+        src = Path(name.removeprefix('local-dir:'))/Path(CLIP_ARCH_FILE).name
+        if src.exists(): (path/CLIP_ARCH_FILE).parent.mkdir(exist_ok=True); write_bytes_atomic(path/CLIP_ARCH_FILE, src.read_bytes())
 
     @classmethod
     def from_pretrained(cls, path) -> IIER:
@@ -107,7 +112,10 @@ class IIER(nn.Module):
         cfg = IIERConfig.from_json(json.loads((path/'config.json').read_text()))
         arch = IIERConfig.from_json(cfg.to_json())
         arch.encoder.pretrained = None  # architecture only: the weights below replace any pretrained ones
-        model = cls(arch)
+        if (path/CLIP_ARCH_FILE).exists(): arch.encoder.clip_model = f'local-dir:{(path/CLIP_ARCH_FILE).parent.resolve()}'
+        was = logging.root.manager.disable; logging.disable(logging.WARNING)   # open_clip warns that no CLIP weights are there
+        try: model = cls(arch)
+        finally: logging.disable(was)
         model.load_state_dict(load_file(str(path/'model.safetensors')))
         model.cfg = cfg
         return model
