@@ -1,0 +1,173 @@
+"""The prompt explorer in a real browser (Debian's chromium through playwright): draw a box with the mouse, check the ranking.
+
+Usage (from the repository root, in the project's environment):
+    apt-get install -y chromium && pip install playwright && python .ci/browser_explore.py [--run RUN_DIR]
+
+Without --run, a tiny IIER is trained on MiniVPWiki `tiny` in a temporary folder (seconds). Two pages are tested:
+1. JupyterLab (127.0.0.1, with a token): a notebook shows `ExplorerApp` on a test mention; the script drags a new box
+   on the image with real mouse events and checks that the box shown, the top-k table and the gold rank change, and
+   that no cell printed a traceback.
+2. `vpmel explore RUN` (Voilà on 127.0.0.1): the same drag on the served page.
+Screenshots go to --shots (default /tmp/vpmel-browser): explore-lab-before/after.png, explore-voila.png."""
+import argparse, json, os, re, secrets, shutil, subprocess, sys, tempfile, time, urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from browser_run_all import free_port, start_lab  # noqa: E402
+
+NOTEBOOK_CODE = """\
+from vpmel.explore import PromptExplorer, ExplorerApp
+app = ExplorerApp(PromptExplorer.from_run({run!r}, {data!r}))
+app.pick('test', {index})
+app.widget"""
+
+def train_tiny(work: Path) -> Path:
+    "A tiny IIER run (MiniVPWiki tiny, 4 epochs: seconds), as chapter 16's tests train it."
+    code = f"""
+from vpmel.synth import build_minivpwiki
+from vpmel.runs import preset, train_run
+root = build_minivpwiki({str(work/'tiny')!r}, preset='tiny', seed=0, progress=False)
+cfg = preset('tiny', data=str(root), name='explore-tiny'); cfg.train.epochs = 4
+train_run(cfg, {str(work/'runs')!r}, progress=False)"""
+    subprocess.run([sys.executable, '-c', code], check=True)
+    return work/'runs'/'explore-tiny'
+
+def pick_mention(run: Path, data) -> tuple[int, tuple, tuple]:
+    "A test mention whose top-5 and gold rank both change when the box moves to the top-left third (so a drag must show)."
+    code = f"""
+import json
+from vpmel.explore import PromptExplorer
+ex = PromptExplorer.from_run({str(run)!r}, {data!r})
+for i in range(len(ex.ds.splits['test'])):
+    ex.select('test', i); w, h = ex.item.image.size
+    a = ex.rank(5); box = (1, 1, w // 3, h // 3); ex.set_box(box); b = ex.rank(5)
+    if a.rows != b.rows and a.gold_rank != b.gold_rank: print(json.dumps([i, box, [w, h]])); break
+else: print(json.dumps([0, [1, 1, w // 3, h // 3], [w, h]]))"""
+    out = subprocess.run([sys.executable, '-c', code], check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    i, box, size = json.loads(out)
+    return i, tuple(box), tuple(size)
+
+def state(page) -> dict:
+    return page.evaluate("""() => ({
+        box: document.querySelector('.vpmel-box')?.textContent || '',
+        gold: document.querySelector('.vpmel-gold-rank')?.textContent || '',
+        table: document.querySelector('.vpmel-topk table')?.textContent || '',
+        message: document.querySelector('.vpmel-message')?.textContent || ''})""")
+
+def drag_box(page, box, natural_size) -> None:
+    "Drag from the box's top-left to its bottom-right corner on the bbox widget's image, with real mouse events."
+    img = page.locator('.vpmel-bbox img').first
+    img.scroll_into_view_if_needed()
+    r = img.bounding_box()
+    sx, sy = r['width'] / natural_size[0], r['height'] / natural_size[1]
+    page.mouse.move(r['x'] + box[0] * sx, r['y'] + box[1] * sy)
+    page.mouse.down()
+    page.mouse.move(r['x'] + box[2] * sx, r['y'] + box[3] * sy, steps=8)
+    page.mouse.up()
+
+def check_drag(page, box, size, name: str, shots: Path) -> list[str]:
+    "Drag `box` (in image pixels) and return what went wrong (empty: the box, the top-k and the gold rank changed)."
+    page.wait_for_selector('.vpmel-bbox img', timeout=120_000)
+    page.wait_for_selector('.vpmel-topk table', timeout=120_000)
+    page.wait_for_function("() => { const i = document.querySelector('.vpmel-bbox img'); return i && i.naturalWidth > 0 }", timeout=60_000)
+    nat = page.evaluate("() => { const i = document.querySelector('.vpmel-bbox img'); return [i.naturalWidth, i.naturalHeight] }")
+    before = state(page)
+    page.screenshot(path=str(shots/f'explore-{name}-before.png'), full_page=True)
+    k = nat[0] / size[0]   # the app shows small scenes enlarged: the box in the pixels of the image shown
+    drag_box(page, tuple(v * k for v in box), nat)
+    t0 = time.time()
+    while time.time() - t0 < 20:
+        after = state(page)
+        if after['box'] != before['box'] and after['table'] != before['table']: break
+        time.sleep(0.25)
+    page.wait_for_timeout(500)
+    after = state(page)
+    page.screenshot(path=str(shots/f'explore-{name}-after.png'), full_page=True)
+    problems = []
+    got = [int(v) for v in re.findall(r'-?\d+', after['box'])]
+    if after['box'] == before['box']: problems.append(f'{name}: the box shown did not change ({before["box"]})')
+    elif any(abs(g - b) > 2 for g, b in zip(got, box)): problems.append(f'{name}: drew {list(box)}, the app shows {got}')
+    if after['table'] == before['table']: problems.append(f'{name}: the top-k table did not change')
+    if after['gold'] == before['gold']: problems.append(f'{name}: the gold rank did not change ({before["gold"]})')
+    if after['message']: problems.append(f'{name}: the app shows a message: {after["message"]}')
+    print(f'{name}: box {before["box"]} -> {after["box"]}, gold rank {before["gold"]} -> {after["gold"]}', flush=True)
+    return problems
+
+def lab_page(browser, work: Path, code: str, shots: Path, box, size) -> list[str]:
+    nb = {'cells': [{'cell_type': 'code', 'execution_count': None, 'id': 'app', 'metadata': {}, 'outputs': [], 'source': code}],
+          'metadata': {'kernelspec': {'display_name': 'Python 3', 'language': 'python', 'name': 'python3'}}, 'nbformat': 4, 'nbformat_minor': 5}
+    (work/'explore_test.ipynb').write_text(json.dumps(nb))
+    port, token = free_port(), secrets.token_hex(16)
+    lab = start_lab(work, port, token)
+    try:
+        page = browser.new_page(viewport={'width': 1400, 'height': 1100})
+        t0 = time.time()
+        page.goto(f'http://127.0.0.1:{port}/lab/workspaces/explore/tree/explore_test.ipynb?reset&token={token}')
+        page.wait_for_selector('.jp-Notebook', timeout=60_000)
+        page.wait_for_function('() => window.jupyterapp !== undefined', timeout=60_000)
+        page.wait_for_function("() => /Idle/.test(document.querySelector('#jp-main-statusbar')?.textContent || '')", timeout=120_000)
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        problems = check_drag(page, box, size, 'lab', shots)
+        tb = page.evaluate("() => Array.from(document.querySelectorAll('.jp-OutputArea-output')).map(e => e.textContent).filter(t => /Traceback/.test(t))")
+        if tb: problems.append('lab: a traceback: ' + tb[0][:300])
+        print(f'lab: {time.time() - t0:.1f} s', flush=True)
+        page.close()
+        return problems
+    finally: lab.terminate(); lab.wait(timeout=30)
+
+def voila_page(browser, run: Path, data, shots: Path, index: int, box, size) -> list[str]:
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent/'vpmel'), 'explore', str(run), '--port', str(port)] + (['--data', str(data)] if data else [])
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(f'http://127.0.0.1:{port}/', timeout=5) as r:
+                    if r.status == 200: break
+            except OSError: time.sleep(0.5)
+        else: return ['voila: the server did not answer']
+        page = browser.new_page(viewport={'width': 1400, 'height': 1100})
+        t0 = time.time()
+        page.goto(f'http://127.0.0.1:{port}/', timeout=180_000)
+        page.wait_for_selector('.vpmel-bbox img', timeout=180_000)
+        # Voilà shows mention 0 of test: pick the chosen one through the widgets, as a person would
+        page.locator('.widget-inline-hbox:has(label:text("mention")) input').first.fill(str(index))
+        page.keyboard.press('Enter')
+        page.wait_for_timeout(1500)
+        problems = check_drag(page, box, size, 'voila', shots)
+        page.screenshot(path=str(shots/'explore-voila.png'), full_page=True)
+        print(f'voila: {time.time() - t0:.1f} s', flush=True)
+        page.close()
+        return problems
+    finally: proc.terminate(); proc.wait(timeout=30)
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--run', default=None, help='a run folder written by vpmel train (default: train a tiny one)')
+    ap.add_argument('--data', default=None, help="the run's dataset folder, if not where its run_config.json says")
+    ap.add_argument('--shots', default='/tmp/vpmel-browser')
+    ap.add_argument('--chromium', default='/usr/bin/chromium')
+    ap.add_argument('--skip-voila', action='store_true')
+    a = ap.parse_args()
+    from playwright.sync_api import sync_playwright
+    work, shots = Path(tempfile.mkdtemp(prefix='vpmel-explore-')), Path(a.shots)
+    shots.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    run = Path(a.run).resolve() if a.run else train_tiny(work)
+    data = str(Path(a.data).resolve()) if a.data else None
+    index, box, size = pick_mention(run, data)
+    print(f'run {run}, test mention {index}, box {list(box)} (prepared in {time.time() - t0:.1f} s)', flush=True)
+    problems = []
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=a.chromium, args=['--no-sandbox', '--disable-gpu'])
+            problems += lab_page(browser, work, NOTEBOOK_CODE.format(run=str(run), data=data, index=index), shots, box, size)
+            if not a.skip_voila: problems += voila_page(browser, run, data, shots, index, box, size)
+            browser.close()
+    finally: shutil.rmtree(work, ignore_errors=True)
+    for p in problems: print('FAILED:', p)
+    print(f"explorer in the browser: {'OK' if not problems else 'FAILED'} ({time.time() - t0:.1f} s); screenshots in {shots}")
+    return 1 if problems else 0
+
+if __name__ == '__main__':
+    sys.exit(main())
