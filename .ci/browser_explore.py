@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from browser_run_all import free_port, start_lab  # noqa: E402
 
 NOTEBOOK_CODE = """\
+from transformers.utils import logging; logging.disable_progress_bar()
 from vpmel.explore import PromptExplorer, ExplorerApp
 app = ExplorerApp(PromptExplorer.from_run({run!r}, {data!r}))
 app.pick('test', {index})
@@ -32,13 +33,13 @@ train_run(cfg, {str(work/'runs')!r}, progress=False)"""
     subprocess.run([sys.executable, '-c', code], check=True)
     return work/'runs'/'explore-tiny'
 
-def pick_mention(run: Path, data) -> tuple[int, tuple, tuple]:
-    "A test mention whose top-5 and gold rank both change when the box moves to the top-left third (so a drag must show)."
+def pick_mention(run: Path, data, index=None) -> tuple[int, tuple, tuple]:
+    "A test mention (`index`, or the first) whose top-5 and gold rank both change when the box moves to the top-left third."
     code = f"""
 import json
 from vpmel.explore import PromptExplorer
 ex = PromptExplorer.from_run({str(run)!r}, {data!r})
-for i in range(len(ex.ds.splits['test'])):
+for i in ([{index}] if {index is not None} else range(len(ex.ds.splits['test']))):
     ex.select('test', i); w, h = ex.item.image.size
     a = ex.rank(5); box = (1, 1, w // 3, h // 3); ex.set_box(box); b = ex.rank(5)
     if a.rows != b.rows and a.gold_rank != b.gold_rank: print(json.dumps([i, box, [w, h]])); break
@@ -72,7 +73,7 @@ def check_drag(page, box, size, name: str, shots: Path) -> list[str]:
     page.wait_for_function("() => { const i = document.querySelector('.vpmel-bbox img'); return i && i.naturalWidth > 0 }", timeout=60_000)
     nat = page.evaluate("() => { const i = document.querySelector('.vpmel-bbox img'); return [i.naturalWidth, i.naturalHeight] }")
     before = state(page)
-    page.screenshot(path=str(shots/f'explore-{name}-before.png'), full_page=True)
+    page.locator('.vpmel-app').first.screenshot(path=str(shots/f'explore-{name}-before.png'))
     k = nat[0] / size[0]   # the app shows small scenes enlarged: the box in the pixels of the image shown
     drag_box(page, tuple(v * k for v in box), nat)
     t0 = time.time()
@@ -82,7 +83,7 @@ def check_drag(page, box, size, name: str, shots: Path) -> list[str]:
         time.sleep(0.25)
     page.wait_for_timeout(500)
     after = state(page)
-    page.screenshot(path=str(shots/f'explore-{name}-after.png'), full_page=True)
+    page.locator('.vpmel-app').first.screenshot(path=str(shots/f'explore-{name}-after.png'))
     problems = []
     got = [int(v) for v in re.findall(r'-?\d+', after['box'])]
     if after['box'] == before['box']: problems.append(f'{name}: the box shown did not change ({before["box"]})')
@@ -100,13 +101,14 @@ def lab_page(browser, work: Path, code: str, shots: Path, box, size) -> list[str
     port, token = free_port(), secrets.token_hex(16)
     lab = start_lab(work, port, token)
     try:
-        page = browser.new_page(viewport={'width': 1400, 'height': 1100})
+        page = browser.new_page(viewport={'width': 1400, 'height': 1700})
         t0 = time.time()
         page.goto(f'http://127.0.0.1:{port}/lab/workspaces/explore/tree/explore_test.ipynb?reset&token={token}')
         page.wait_for_selector('.jp-Notebook', timeout=60_000)
         page.wait_for_function('() => window.jupyterapp !== undefined', timeout=60_000)
         page.wait_for_function("() => /Idle/.test(document.querySelector('#jp-main-statusbar')?.textContent || '')", timeout=120_000)
         page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        page.add_style_tag(content='.Toastify { display: none !important; }')   # JupyterLab's "news?" toast, over the app
         problems = check_drag(page, box, size, 'lab', shots)
         tb = page.evaluate("() => Array.from(document.querySelectorAll('.jp-OutputArea-output')).map(e => e.textContent).filter(t => /Traceback/.test(t))")
         if tb: problems.append('lab: a traceback: ' + tb[0][:300])
@@ -126,7 +128,7 @@ def voila_page(browser, run: Path, data, shots: Path, index: int, box, size) -> 
                     if r.status == 200: break
             except OSError: time.sleep(0.5)
         else: return ['voila: the server did not answer']
-        page = browser.new_page(viewport={'width': 1400, 'height': 1100})
+        page = browser.new_page(viewport={'width': 1400, 'height': 1700})
         t0 = time.time()
         page.goto(f'http://127.0.0.1:{port}/', timeout=180_000)
         page.wait_for_selector('.vpmel-bbox img', timeout=180_000)
@@ -148,6 +150,7 @@ def main() -> int:
     ap.add_argument('--shots', default='/tmp/vpmel-browser')
     ap.add_argument('--chromium', default='/usr/bin/chromium')
     ap.add_argument('--skip-voila', action='store_true')
+    ap.add_argument('--index', type=int, default=None, help='the test mention to show (default: the first whose ranking the drag changes)')
     a = ap.parse_args()
     from playwright.sync_api import sync_playwright
     work, shots = Path(tempfile.mkdtemp(prefix='vpmel-explore-')), Path(a.shots)
@@ -155,7 +158,7 @@ def main() -> int:
     t0 = time.time()
     run = Path(a.run).resolve() if a.run else train_tiny(work)
     data = str(Path(a.data).resolve()) if a.data else None
-    index, box, size = pick_mention(run, data)
+    index, box, size = pick_mention(run, data, a.index)
     print(f'run {run}, test mention {index}, box {list(box)} (prepared in {time.time() - t0:.1f} s)', flush=True)
     problems = []
     try:

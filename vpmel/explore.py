@@ -449,6 +449,7 @@ class ExplorerApp:
                               W.HBox([self.upload, self.caption, self.use]), W.HBox([self.style, self.color, self.width]),
                               W.HBox([self.bbox, W.VBox([self.prompted, self.caption_view, self.status])]),
                               self.table, self.more, self.out])
+        self.widget.add_class('vpmel-app')
         self.pick()
 
     def _ipython_display_(self):
@@ -470,6 +471,11 @@ class ExplorerApp:
         "Show mention `index` of `split` (default: the widgets' values)."
         def go():
             self.ex.select(split or self.split.value, self.index.value if index is None else index)
+            self._busy = True                          # show what was picked in the split and mention widgets
+            try:
+                self.split.value = self.ex.item.split
+                self.index.max = len(self.ex.ds.splits[self.ex.item.split]) - 1; self.index.value = index or self.index.value
+            finally: self._busy = False
             self._new_image()
         self._guard(go)
 
@@ -614,6 +620,7 @@ def explorer_notebook(run_dir, data=None, cwd=None) -> dict:
     "A one-cell notebook that shows the explorer over `run_dir` (what `vpmel explore` serves with Voilà)."
     code = ('import os\n'
             f'os.chdir({str(Path(cwd or Path.cwd()).resolve())!r})  # where relative dataset paths of the run resolve\n'
+            'from transformers.utils import logging; logging.disable_progress_bar()\n'
             'from vpmel.explore import PromptExplorer, ExplorerApp\n'
             f'ExplorerApp(PromptExplorer.from_run({str(Path(run_dir).resolve())!r}, {None if data is None else str(data)!r})).widget')
     return {'cells': [{'cell_type': 'code', 'execution_count': None, 'id': 'explore', 'metadata': {}, 'outputs': [],
