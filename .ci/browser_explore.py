@@ -120,7 +120,7 @@ def lab_page(browser, work: Path, code: str, shots: Path, box, size) -> list[str
 def voila_page(browser, run: Path, data, shots: Path, index: int, box, size) -> list[str]:
     port = free_port()
     cmd = [str(Path(sys.executable).parent/'vpmel'), 'explore', str(run), '--port', str(port)] + (['--data', str(data)] if data else [])
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)   # becomes Voilà (it execs)
     try:
         for _ in range(120):
             try:
@@ -141,7 +141,10 @@ def voila_page(browser, run: Path, data, shots: Path, index: int, box, size) -> 
         print(f'voila: {time.time() - t0:.1f} s', flush=True)
         page.close()
         return problems
-    finally: proc.terminate(); proc.wait(timeout=30)
+    finally:
+        proc.terminate()          # Voilà shuts its kernels down on SIGTERM
+        try: proc.wait(timeout=30)
+        except subprocess.TimeoutExpired: proc.kill()
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -21,12 +21,14 @@ from .units import index_cache
 from .rank import build_entity_cache
 from .iier import IIER
 from .answers import compact_answer
+from .detective import DetectiveExample, detective_prompt, generate_answers, load_detective
 from .runs import RunConfig, ensure_data, encode_dataset, text_inputs
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'MAX_SIDE', 'UNIT_NAMES', 'ExplorerError', 'read_image', 'MentionItem', 'Ranking', 'box_from_widget',
-           'moved_box', 'PromptExplorer', 'other_object_boxes', 'gold_vs_other_box', 'ranking_html', 'plot_box_map',
-           'plot_styles', 'plot_attention', 'ExplorerApp', 'bench_explore', 'explorer_notebook', 'cli_explore']
+           'moved_box', 'PromptExplorer', 'detective_answerer', 'other_object_boxes', 'gold_vs_other_box',
+           'ranking_html', 'plot_box_map', 'plot_styles', 'plot_attention', 'ExplorerApp', 'bench_explore',
+           'explorer_notebook', 'cli_explore']
 
 # %% ../nbs/16_explore.ipynb #784681b5
 MAX_PIXELS = 40_000_000   # larger uploads are refused (a decompression bomb, or a raw photo by mistake)
@@ -304,6 +306,17 @@ def attention(self: PromptExplorer, row: int | None = None) -> dict:
         toks = self.model.encoder.tokenize.tokens(text)
         out['tokens'] = list(zip(toks, att[:len(toks)].cpu().tolist()))
     return out
+
+# %% ../nbs/16_explore.ipynb #0c9fb5ee
+def detective_answerer(model, processor, max_new_tokens: int = 32) -> Callable[[Image.Image, str], str]:
+    "The explorer's `detective` from a Detective-VLM (chapter 11): its greedy answer for a prompted image and its caption."
+    import tempfile
+    f = Path(tempfile.mkdtemp(prefix='vpmel-detective-'))/'prompted.png'
+    def answer(img: Image.Image, sentence: str) -> str:
+        img.save(f)      # the Detective's collate reads images from files (and zooms on the prompt itself)
+        ex = DetectiveExample('explore', f, detective_prompt(sentence), '', '', '')
+        return generate_answers(model, processor, [ex], batch_size=1, max_new_tokens=max_new_tokens)[0]
+    return answer
 
 # %% ../nbs/16_explore.ipynb #708e1256
 def other_object_boxes(ds: MELDataset) -> dict[str, list[Box]]:
@@ -616,13 +629,14 @@ def bench_explore(argv: list[str]) -> int:
     return 0
 
 # %% ../nbs/16_explore.ipynb #e19c3583
-def explorer_notebook(run_dir, data=None, cwd=None) -> dict:
+def explorer_notebook(run_dir, data=None, cwd=None, detective=None) -> dict:
     "A one-cell notebook that shows the explorer over `run_dir` (what `vpmel explore` serves with Voilà)."
+    det = 'None' if detective is None else f'detective_answerer(*load_detective({str(Path(detective).resolve())!r}))'
     code = ('import os\n'
             f'os.chdir({str(Path(cwd or Path.cwd()).resolve())!r})  # where relative dataset paths of the run resolve\n'
             'from transformers.utils import logging; logging.disable_progress_bar()\n'
-            'from vpmel.explore import PromptExplorer, ExplorerApp\n'
-            f'ExplorerApp(PromptExplorer.from_run({str(Path(run_dir).resolve())!r}, {None if data is None else str(data)!r})).widget')
+            'from vpmel.explore import PromptExplorer, ExplorerApp, detective_answerer, load_detective\n'
+            f'ExplorerApp(PromptExplorer.from_run({str(Path(run_dir).resolve())!r}, {None if data is None else str(data)!r}, detective={det})).widget')
     return {'cells': [{'cell_type': 'code', 'execution_count': None, 'id': 'explore', 'metadata': {}, 'outputs': [],
                        'source': code}],
             'metadata': {'kernelspec': {'display_name': 'Python 3', 'language': 'python', 'name': 'python3'}},
@@ -630,19 +644,21 @@ def explorer_notebook(run_dir, data=None, cwd=None) -> dict:
 
 def cli_explore(argv: list[str]) -> int:
     "`vpmel explore RUN`: the prompt explorer as a web page (Voilà) on localhost, for people who do not read code."
-    import argparse, shlex, subprocess, sys, tempfile, importlib.util
+    import argparse, os, shlex, sys, tempfile, importlib.util
     p = argparse.ArgumentParser(prog='vpmel explore', description='Serve the prompt explorer of a trained run on http://127.0.0.1:PORT (Voilà).')
     p.add_argument('run', help='a run folder written by vpmel train')
     p.add_argument('--data', default=None, help="dataset folder (default: the run's)")
     p.add_argument('--port', type=int, default=8866)
+    p.add_argument('--detective', default=None, help='a Detective-VLM folder (save_detective) to answer every prompted image')
     p.add_argument('--print-command', action='store_true', help='print the Voilà command instead of running it')
     a = p.parse_args(argv)
     if not (Path(a.run)/'model'/'config.json').exists():
         print(f'vpmel explore: {a.run} holds no trained model (model/config.json): train one with `vpmel train`'); return 1
     nb = Path(tempfile.mkdtemp(prefix='vpmel-explore-'))/'vpmel-explore.ipynb'
-    nb.write_text(json.dumps(explorer_notebook(a.run, a.data)))
+    if a.detective and not Path(a.detective).is_dir(): print(f'vpmel explore: no Detective folder {a.detective}'); return 1
+    nb.write_text(json.dumps(explorer_notebook(a.run, a.data, detective=a.detective)))
     cmd = [sys.executable, '-m', 'voila', str(nb), f'--port={a.port}', '--no-browser', '--Voila.ip=127.0.0.1']
     if a.print_command: print(shlex.join(cmd)); return 0
     if importlib.util.find_spec('voila') is None: print('vpmel explore needs Voilà: pip install voila'); return 1
     print(f'vpmel explore: serving {a.run} on http://127.0.0.1:{a.port}/ (Ctrl-C stops it)', flush=True)
-    return subprocess.call(cmd)
+    os.execv(cmd[0], cmd)   # this process becomes Voilà: a signal that stops it reaches Voilà, which shuts its kernels down

@@ -17,8 +17,8 @@ from .units import (IIERMatcher, cat_caches, index_cache, cache_len, random_feat
                          cat_features, reference_matcher_forward)
 
 # %% auto #0
-__all__ = ['HITS_AT', 'build_entity_cache', 'RankResult', 'rank_entities', 'brute_force_rank', 'mel_metrics', 'reference_rank',
-           'bench_rank']
+__all__ = ['HITS_AT', 'build_entity_cache', 'RankResult', 'rank_entities', 'brute_force_rank', 'mel_metrics',
+           'first_stage_vectors', 'FirstStage', 'two_stage_rank', 'recall_at_k', 'reference_rank', 'bench_rank']
 
 # %% ../nbs/07_rank.ipynb #38fa3504
 def _alloc_like(cache, n: int):
@@ -128,6 +128,86 @@ def mel_metrics(ranks) -> dict[str, float]:
     out['MR'] = float(r.mean()); out['MRR'] = float((1 / r).mean() * 100)
     return out
 
+# %% ../nbs/07_rank.ipynb #0ac44660
+@torch.no_grad()
+def first_stage_vectors(matcher, cache: dict, side: str) -> Tensor:
+    """`[n, D]` vectors whose inner products (mention · entity) are the dot-product part of the fused score: TGLU's
+    global-to-global term and CMFU's fused vectors (the global baseline: all of it). `cache`: the matcher's cache of `side`."""
+    if side not in ('mention', 'entity'): raise ValueError(f"side must be 'mention' or 'entity', not {side!r}")
+    m = side == 'mention'
+    if 'g' in cache: return (cache['g'] * (matcher.logit_scale.exp().clamp(max=100) if m else 1)).float().contiguous()
+    U, parts = len(matcher.units), []
+    if 'text' in cache: parts.append(cache['text']['cls'] / (2 * U) if m else cache['text']['cls'])
+    if 'cross' in cache: parts.append(cache['cross']['f'] / U if m else cache['cross']['f'])
+    if not parts: raise ValueError('a first stage needs TGLU or CMFU (their scores hold an inner product); this matcher has neither')
+    return torch.cat(parts, -1).float().contiguous()
+
+# %% ../nbs/07_rank.ipynb #65d30c40
+class FirstStage:
+    "A faiss index over the entities' first-stage vectors: `'flat'` (exact inner products) or `'hnsw'` (approximate, for millions)."
+    def __init__(self, entity_vectors: Tensor, kind: str = 'flat', hnsw_m: int = 32, ef_search: int = 256):
+        import faiss
+        if kind not in ('flat', 'hnsw'): raise ValueError(f"kind must be 'flat' or 'hnsw', not {kind!r}")
+        x = np.ascontiguousarray(entity_vectors.detach().cpu().numpy(), dtype=np.float32)
+        self.kind, self.dim = kind, x.shape[1]
+        if kind == 'flat': self.index = faiss.IndexFlatIP(self.dim)
+        else:
+            self.index = faiss.IndexHNSWFlat(self.dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            self.index.hnsw.efSearch = ef_search
+        self.index.add(x)
+
+    def __len__(self) -> int: return self.index.ntotal
+
+    def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        "(scores, entity rows) `[M, k]` of the top-`k` inner products of each query, best first."
+        q = np.ascontiguousarray(queries.detach().cpu().numpy(), dtype=np.float32)
+        s, i = self.index.search(q, min(k, len(self)))
+        return torch.from_numpy(s), torch.from_numpy(i).long()
+
+    @classmethod
+    def from_cache(cls, matcher, entity_cache: dict, **kw) -> FirstStage:
+        return cls(first_stage_vectors(matcher, entity_cache, 'entity'), **kw)
+
+# %% ../nbs/07_rank.ipynb #e3188f6d
+@torch.no_grad()
+def two_stage_rank(matcher, mention_feats, entity_cache: dict, first: FirstStage, gold=None, candidates: int = 100,
+                   topk: int = 20, mention_batch: int = 64) -> RankResult:
+    """Rank all entities for every mention in two stages: the first stage's top `candidates` (faiss), reranked by the
+    full matcher. Gold ranks: among the candidates when it is one, the first-stage rank otherwise (> `candidates`)."""
+    N, M = cache_len(entity_cache), len(mention_feats.text_cls)
+    if len(first) != N: raise ValueError(f'the first stage holds {len(first)} entities, the cache {N}')
+    K = min(candidates, N)
+    if topk > K: raise ValueError(f'topk={topk} needs at least as many candidates, got {K}')
+    if gold is not None:
+        gold = torch.as_tensor(gold, dtype=torch.long)
+        if gold.shape != (M,): raise ValueError(f'gold must have shape ({M},), got {tuple(gold.shape)}')
+    ent_vecs = None
+    ranks, top_i, top_s = [], [], []
+    for ms in range(0, M, mention_batch):
+        mc = matcher.prepare_mentions(index_features(mention_feats, slice(ms, ms + mention_batch)))
+        q = first_stage_vectors(matcher, mc, 'mention')
+        _, cand = first.search(q, K)                                              # [mb, K]
+        for j in range(cand.shape[0]):
+            c = cand[j].to(q.device)
+            s = matcher.pair_scores(index_cache(mc, [j]), index_cache(entity_cache, c))[0]   # [K], exact
+            best_s, pos = s.topk(min(topk, K))
+            top_s.append(best_s.cpu()); top_i.append(c[pos].cpu())
+            if gold is None: continue
+            g = int(gold[ms + j])
+            hit = (c == g).nonzero()
+            if len(hit): ranks.append(int((s > s[hit[0, 0]]).sum()) + 1)
+            else:                                                                # outside the candidates: first-stage rank
+                if ent_vecs is None: ent_vecs = first_stage_vectors(matcher, entity_cache, 'entity')
+                fs = ent_vecs @ q[j].float()
+                ranks.append(int((fs > fs[g]).sum()) + 1)
+    return RankResult(torch.tensor(ranks) if gold is not None else None, torch.stack(top_i), torch.stack(top_s))
+
+def recall_at_k(first: FirstStage, mention_vectors: Tensor, targets, ks: Sequence[int] = (1, 5, 10, 20, 50, 100, 200, 500)) -> dict[int, float]:
+    "Share (%) of mentions whose target entity (gold, or the exact top-1) is among the first stage's top k, for each k."
+    targets = torch.as_tensor(targets, dtype=torch.long)
+    _, cand = first.search(mention_vectors, max(ks))
+    return {k: float((cand[:, :k] == targets[:, None]).any(1).float().mean() * 100) for k in ks if k <= len(first)}
+
 # %% ../nbs/07_rank.ipynb #2ec3629f
 @torch.no_grad()
 def reference_rank(sd: dict[str, Tensor], entity_feats, mention_feats, gold=None, eval_batch: int = 20,
@@ -176,13 +256,13 @@ def _rss_mb() -> float: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrs
 # %% ../nbs/07_rank.ipynb #79129d3a
 def _bench_worker(argv: list[str]) -> int:
     "One implementation in this process: prints nothing, writes JSON to the output path."
-    impl, n_entities, n_queries, chunk, seed, threads, out = argv
-    n_entities, n_queries, chunk, seed, threads = map(int, (n_entities, n_queries, chunk, seed, threads))
+    impl, n_entities, n_queries, chunk, seed, threads, candidates, out = argv
+    n_entities, n_queries, chunk, seed, threads, candidates = map(int, (n_entities, n_queries, chunk, seed, threads, candidates))
     if threads > 0: torch.set_num_threads(threads)
     matcher, mentions, gold = _bench_setup(seed, n_entities, n_queries)
     base = _rss_mb()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    t_work = 0.
+    t_work, extra = 0., {}
     if impl == 'ours':
         gen_time = [0.]
         def timed_blocks():   # feature generation stands in for the encoder: not timed
@@ -196,6 +276,19 @@ def _bench_worker(argv: list[str]) -> int:
         cache = build_entity_cache(matcher, timed_blocks(), total=n_entities)
         res = rank_entities(matcher, mentions, cache, gold, chunk_size=chunk)
         t_work = time.perf_counter() - t - gen_time[0]
+    elif impl in ('two-stage', 'two-stage-hnsw'):   # the index is built once per model (persisted): timed apart from the queries
+        t = time.perf_counter()
+        cache = build_entity_cache(matcher, _kb_blocks(seed, n_entities), total=n_entities)
+        first = FirstStage.from_cache(matcher, cache, kind='hnsw' if impl.endswith('hnsw') else 'flat')
+        t_index = time.perf_counter() - t
+        t = time.perf_counter()
+        res = two_stage_rank(matcher, mentions, cache, first, gold, candidates=candidates)
+        t_work = time.perf_counter() - t
+        one = []
+        for _ in range(20):
+            t = time.perf_counter(); two_stage_rank(matcher, index_features(mentions, slice(0, 1)), cache, first, None, candidates=candidates)
+            one.append(time.perf_counter() - t)
+        extra = {'index_seconds': t_index, 'one_mention_ms': 1000 * float(np.median(one)), 'candidates': candidates}
     elif impl == 'reference':
         ents = cat_features(list(_kb_blocks(seed, n_entities)))
         sd = {k: v for k, v in matcher.state_dict().items()}
@@ -209,14 +302,14 @@ def _bench_worker(argv: list[str]) -> int:
                'pairs_per_s': n_entities * n_queries / t_work, 'peak_rss_mb': peak, 'baseline_rss_mb': base,
                'peak_above_baseline_mb': peak - base, 'threads': torch.get_num_threads(),
                'ranks': res.ranks.tolist(), 'topk_indices': res.topk_indices.tolist(),
-               'topk_scores': res.topk_scores.tolist()}, open(out, 'w'))
+               'topk_scores': res.topk_scores.tolist(), **extra}, open(out, 'w'))
     return 0
 
 def _run_worker(impl: str, a, tmp: str) -> dict:
     out = os.path.join(tmp, f'{impl}.json')
     chunk = a.chunk if impl == 'ours' else a.reference_chunk
     cmd = [sys.executable, '-c', 'import sys; from vpmel.rank import _bench_worker; sys.exit(_bench_worker(sys.argv[1:]))',
-           impl, str(a.entities), str(a.queries), str(chunk), str(a.seed), str(a.threads), out]
+           impl, str(a.entities), str(a.queries), str(chunk), str(a.seed), str(a.threads), str(a.candidates), out]
     env = dict(os.environ)
     env.setdefault('MALLOC_MMAP_THRESHOLD_', str(1 << 20))   # large blocks go back to the OS when freed (both runs)
     subprocess.run(cmd, check=True, env=env)
@@ -245,6 +338,9 @@ def bench_rank(argv: list[str]) -> int:
     p.add_argument('--reference', action='store_true', help='also run the official algorithm (re-implemented, `reference_rank`) and compare')
     p.add_argument('--chunk', type=int, default=8192, help='entity chunk size of our ranking')
     p.add_argument('--reference-chunk', type=int, default=6000, help="the reference's entity chunk (the official eval_chunk_size)")
+    p.add_argument('--two-stage', action='store_true', help='also run two-stage ranking (faiss first stage + exact rerank) and compare with ours')
+    p.add_argument('--first-stage', default='flat', choices=('flat', 'hnsw'), help='the first stage index of --two-stage')
+    p.add_argument('--candidates', type=int, default=100, help='first-stage candidates reranked by --two-stage')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--threads', type=int, default=1, help='torch threads per run (0: torch default)')
     a = p.parse_args(argv)
@@ -254,10 +350,18 @@ def bench_rank(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         res = {'ours': _run_worker('ours', a, tmp)}
         if a.reference: res['reference'] = _run_worker('reference', a, tmp)
+        if a.two_stage: res['two_stage'] = _run_worker('two-stage' + ('-hnsw' if a.first_stage == 'hnsw' else ''), a, tmp)
     for k, r in res.items():
         out[k] = {x: r[x] for x in ('seconds', 'cpu_user_s', 'cpu_sys_s', 'entities_per_s', 'pairs_per_s', 'peak_rss_mb', 'baseline_rss_mb',
                                     'peak_above_baseline_mb', 'threads')}
         out[k]['metrics_on_random_features'] = mel_metrics(r['ranks'])
+    if a.two_stage:
+        t, o = res['two_stage'], res['ours']
+        out['two_stage'].update({k: t[k] for k in ('index_seconds', 'one_mention_ms', 'candidates')}, first_stage=a.first_stage)
+        out['two_stage']['vs_exact'] = {'top1_equal_frac': float(np.mean([x[0] == y[0] for x, y in zip(t['topk_indices'], o['topk_indices'])])),
+                                        'ranks_equal_frac': float(np.mean(np.array(t['ranks']) == np.array(o['ranks'])))}
+        out['two_stage_speedup_over_ours'] = o['seconds'] / t['seconds']
+        if a.reference: out['two_stage_speedup'] = res['reference']['seconds'] / t['seconds']
     if a.reference:
         o, f = res['ours'], res['reference']
         out['speedup'] = f['seconds'] / o['seconds']

@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 from safetensors.torch import load_file, save as st_save
@@ -20,18 +21,18 @@ from .synth import build_minivpwiki
 from .loading import MentionDataset, EntityDataset, PairDataset, PairCollate, TextImageCollate
 from .encoders import EncoderConfig, Features
 from .units import cat_caches, index_cache
-from .rank import build_entity_cache, rank_entities, mel_metrics
+from .rank import build_entity_cache, rank_entities, mel_metrics, FirstStage, two_stage_rank
 from .iier import IIER, IIERConfig
 from .train import TrainConfig, SeededBatches, fit, load_weights, make_accelerator, param_groups, train_step
 from .pretrain import pretrain_tiny_clip, default_clip_dir
 from .answers import answers_for_mentions
 
 # %% auto #0
-__all__ = ['PRESETS', 'ABLATIONS', 'RunConfig', 'preset', 'ablate', 'ensure_data', 'build_model', 'tiny_clip_dir',
+__all__ = ['PRESETS', 'ABLATIONS', 'INDEX_PREFIX', 'RunConfig', 'preset', 'ablate', 'ensure_data', 'build_model', 'tiny_clip_dir',
            'detective_answers', 'mention_sets', 'first_mentions', 'text_inputs', 'KBImages', 'image_inputs',
            'CachedPairs', 'collate_cached', 'cache_training_pairs', 'encode_dataset', 'encode_inputs',
-           'LinkingEvaluator', 'train_run', 'run_config_from_args', 'add_run_args', 'cli_train', 'cli_eval',
-           'bench_train']
+           'LinkingEvaluator', 'model_fingerprint', 'kb_fingerprint', 'load_cache_mmap', 'entity_index', 'train_run',
+           'run_config_from_args', 'add_run_args', 'cli_train', 'cli_eval', 'bench_train']
 
 # %% ../nbs/13_runs.ipynb #938aa2db
 @dataclass
@@ -310,6 +311,78 @@ class LinkingEvaluator:
         m = mel_metrics(res.ranks)
         return (m, res) if return_result else m
 
+# %% ../nbs/13_runs.ipynb #20c96ed1
+INDEX_PREFIX = 'entity-index-'
+
+def _digest(h, t: torch.Tensor): h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+
+def model_fingerprint(model) -> str:
+    "A hash of every weight of `model` (and their names)."
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items(): h.update(k.encode()); _digest(h, v)
+    return h.hexdigest()[:16]
+
+def kb_fingerprint(ds: MELDataset) -> str:
+    "A hash of the KB: `kb_entity.json`, `qid2id.json`, and the path, size and modification time of every KB image."
+    h = hashlib.sha256()
+    for f in ('kb_entity.json', 'qid2id.json'):
+        if (ds.root/f).exists(): h.update((ds.root/f).read_bytes())
+    for e in ds.kb:
+        for rel in e.image_list:
+            p = ds.root/rel
+            st = p.stat() if p.exists() else None
+            h.update(f'{rel}:{st.st_size if st else -1}:{st.st_mtime_ns if st else -1};'.encode())
+    return h.hexdigest()[:16]
+
+def _flatten(cache: dict, prefix: str = '') -> dict:
+    out = {}
+    for k, v in cache.items():
+        if isinstance(v, dict): out.update(_flatten(v, f'{prefix}{k}.'))
+        elif v is not None: out[f'{prefix}{k}'] = v.detach().cpu().contiguous()
+    return out
+
+def _unflatten(flat: dict) -> dict:
+    out = {}
+    for k, v in flat.items():
+        *path, last = k.split('.'); d = out
+        for p in path: d = d.setdefault(p, {})
+        d[last] = v
+    return out
+
+_ST_DTYPES = {'F32': np.float32, 'F16': np.float16, 'F64': np.float64, 'I64': np.int64, 'I32': np.int32, 'BOOL': np.bool_}
+
+def load_cache_mmap(path) -> dict:
+    "A cache saved by `entity_index`, memory-mapped (safetensors layout read directly: an 8-byte header size, a JSON header, the data)."
+    path = Path(path)
+    with open(path, 'rb') as f: n = int.from_bytes(f.read(8), 'little'); header = json.loads(f.read(n))
+    flat = {}
+    for k, info in header.items():
+        if k == '__metadata__': continue
+        if info['dtype'] not in _ST_DTYPES: raise ValueError(f'{path}: tensor {k} has dtype {info["dtype"]}, which the index never writes')
+        b, e = info['data_offsets']
+        arr = np.memmap(path, dtype=_ST_DTYPES[info['dtype']], mode='c', offset=8 + n + b, shape=tuple(info['shape'])) if e > b \
+              else np.zeros(info['shape'], _ST_DTYPES[info['dtype']])
+        flat[k] = torch.from_numpy(arr)
+    return _unflatten(flat)
+
+@torch.no_grad()
+def entity_index(model: IIER, ds: MELDataset, index_dir=None, bs: int = 256, progress: bool = False) -> tuple[dict, Path | None]:
+    """The matcher's entity cache for the whole KB of `ds`, computed in streamed batches. With `index_dir`, saved there
+    (named by the model's and the KB's fingerprints) and memory-mapped from there next time. Returns (cache, file)."""
+    model.eval()
+    f = None
+    if index_dir is not None:
+        f = Path(index_dir)/f'{INDEX_PREFIX}{model_fingerprint(model)}-{kb_fingerprint(ds)}.safetensors'
+        if f.exists(): return load_cache_mmap(f), f
+    ents = EntityDataset(ds, model.encoder.image_transform())
+    batches = (model.encode(b) for b in _loader(ents, TextImageCollate(model.encoder.tokenize), bs, progress, 'entity index'))
+    cache = build_entity_cache(model.matcher, batches, total=len(ents))
+    if f is not None:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        for old in f.parent.glob(f'{INDEX_PREFIX}*.safetensors'): old.unlink()   # another model or KB: never reused
+        write_bytes_atomic(f, st_save(_flatten(cache), metadata={'entities': str(len(ents)), 'data': str(ds.root)}))
+    return cache, f
+
 # %% ../nbs/13_runs.ipynb #cf047517
 def train_run(cfg: RunConfig, out_root='runs', resume: bool = True, progress: bool = True) -> dict:
     "Train `cfg` (building data and the tiny CLIP if needed), evaluate the best epoch on test, save everything."
@@ -384,6 +457,8 @@ def cli_eval(argv: list[str]) -> int:
     p.add_argument('run', help='a run folder written by vpmel train (holds run_config.json and model/)')
     p.add_argument('--split', default='test')
     p.add_argument('--data', default=None)
+    p.add_argument('--two-stage', action='store_true', help="rank with the run's persistent entity index: faiss first stage + exact rerank")
+    p.add_argument('--candidates', type=int, default=100, help='first-stage candidates reranked exactly (with --two-stage)')
     a = p.parse_args(argv)
     run = Path(a.run)
     if not (run/'model'/'config.json').exists():
@@ -395,8 +470,14 @@ def cli_eval(argv: list[str]) -> int:
     if torch.cuda.is_available(): model.cuda()
     men = mention_sets(cfg, ds, model)
     if a.split not in men: print(f'vpmel eval: no split {a.split!r} in {cfg.data}'); return 1
-    m = LinkingEvaluator(model, ds, men[a.split], cfg.eval_batch_size, progress=True)(model)
-    print(json.dumps({'run': str(run), 'split': a.split, **m}, indent=1))
+    if a.two_stage:
+        cache, _ = entity_index(model, ds, run/'index', cfg.eval_batch_size, progress=True)
+        cache = _unflatten({k: v.to(model.matcher_device) for k, v in _flatten(cache).items()})
+        mf = encode_dataset(model, men[a.split], cfg.eval_batch_size, progress=True)
+        res = two_stage_rank(model.matcher, mf, cache, FirstStage.from_cache(model.matcher, cache), men[a.split].rows, a.candidates)
+        m, ranking = mel_metrics(res.ranks), f'two-stage (flat first stage, {a.candidates} candidates)'
+    else: m, ranking = LinkingEvaluator(model, ds, men[a.split], cfg.eval_batch_size, progress=True)(model), 'exact'
+    print(json.dumps({'run': str(run), 'split': a.split, 'ranking': ranking, **m}, indent=1))
     return 0
 
 # %% ../nbs/13_runs.ipynb #5c721cc2
