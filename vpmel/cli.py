@@ -43,6 +43,10 @@ def dispatch(table: dict, argv: list[str], prog: str) -> int:
     mod, fn, _ = table[cmd]
     try: return int(getattr(importlib.import_module(mod), fn)(rest) or 0)
     except SystemExit as e: return e.code if isinstance(e.code, int) else 1
+    except Exception as e:      # weights that cannot be had offline: one line that says how to supply them, no traceback
+        if type(e).__name__ != 'MissingWeights': raise
+        print(f'{prog} {cmd}: {e}', file=sys.stderr)
+        return 1
 
 def cli_bench(argv: list[str]) -> int:
     "`vpmel bench <what> ...`: run a benchmark of `BENCH_COMMANDS`."

@@ -10,8 +10,8 @@ from .vpwiki import write_json_atomic
 
 # %% auto #0
 __all__ = ['LayerSpec', 'TINY_CLIPS', 'Features', 'resolve_layers', 'EncoderConfig', 'tiny_clip_config', 'register_tiny_clips',
-           'load_clip', 'clip_image_transform', 'vit_layer_tokens', 'minilm_path', 'ClipText', 'HFText',
-           'TextTokenizer', 'make_tokenizer', 'MultimodalEncoder']
+           'MissingWeights', 'hub_reachable', 'hub_cached', 'load_clip', 'clip_image_transform', 'vit_layer_tokens',
+           'minilm_path', 'ClipText', 'HFText', 'TextTokenizer', 'make_tokenizer', 'MultimodalEncoder']
 
 # %% ../nbs/05_encoders.ipynb #e34be301
 @dataclass
@@ -52,7 +52,7 @@ class Features:
     def shapes(self) -> dict: return {f.name: tuple(getattr(self, f.name).shape) for f in fields(self)}
 
 # %% ../nbs/05_encoders.ipynb #aabae845
-import importlib.util, json, tempfile
+import importlib.util, json, os, tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 import open_clip
@@ -81,7 +81,7 @@ def resolve_layers(layers: LayerSpec, depth: int) -> tuple[int, ...]:
 class EncoderConfig:
     "Everything needed to build a `MultimodalEncoder`; JSON round-trips."
     clip_model: str = 'ViT-B-32'      # open_clip name, 'local-dir:DIR' or a folder in open_clip format
-    pretrained: str | None = 'openai' # open_clip pretrained tag (ignored for local folders)
+    pretrained: str | None = 'openai' # open_clip pretrained tag, or a local checkpoint file (ignored for local folders)
     layers: LayerSpec = 'paper'       # 'paper' (shallow + deep CLS), 'deep' (last block only) or 0-based indices
     dv: int = 512                     # visual feature width (image_cls, image_tokens)
     dt: int = 512                     # text feature width (text_cls, text_tokens)
@@ -90,6 +90,7 @@ class EncoderConfig:
     max_text_len: int = 40            # the paper's text_max_length
     freeze_vision: bool = False
     freeze_text: bool = False
+    quick_gelu: bool | None = None    # None: as open_clip's table says for the tag (a file: False; `openai` weights need True)
 
     def __post_init__(self):
         if not isinstance(self.layers, str): self.layers = tuple(int(i) for i in self.layers)
@@ -136,14 +137,41 @@ def _clip_id(name: str) -> tuple[str, bool]:
     if Path(name).is_dir(): return 'local-dir:' + str(Path(name).resolve()), True
     return name, False
 
-def load_clip(name: str, pretrained: str | None = None):
-    "An open_clip CLIP model from a name (+ pretrained tag) or a local folder in open_clip format."
+class MissingWeights(RuntimeError):
+    "Pretrained weights that can be neither downloaded (no network) nor found locally; the message says how to supply them."
+
+def hub_reachable(host: str = 'huggingface.co', timeout: float = 3.0) -> bool:
+    "Whether the Hugging Face hub answers one TCP connection (False offline, or with `HF_HUB_OFFLINE=1`)."
+    import socket
+    if os.environ.get('HF_HUB_OFFLINE', '0').lower() not in ('0', '', 'false', 'no'): return False
+    try: socket.create_connection((host, 443), timeout=timeout).close(); return True
+    except OSError: return False
+
+def hub_cached(repo: str, filename: str) -> str | None:
+    "The local path of `filename` of hub repo `repo` if the Hugging Face cache holds it."
+    from huggingface_hub import try_to_load_from_cache
+    p = try_to_load_from_cache(repo, filename)
+    return p if isinstance(p, str) else None
+
+def _offline_clip_file(name: str, tag: str) -> str:
+    import open_clip
+    hub = ((open_clip.get_pretrained_cfg(name, tag) or {}).get('hf_hub') or '').strip('/')
+    for f in ('open_clip_model.safetensors', 'open_clip_pytorch_model.bin'):
+        if hub and (p := hub_cached(hub, f)): return p
+    raise MissingWeights(f"CLIP weights {name}/{tag} must be downloaded and the hub is unreachable: pass a local copy "
+                         f"(vpmel train --clip-weights PATH, an open_clip checkpoint file) or --clip-weights none for random weights")
+
+def load_clip(name: str, pretrained: str | None = None, quick_gelu: bool | None = None):
+    "An open_clip CLIP model from a name (+ pretrained tag or local checkpoint file) or a local folder in open_clip format."
     import open_clip
     register_tiny_clips()
     name, local = _clip_id(name)
     if local: return open_clip.create_model(name)
-    qg = bool((open_clip.get_pretrained_cfg(name, pretrained) or {}).get('quick_gelu', False)) if pretrained else False
-    return open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=qg, require_pretrained=bool(pretrained))
+    is_file = bool(pretrained) and Path(pretrained).is_file()
+    if quick_gelu is None:
+        quick_gelu = bool((open_clip.get_pretrained_cfg(name, pretrained) or {}).get('quick_gelu', False)) if pretrained and not is_file else False
+    if pretrained and not is_file and not hub_reachable(): pretrained = _offline_clip_file(name, pretrained)
+    return open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=quick_gelu, require_pretrained=bool(pretrained))
 
 def clip_image_transform(clip, train: bool = False) -> Callable:
     "open_clip's preprocessing (resize, crop, to tensor, normalise) for `clip`'s image size: PIL image -> [3, H, W]."
@@ -171,7 +199,13 @@ def minilm_path() -> Path:
     if not (p/'config.json').exists(): raise FileNotFoundError(f'no config.json in {p}')
     return p
 
-def _hf_name(backend: str) -> str: return str(minilm_path()) if backend == 'minilm' else backend
+def _hf_name(backend: str) -> str:
+    "The `from_pretrained` name or folder of a text backend; a hub name offline must be in the Hugging Face cache."
+    if backend == 'minilm': return str(minilm_path())
+    if not Path(backend).is_dir() and not hub_reachable() and hub_cached(backend, 'config.json') is None:
+        raise MissingWeights(f"text model {backend!r} must be downloaded and the hub is unreachable: pass a local "
+                             f"from_pretrained folder (vpmel train --text-model DIR)")
+    return backend
 
 # %% ../nbs/05_encoders.ipynb #5f0c277b
 class ClipText(nn.Module):
@@ -257,7 +291,7 @@ class MultimodalEncoder(nn.Module):
     def __init__(self, cfg: EncoderConfig, clip: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
-        clip = clip if clip is not None else load_clip(cfg.clip_model, cfg.pretrained)
+        clip = clip if clip is not None else load_clip(cfg.clip_model, cfg.pretrained, cfg.quick_gelu)
         self.visual, self.preprocess_cfg = clip.visual, dict(clip.visual.preprocess_cfg)
         self.layers = resolve_layers(cfg.layers, len(self.visual.transformer.resblocks))
         W = self.visual.transformer.width

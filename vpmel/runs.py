@@ -21,7 +21,7 @@ from .synth import build_minivpwiki
 from .loading import MentionDataset, EntityDataset, PairDataset, PairCollate, TextImageCollate
 from .encoders import EncoderConfig, Features
 from .units import cat_caches, index_cache
-from .rank import build_entity_cache, rank_entities, mel_metrics, FirstStage, two_stage_rank
+from .rank import build_entity_cache, rank_entities, mel_metrics, FirstStage, two_stage_rank, first_stage_vectors, recall_at_k
 from .iier import IIER, IIERConfig
 from .train import TrainConfig, SeededBatches, fit, load_weights, make_accelerator, param_groups, train_step
 from .pretrain import pretrain_tiny_clip, default_clip_dir
@@ -31,8 +31,9 @@ from .answers import answers_for_mentions
 __all__ = ['PRESETS', 'ABLATIONS', 'INDEX_PREFIX', 'RunConfig', 'preset', 'ablate', 'ensure_data', 'build_model', 'tiny_clip_dir',
            'detective_answers', 'mention_sets', 'first_mentions', 'text_inputs', 'KBImages', 'image_inputs',
            'CachedPairs', 'collate_cached', 'cache_training_pairs', 'encode_dataset', 'encode_inputs',
-           'LinkingEvaluator', 'model_fingerprint', 'kb_fingerprint', 'load_cache_mmap', 'entity_index', 'train_run',
-           'run_config_from_args', 'add_run_args', 'cli_train', 'cli_eval', 'bench_train']
+           'LinkingEvaluator', 'model_fingerprint', 'kb_fingerprint', 'load_cache_mmap', 'entity_index',
+           'two_stage_report', 'train_run', 'run_config_from_args', 'add_run_args', 'cli_train', 'cli_eval',
+           'bench_train']
 
 # %% ../nbs/13_runs.ipynb #938aa2db
 @dataclass
@@ -383,6 +384,25 @@ def entity_index(model: IIER, ds: MELDataset, index_dir=None, bs: int = 256, pro
         write_bytes_atomic(f, st_save(_flatten(cache), metadata={'entities': str(len(ents)), 'data': str(ds.root)}))
     return cache, f
 
+@torch.no_grad()
+def two_stage_report(model: IIER, ds: MELDataset, mentions: MentionDataset, index_dir=None, bs: int = 256,
+                     ks: Sequence[int] = (10, 20, 50, 100, 200), kind: str = 'fp16') -> dict:
+    """Exact whole-KB metrics of a split, the same with two-stage ranking for each K of `ks`, and the first stage's
+    recall@K of the gold entity and of the exact top-1: what picks K."""
+    cache, _ = entity_index(model, ds, index_dir, bs)
+    cache = _unflatten({k: v.to(model.matcher_device) for k, v in _flatten(cache).items()})
+    mf, gold = encode_dataset(model, mentions, bs), torch.tensor(mentions.rows)
+    exact = rank_entities(model.matcher, mf, cache, gold, topk=1)
+    first = FirstStage.from_cache(model.matcher, cache, kind=kind)
+    q = first_stage_vectors(model.matcher, model.matcher.prepare_mentions(mf), 'mention')
+    ks = [k for k in ks if k <= len(first)]
+    out = {'entities': len(first), 'mentions': len(gold), 'first_stage': kind, 'exact': mel_metrics(exact.ranks),
+           'recall_gold': recall_at_k(first, q, gold, ks), 'recall_exact_top1': recall_at_k(first, q, exact.topk_indices[:, 0], ks)}
+    for k in ks:
+        r = two_stage_rank(model.matcher, mf, cache, first, gold, candidates=k, topk=1)
+        out[f'two_stage@{k}'] = {**mel_metrics(r.ranks), 'top1_equal_exact': float((r.topk_indices[:, 0] == exact.topk_indices[:, 0]).float().mean() * 100)}
+    return out
+
 # %% ../nbs/13_runs.ipynb #cf047517
 def train_run(cfg: RunConfig, out_root='runs', resume: bool = True, progress: bool = True) -> dict:
     "Train `cfg` (building data and the tiny CLIP if needed), evaluate the best epoch on test, save everything."
@@ -425,6 +445,18 @@ def run_config_from_args(a) -> RunConfig:
     if getattr(a, 'patience', None) is not None: cfg.train.patience = a.patience
     if a.detective: cfg.detective = a.detective
     if getattr(a, 'prompt_style', None): cfg.prompt = a.prompt_style
+    enc = cfg.model.encoder
+    if getattr(a, 'clip_weights', None):                  # offline clusters: a local copy of the CLIP weights, or none
+        if a.clip_weights == 'none': enc.pretrained = None
+        else:
+            if not Path(a.clip_weights).is_file(): raise FileNotFoundError(f'--clip-weights {a.clip_weights}: no such file')
+            if enc.quick_gelu is None and enc.pretrained:   # keep the activation of the weights this file stands for
+                import open_clip
+                enc.quick_gelu = bool((open_clip.get_pretrained_cfg(enc.clip_model, enc.pretrained) or {}).get('quick_gelu', False))
+            enc.pretrained = str(Path(a.clip_weights).resolve())
+    if getattr(a, 'text_model', None):
+        if enc.text_backend == 'clip': raise ValueError("--text-model replaces a transformers text backend; this preset reads text with CLIP's own tower")
+        enc.text_backend = str(Path(a.text_model).resolve())
     cfg.name = a.name or f'{cfg.name}-seed{cfg.train.seed}'
     return cfg
 
@@ -437,6 +469,8 @@ def add_run_args(p: argparse.ArgumentParser):
     p.add_argument('--data', default=None, help='dataset folder (default: the preset\'s)')
     p.add_argument('--detective', default=None, help="Detective answers for the mention text: a JSON-lines file, a folder of answers_<split>.jsonl, or 'auto'")
     p.add_argument('--prompt-style', default=None, help="redraw the prompt: 'rect', 'ellipse', 'arrow', 'darken' (MiniVPWiki)")
+    p.add_argument('--clip-weights', default=None, help="a local open_clip checkpoint file for the preset's CLIP (offline clusters), or 'none' for random weights")
+    p.add_argument('--text-model', default=None, help='a local from_pretrained folder for the text model (offline clusters)')
     p.add_argument('--name', default=None, help='run folder name under --out')
     p.add_argument('--out', default='runs')
     p.add_argument('--quiet', action='store_true')
@@ -459,6 +493,7 @@ def cli_eval(argv: list[str]) -> int:
     p.add_argument('--data', default=None)
     p.add_argument('--two-stage', action='store_true', help="rank with the run's persistent entity index: faiss first stage + exact rerank")
     p.add_argument('--candidates', type=int, default=100, help='first-stage candidates reranked exactly (with --two-stage)')
+    p.add_argument('--two-stage-report', action='store_true', help='exact vs two-stage metrics for several K, and the first stage recall@K')
     a = p.parse_args(argv)
     run = Path(a.run)
     if not (run/'model'/'config.json').exists():
@@ -470,12 +505,16 @@ def cli_eval(argv: list[str]) -> int:
     if torch.cuda.is_available(): model.cuda()
     men = mention_sets(cfg, ds, model)
     if a.split not in men: print(f'vpmel eval: no split {a.split!r} in {cfg.data}'); return 1
+    if a.two_stage_report:
+        print(json.dumps({'run': str(run), 'split': a.split, **two_stage_report(model, ds, men[a.split], run/'index', cfg.eval_batch_size)}, indent=1))
+        return 0
     if a.two_stage:
         cache, _ = entity_index(model, ds, run/'index', cfg.eval_batch_size, progress=True)
         cache = _unflatten({k: v.to(model.matcher_device) for k, v in _flatten(cache).items()})
         mf = encode_dataset(model, men[a.split], cfg.eval_batch_size, progress=True)
-        res = two_stage_rank(model.matcher, mf, cache, FirstStage.from_cache(model.matcher, cache), men[a.split].rows, a.candidates)
-        m, ranking = mel_metrics(res.ranks), f'two-stage (flat first stage, {a.candidates} candidates)'
+        first = FirstStage.from_cache(model.matcher, cache)
+        res = two_stage_rank(model.matcher, mf, cache, first, men[a.split].rows, a.candidates)
+        m, ranking = mel_metrics(res.ranks), f'two-stage ({first.kind} first stage, {a.candidates} candidates)'
     else: m, ranking = LinkingEvaluator(model, ds, men[a.split], cfg.eval_batch_size, progress=True)(model), 'exact'
     print(json.dumps({'run': str(run), 'split': a.split, 'ranking': ranking, **m}, indent=1))
     return 0
