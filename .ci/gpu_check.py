@@ -9,7 +9,8 @@ Prints one JSON object per check (and writes them to --out, default gpu_check.js
   one mention's latency, peak GPU memory;
 - train: MiniVPWiki `--data-preset` built with 16 processes, then `vpmel train --preset paper --clip-weights none
   --epochs 1` (ViT-B/32 at 224 px from random weights, CLIP text, batch 128, bf16): steps/s, epoch and run seconds,
-  peak GPU memory, dev and test metrics (exact whole-KB ranking)."""
+  peak GPU memory, dev and test metrics (exact whole-KB ranking); with --two-stage-report, the trained model's test split
+  ranked exactly and in two stages for several K, and the first stage's recall@K (chapter 13's `two_stage_report`)."""
 import argparse, json, sys, time
 from pathlib import Path
 from types import SimpleNamespace
@@ -44,7 +45,7 @@ def rank_check(n_entities: int, n_queries: int, candidates: int, dev: str) -> di
             'ranks_equal_frac': float((exact.ranks == two.ranks).float().mean()),
             'peak_gpu_mb': round(torch.cuda.max_memory_allocated() / 2**20) if dev == 'cuda' else None}
 
-def train_check(data_preset: str, workers: int) -> dict:
+def train_check(data_preset: str, workers: int, two_stage: bool = False) -> dict:
     import vpmel.train as T
     from vpmel.synth import build_minivpwiki
     from vpmel.runs import preset, train_run
@@ -62,7 +63,17 @@ def train_check(data_preset: str, workers: int) -> dict:
     t = time.perf_counter(); s = train_run(cfg, 'runs', resume=False, progress=False); t_run = time.perf_counter() - t
     T.train_step = step
     n = len(stamps)
-    return {'check': 'train', 'device': torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu', 'data': data_preset,
+    report = None
+    if two_stage:        # the trained model: exact vs two-stage ranking of the test split, first-stage recall@K
+        from vpmel.iier import IIER
+        from vpmel.runs import ensure_data, mention_sets, two_stage_report
+        run = Path('runs')/cfg.name
+        model = IIER.from_pretrained(run/'model').to('cuda' if torch.cuda.is_available() else 'cpu')
+        ds = ensure_data(cfg)
+        t = time.perf_counter()
+        report = two_stage_report(model, ds, mention_sets(cfg, ds, model, progress=False)['test'], run/'index', 256)
+        report['seconds'] = round(time.perf_counter() - t, 1)
+    return {'check': 'train', 'two_stage_report': report, 'device': torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu', 'data': data_preset,
             'data_build_s': round(t_data, 1), 'steps': n, 'batch_size': cfg.train.batch_size,
             'steps_per_s': round((n - 1) / (stamps[-1] - stamps[0]), 2) if n > 1 else None,
             'epoch_s': round(stamps[-1] - stamps[0], 1) if n > 1 else None, 'run_s': round(t_run, 1),
@@ -78,12 +89,13 @@ def main() -> int:
     ap.add_argument('--workers', type=int, default=16)
     ap.add_argument('--skip-rank', action='store_true')
     ap.add_argument('--skip-train', action='store_true')
+    ap.add_argument('--two-stage-report', action='store_true', help='after training: exact vs two-stage on the test split (recall@K)')
     ap.add_argument('--out', default='gpu_check.json')
     a = ap.parse_args()
     dev = 'cuda' if torch.cuda.is_available() else 'cpu'
     results = []
     if not a.skip_rank: results.append(rank_check(a.entities, a.queries, a.candidates, dev)); print(json.dumps(results[-1]), flush=True)
-    if not a.skip_train: results.append(train_check(a.data_preset, a.workers)); print(json.dumps(results[-1]), flush=True)
+    if not a.skip_train: results.append(train_check(a.data_preset, a.workers, a.two_stage_report)); print(json.dumps(results[-1]), flush=True)
     Path(a.out).write_text(json.dumps(results, indent=1))
     return 0
 
