@@ -18,21 +18,22 @@ from .vpwiki import MELDataset, load_dataset
 from .prompts import PROMPT_STYLES, Box, validate_box, draw_prompt, find_prompt_box, box_iou
 from .loading import EntityDataset, MENTION_TEMPLATE, DETECTIVE_TEMPLATE, RAW_IMG
 from .units import index_cache
-from .rank import build_entity_cache
+from .rank import FirstStage, first_stage_vectors
 from .iier import IIER
 from .answers import compact_answer
 from .detective import DetectiveExample, detective_prompt, generate_answers, load_detective
-from .runs import RunConfig, ensure_data, encode_dataset, text_inputs
+from .runs import RunConfig, ensure_data, text_inputs, entity_index, _flatten, _unflatten
 
 # %% auto #0
-__all__ = ['MAX_PIXELS', 'MAX_SIDE', 'UNIT_NAMES', 'ExplorerError', 'read_image', 'MentionItem', 'Ranking', 'box_from_widget',
-           'moved_box', 'PromptExplorer', 'detective_answerer', 'other_object_boxes', 'gold_vs_other_box',
-           'ranking_html', 'plot_box_map', 'plot_styles', 'plot_attention', 'ExplorerApp', 'bench_explore',
-           'explorer_notebook', 'cli_explore']
+__all__ = ['MAX_PIXELS', 'MAX_SIDE', 'EXACT_UP_TO', 'UNIT_NAMES', 'ExplorerError', 'read_image', 'MentionItem', 'Ranking',
+           'box_from_widget', 'moved_box', 'PromptExplorer', 'detective_answerer', 'other_object_boxes',
+           'gold_vs_other_box', 'ranking_html', 'plot_box_map', 'plot_styles', 'plot_attention', 'ExplorerApp',
+           'bench_explore', 'explorer_notebook', 'cli_explore']
 
 # %% ../nbs/16_explore.ipynb #784681b5
 MAX_PIXELS = 40_000_000   # larger uploads are refused (a decompression bomb, or a raw photo by mistake)
 MAX_SIDE = 1024           # larger images are shrunk to this side first (the model sees 64-224 px anyway)
+EXACT_UP_TO = 20_000      # KBs up to this size are scored whole at every change; larger ones in two stages
 
 class ExplorerError(ValueError):
     "A bad input to the explorer; its message is meant for the person who gave it."
@@ -113,12 +114,15 @@ class PromptExplorer:
     The KB side (every entity's features and the matcher's entity cache) is computed once, here; each box, style or
     caption change then costs one image through the vision tower and one row of scores."""
     def __init__(self, model: IIER, ds: MELDataset, detective: Callable[[Image.Image, str], str] | None = None,
-                 bs: int = 256, progress: bool = False):
+                 bs: int = 256, progress: bool = False, index_dir=None, candidates: int | None = None):
         self.model, self.ds, self.detective = model.eval(), ds, detective
         self.tf = model.encoder.image_transform()
         self.entities = EntityDataset(ds, self.tf)
-        with torch.no_grad():
-            self.entity_cache = build_entity_cache(model.matcher, encode_dataset(model, self.entities, bs, progress, 'encode KB'))
+        self.entity_cache = entity_index(model, ds, index_dir, bs, progress)[0]   # persisted in `index_dir` when given
+        self.entity_cache = _unflatten({k: v.to(model.matcher_device) for k, v in _flatten(self.entity_cache).items()})
+        # a KB of VPWiki's size is ranked in two stages (chapter 07): the first stage's top `candidates`, then IIER
+        self.candidates = candidates if candidates is not None else (None if len(ds.kb) <= EXACT_UP_TO else 200)
+        self.first = FirstStage.from_cache(model.matcher, self.entity_cache) if self.candidates else None
         self.units = tuple(getattr(model.matcher, 'units', ()))
         self._texts: dict[str, dict] = {}
         self.item: MentionItem | None = None
@@ -132,7 +136,7 @@ class PromptExplorer:
         if not (run/'model'/'config.json').exists(): raise ExplorerError(f'{run} holds no trained model (model/config.json): train one with `vpmel train`')
         cfg = RunConfig.from_json(json.loads((run/'run_config.json').read_text()))
         if data is not None: cfg.data = str(data)
-        return cls(IIER.from_pretrained(run/'model'), ensure_data(cfg), **kw)
+        return cls(IIER.from_pretrained(run/'model'), ensure_data(cfg), index_dir=kw.pop('index_dir', run/'index'), **kw)
 
     def thumbnail(self, row: int, side: int = 48) -> str:
         "A data URI of KB row `row`'s first image (cached)."
@@ -242,19 +246,35 @@ def _answer(self: PromptExplorer, img: Image.Image) -> str | None:
     return None if self.detective is None else self.detective(img, self.item.sentence)
 
 @patch
+@torch.no_grad()
+def _scored(self: PromptExplorer, images: Sequence[Image.Image], texts, must: Sequence[int] = ()) -> tuple[torch.Tensor, dict]:
+    """(KB rows scored `[R]`, `{unit: [B, R]}`): every row, or in two-stage mode the first stage's top `candidates` of
+    every image plus the rows in `must` (the gold entity: always scored exactly)."""
+    m = self.model.matcher
+    mc = m.prepare_mentions(self.features(images, texts))
+    if self.first is None: rows, ec = torch.arange(len(self.ds.kb)), self.entity_cache
+    else:
+        _, cand = self.first.search(first_stage_vectors(m, mc, 'mention'), self.candidates)
+        rows = torch.unique(torch.cat([cand.flatten(), torch.as_tensor(list(must), dtype=torch.long)]))
+        ec = index_cache(self.entity_cache, rows.to(self.model.matcher_device))
+    return rows, {k: v.cpu() for k, v in m.unit_scores(mc, ec).items()}
+
+@patch
 def rank(self: PromptExplorer, k: int = 10, box=None, style: str | None = None) -> Ranking:
-    "The whole-KB top-`k` for the current (or given) box and style, with every unit's score and the gold rank."
+    """The whole-KB top-`k` for the current (or given) box and style, with every unit's score and the gold rank (1 + the
+    entities scored strictly higher; in two-stage mode, among the candidates: exact when the first stage kept them all)."""
     t0 = time.perf_counter()
     img = self.prompted(box, style)
     ans = self._answer(img)
     text = self.mention_text(ans)
-    s = self.unit_scores([img], text)
-    fused = s['fused'][0]
-    top = fused.topk(min(k, len(fused))).indices.tolist()
     g = self.item.gold_row
-    return Ranking(top, {u: s[u][0, top].tolist() for u in s}, text, g,
-                   None if g is None else int((fused > fused[g]).sum()) + 1,
-                   None if g is None else {u: float(s[u][0, g]) for u in s}, ans, time.perf_counter() - t0)
+    rows, s = self._scored([img], text, () if g is None else (g,))
+    fused = s['fused'][0]
+    top = fused.topk(min(k, len(fused))).indices
+    gi = None if g is None else int((rows == g).nonzero()[0, 0])
+    return Ranking(rows[top].tolist(), {u: s[u][0, top].tolist() for u in s}, text, g,
+                   None if g is None else int((fused > fused[gi]).sum()) + 1,
+                   None if g is None else {u: float(s[u][0, gi]) for u in s}, ans, time.perf_counter() - t0)
 
 @patch
 def ranks_of(self: PromptExplorer, row: int, boxes: Sequence[Box], style: str | None = None, bs: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -262,8 +282,9 @@ def ranks_of(self: PromptExplorer, row: int, boxes: Sequence[Box], style: str | 
     ranks, scores = [], []
     for s in range(0, len(boxes), bs):
         imgs = [self.prompted(b, style) for b in boxes[s:s + bs]]
-        fused = self.unit_scores(imgs, [self.mention_text(self._answer(im)) for im in imgs])['fused']
-        ranks += ((fused > fused[:, [row]]).sum(1) + 1).tolist(); scores += fused[:, row].tolist()
+        rows, sc = self._scored(imgs, [self.mention_text(self._answer(im)) for im in imgs], (row,))
+        fused, ri = sc['fused'], int((rows == row).nonzero()[0, 0])
+        ranks += ((fused > fused[:, [ri]]).sum(1) + 1).tolist(); scores += fused[:, ri].tolist()
     return np.array(ranks), np.array(scores)
 
 # %% ../nbs/16_explore.ipynb #275d70d5
@@ -603,13 +624,15 @@ def bench_explore(argv: list[str]) -> int:
     p.add_argument('--changes', type=int, default=30, help='box changes to time')
     p.add_argument('--gold-vs-other', type=int, default=100, help='mentions for the gold-box vs other-box measurement (0: skip)')
     p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--candidates', type=int, default=None, help=f'two-stage ranking with this many candidates (default: exact up to {EXACT_UP_TO:,} entities)')
     p.add_argument('--seed', type=int, default=0)
     a = p.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
-    try: ex = PromptExplorer.from_run(a.run, a.data)
+    try: ex = PromptExplorer.from_run(a.run, a.data, candidates=a.candidates)
     except ExplorerError as e: print(f'vpmel bench explore: {e}'); return 1
-    out = {'run': str(a.run), 'entities': len(ex.ds.kb), 'threads': torch.get_num_threads(), 'setup_s': round(time.perf_counter() - t0, 2)}
+    out = {'run': str(a.run), 'entities': len(ex.ds.kb), 'ranking': 'exact' if ex.first is None else f'two-stage ({ex.candidates} candidates)',
+           'threads': torch.get_num_threads(), 'setup_s': round(time.perf_counter() - t0, 2)}
     app, rng, n = ExplorerApp(ex), np.random.default_rng(a.seed), len(ex.ds.splits[a.split])
     mention_s, rank_s, refresh_s = [], [], []
     for c in range(a.changes):
