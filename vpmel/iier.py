@@ -5,7 +5,7 @@
 # %% ../nbs/08_iier.ipynb #7b9e384e
 from __future__ import annotations
 import json, logging
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -19,7 +19,7 @@ from .encoders import EncoderConfig, MultimodalEncoder, Features
 from .units import IIERMatcher, UNITS, index_features, iier_loss
 
 # %% auto #0
-__all__ = ['CLIP_ARCH_FILE', 'BACKBONE_KEYS', 'GlobalMatcher', 'IIERConfig', 'IIER']
+__all__ = ['CLIP_ARCH_FILE', 'BACKBONE_KEYS', 'GlobalMatcher', 'IIERConfig', 'all_gather_cat', 'gather_features', 'IIER']
 
 # %% ../nbs/08_iier.ipynb #a86ee55b
 class GlobalMatcher(nn.Module):
@@ -58,6 +58,22 @@ class IIERConfig:
     def from_json(cls, d: dict) -> IIERConfig: return cls(**d)
 
 # %% ../nbs/08_iier.ipynb #8917488e
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """`t` of every process concatenated along dim 0 (itself in one process). Floating tensors keep their gradient: each
+    process's part flows back to that process (open_clip's `gather_with_grad`), so the loss sees the global batch."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return t
+    if t.is_floating_point():
+        import torch.distributed.nn.functional as dnf
+        return torch.cat(dnf.all_gather(t), 0)
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t.contiguous())
+    return torch.cat(out, 0)
+
+def gather_features(f: Features) -> Features:
+    "`Features` of the whole global batch (`all_gather_cat` of every field)."
+    return Features(**{k.name: all_gather_cat(getattr(f, k.name)) for k in fields(f)})
+
 CLIP_ARCH_FILE = 'clip/open_clip_config.json'   # the CLIP's architecture and preprocessing, in open_clip's format
 BACKBONE_KEYS = ('text_global', 'text_hidden', 'image_layers_cls', 'image_patches', 'attention_mask')
 
@@ -87,11 +103,14 @@ class IIER(nn.Module):
         return next(self.matcher.parameters()).device
 
     def forward(self, batch: dict) -> dict:
-        "In-batch scores of every unit and the fused one, and the contrastive loss (four terms)."
-        scores = self.matcher(self.encode(batch['mention']), self.encode(batch['entity']))
+        """In-batch scores of every unit and the fused one, and the contrastive loss (four terms). Under several
+        processes the features of all of them are gathered first, so every mention meets the whole global batch."""
+        m, e = gather_features(self.encode(batch['mention'])), gather_features(self.encode(batch['entity']))
+        scores = self.matcher(m, e)
         scale = self.cfg.loss_scale if self.cfg.matcher == 'iier' else 1.0
         scaled = {k: v * scale for k, v in scores.items()} if scale != 1 else scores
-        loss, parts = iier_loss(scaled, batch['entity'].get('index'))
+        idx = batch['entity'].get('index')
+        loss, parts = iier_loss(scaled, None if idx is None else all_gather_cat(idx))
         return {'loss': loss, 'scores': scores, **{f'loss_{k}': v for k, v in parts.items()}}
 
     def save_pretrained(self, path):

@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_runs.ipynb #cb7ac8a1
 from __future__ import annotations
-import argparse, copy, hashlib, json, random, time
+import argparse, contextlib, copy, hashlib, json, os, random, time
 from dataclasses import dataclass, asdict, field
 from functools import partial
 from pathlib import Path
@@ -23,7 +23,7 @@ from .encoders import EncoderConfig, Features
 from .units import cat_caches, index_cache
 from .rank import build_entity_cache, rank_entities, mel_metrics, FirstStage, two_stage_rank, first_stage_vectors, recall_at_k
 from .iier import IIER, IIERConfig
-from .train import TrainConfig, SeededBatches, fit, load_weights, make_accelerator, param_groups, train_step
+from .train import TrainConfig, SeededBatches, fit, load_weights, make_accelerator, param_groups, train_step, dist_rank_world
 from .pretrain import pretrain_tiny_clip, default_clip_dir
 from .answers import answers_for_mentions
 
@@ -32,8 +32,8 @@ __all__ = ['PRESETS', 'ABLATIONS', 'INDEX_PREFIX', 'RunConfig', 'preset', 'ablat
            'detective_answers', 'mention_sets', 'first_mentions', 'text_inputs', 'KBImages', 'image_inputs',
            'CachedPairs', 'collate_cached', 'cache_training_pairs', 'encode_dataset', 'encode_inputs',
            'LinkingEvaluator', 'model_fingerprint', 'kb_fingerprint', 'load_cache_mmap', 'entity_index',
-           'two_stage_report', 'train_run', 'run_config_from_args', 'add_run_args', 'cli_train', 'cli_eval',
-           'bench_train']
+           'two_stage_report', 'main_process_first', 'train_run', 'run_config_from_args', 'add_run_args', 'cli_train',
+           'cli_eval', 'bench_train']
 
 # %% ../nbs/13_runs.ipynb #938aa2db
 @dataclass
@@ -404,16 +404,25 @@ def two_stage_report(model: IIER, ds: MELDataset, mentions: MentionDataset, inde
     return out
 
 # %% ../nbs/13_runs.ipynb #cf047517
+def main_process_first():
+    "Under `accelerate launch` (several processes) a context in which the main process goes first; otherwise nothing."
+    if int(os.environ.get('WORLD_SIZE', '1')) > 1:
+        from accelerate import PartialState
+        return PartialState().main_process_first()
+    return contextlib.nullcontext()
+
 def train_run(cfg: RunConfig, out_root='runs', resume: bool = True, progress: bool = True) -> dict:
     "Train `cfg` (building data and the tiny CLIP if needed), evaluate the best epoch on test, save everything."
     t0 = time.time()
     out = Path(out_root)/cfg.name
     out.mkdir(parents=True, exist_ok=True)
-    ds = ensure_data(cfg)
-    model = build_model(cfg, ds, progress)
-    if torch.cuda.is_available(): model.cuda()        # caches and evaluation run where training runs
-    write_json_atomic(out/'run_config.json', cfg.to_json(), indent=1)
-    men = mention_sets(cfg, ds, model, progress)
+    with main_process_first():                        # several processes: data, tiny CLIP, answers built once
+        ds = ensure_data(cfg)
+        model = build_model(cfg, ds, progress)
+    if torch.cuda.is_available(): model.to(f"cuda:{os.environ.get('LOCAL_RANK', 0)}")   # caches and evaluation run where training runs
+    rank, _ = dist_rank_world()
+    if rank == 0: write_json_atomic(out/'run_config.json', cfg.to_json(), indent=1)
+    with main_process_first(): men = mention_sets(cfg, ds, model, progress)
     enc = model.cfg.encoder
     cache = (enc.freeze_vision or enc.freeze_text) if cfg.precompute is None else cfg.precompute
     if cache:
@@ -426,6 +435,7 @@ def train_run(cfg: RunConfig, out_root='runs', resume: bool = True, progress: bo
     res = fit(model, SeededBatches(train_set, collate, cfg.train.batch_size, cfg.train.seed, cfg.train.num_workers), cfg.train, out,
               evaluate=dev, resume=resume, progress=progress)
     if res['stopped'] == 'max_steps': return res
+    if rank != 0: return {'name': cfg.name, 'rank': rank, 'stopped': res['stopped']}   # the main process tests and saves
     load_weights(model, out/'best')
     test = LinkingEvaluator(model, ds, men['test'], cfg.eval_batch_size, cache, progress, ds.root/'cache', kb)(model)
     model.save_pretrained(out/'model')
@@ -482,7 +492,7 @@ def cli_train(argv: list[str]) -> int:
     p.add_argument('--fresh', action='store_true', help='ignore an existing checkpoint')
     a = p.parse_args(argv)
     s = train_run(run_config_from_args(a), a.out, resume=not a.fresh, progress=not a.quiet)
-    print(json.dumps(s, indent=1))
+    if dist_rank_world()[0] == 0: print(json.dumps(s, indent=1))
     return 0
 
 def cli_eval(argv: list[str]) -> int:

@@ -19,8 +19,8 @@ from .vpwiki import write_bytes_atomic, write_json_atomic
 
 # %% auto #0
 __all__ = ['set_seed', 'param_groups', 'lr_factor', 'TrainConfig', 'LoopState', 'save_checkpoint', 'load_weights',
-           'load_checkpoint', 'epoch_batches', 'SeededBatches', 'LoaderBatches', 'DrawnBatches', 'read_metrics',
-           'make_accelerator', 'train_step', 'fit']
+           'load_checkpoint', 'epoch_batches', 'dist_rank_world', 'SeededBatches', 'LoaderBatches', 'DrawnBatches',
+           'read_metrics', 'make_accelerator', 'train_step', 'fit']
 
 # %% ../nbs/09_train.ipynb #b482df7f
 def set_seed(seed: int):
@@ -141,14 +141,23 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, drop_last: boo
     bs = [order[i:i + batch_size] for i in range(0, n, batch_size)]
     return [b for b in bs if len(b) == batch_size] if drop_last else [b for b in bs if len(b) > 1]
 
+def dist_rank_world() -> tuple[int, int]:
+    "(this process's rank, number of processes) under `torch.distributed` (`accelerate launch`), else (0, 1)."
+    import torch.distributed as dist
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
 class SeededBatches:
-    "Batches of a map-style `dataset` in an order drawn from `(seed, epoch)`; calls `dataset.set_epoch(e)` if it has one."
+    """Batches of a map-style `dataset` in an order drawn from `(seed, epoch)`; calls `dataset.set_epoch(e)` if it has one.
+    Under several processes `batch_size` is the global batch: each process takes every world-th item of it (a batch
+    whose size does not divide by the number of processes is trimmed), and the loss gathers them back (chapter 08)."""
     def __init__(self, dataset, collate: Callable, batch_size: int, seed: int, num_workers: int = 0):
         self.dataset, self.collate, self.batch_size, self.seed, self.num_workers = dataset, collate, batch_size, seed, num_workers
     def __len__(self): return len(epoch_batches(len(self.dataset), self.batch_size, self.seed, 0))
     def __call__(self, epoch: int, start: int = 0) -> Iterable:
         if hasattr(self.dataset, 'set_epoch'): self.dataset.set_epoch(epoch)
         order = epoch_batches(len(self.dataset), self.batch_size, self.seed, epoch)[start:]
+        rank, world = dist_rank_world()
+        if world > 1: order = [b[:len(b) - len(b) % world][rank::world] for b in order]
         return torch.utils.data.DataLoader(self.dataset, batch_sampler=order, collate_fn=self.collate, num_workers=self.num_workers,
                                            generator=torch.Generator().manual_seed(self.seed + epoch))  # leaves the global RNG alone
 
@@ -200,10 +209,10 @@ def _optimizer(model: nn.Module, cfg: TrainConfig, batches_per_epoch: int):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(int(cfg.warmup_ratio * total), total, cfg.cosine))
 
 class _RunFiles:
-    "What `fit` keeps in `out_dir` (nothing when it is None): checkpoint, best weights, metrics, config."
-    def __init__(self, out_dir, cfg: TrainConfig):
-        self.dir = None if out_dir is None else Path(out_dir)
-        if self.dir is not None:
+    "What `fit` keeps in `out_dir` (nothing when it is None): checkpoint, best weights, metrics, config. Only the main process writes."
+    def __init__(self, out_dir, cfg: TrainConfig, write: bool = True):
+        self.dir, self.write = (None if out_dir is None else Path(out_dir)), write
+        if self.dir is not None and write:
             self.dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.dir/'train_config.json', asdict(cfg), indent=1)
     def start(self, resume: bool, model, opt, sched) -> LoopState:
@@ -211,13 +220,15 @@ class _RunFiles:
         if self.dir is None: return LoopState()
         ck, metrics = self.dir/'checkpoint', self.dir/'metrics.jsonl'
         if resume and (ck/'state.json').exists():
-            state = load_checkpoint(ck, model, opt, sched); _truncate_metrics(metrics, state.global_step); return state
-        metrics.unlink(missing_ok=True)
+            state = load_checkpoint(ck, model, opt, sched)
+            if self.write: _truncate_metrics(metrics, state.global_step)
+            return state
+        if self.write: metrics.unlink(missing_ok=True)
         return LoopState()
     def log(self, rec: dict):
-        if self.dir is not None: _append_jsonl(self.dir/'metrics.jsonl', rec)
+        if self.dir is not None and self.write: _append_jsonl(self.dir/'metrics.jsonl', rec)
     def checkpoint(self, model, opt, sched, state: LoopState, name: str = 'checkpoint', **extra):
-        if self.dir is not None: save_checkpoint(self.dir/name, model, opt, sched, state, extra or None)
+        if self.dir is not None and self.write: save_checkpoint(self.dir/name, model, opt, sched, state, extra or None)
 
 # %% ../nbs/09_train.ipynb #0647e27d
 def _end_of_epoch(model, evaluate, cfg: TrainConfig, state: LoopState, files: _RunFiles, progress: bool) -> dict:
@@ -259,7 +270,7 @@ def fit(model: nn.Module, batches, cfg: TrainConfig, out_dir=None, loss_fn: Call
     if cfg.seed is not None: set_seed(cfg.seed)
     opt, sched = _optimizer(model, cfg, len(batches))
     model, opt = acc.prepare(model, opt)
-    raw, files, history = acc.unwrap_model(model), _RunFiles(out_dir, cfg), []
+    raw, files, history = acc.unwrap_model(model), _RunFiles(out_dir, cfg, write=acc.is_main_process), []
     state = files.start(resume, raw, opt, sched)
     while not state.done and state.epoch < cfg.epochs:
         model.train()
@@ -281,4 +292,5 @@ def fit(model: nn.Module, batches, cfg: TrainConfig, out_dir=None, loss_fn: Call
         if evaluate is not None: history.append(_end_of_epoch(raw, evaluate, cfg, state, files, progress))
         state.epoch += 1; state.step_in_epoch = 0
         files.checkpoint(raw, opt, sched, state)
+    acc.wait_for_everyone()          # the main process has written the last checkpoint and the best weights
     return {'stopped': 'early' if state.done else 'epochs', 'state': asdict(state), 'history': history}
