@@ -23,7 +23,7 @@ from .encoders import EncoderConfig, Features
 from .units import cat_caches, index_cache
 from .rank import build_entity_cache, rank_entities, mel_metrics, FirstStage, two_stage_rank, first_stage_vectors, recall_at_k
 from .iier import IIER, IIERConfig
-from .train import TrainConfig, SeededBatches, fit, load_weights, make_accelerator, param_groups, train_step, dist_rank_world
+from .train import TrainConfig, SeededBatches, fit, load_weights, make_accelerator, param_groups, train_step, dist_rank_world, adamw
 from .pretrain import pretrain_tiny_clip, default_clip_dir
 from .answers import answers_for_mentions
 
@@ -74,7 +74,7 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     'paper': lambda: RunConfig(name='iier-paper', data='data/vpwiki', synth_preset=None,
                                model=IIERConfig(EncoderConfig('ViT-B-32', 'openai', 'paper', dv=96, dt=512, text_backend='clip')),
                                train=TrainConfig(epochs=20, batch_size=128, lr=1e-5, seed=43, mixed_precision='bf16',
-                                                 num_workers=8), image_choice='first'),
+                                                 num_workers=8, fused_adamw=True), image_choice='first'),
     'cpu': lambda: RunConfig(name='iier-cpu', data='data/minivpwiki/cpu', synth_preset='cpu', clip_pretrain_steps=600,
                              clip_scene_fraction=0.5,
                              model=IIERConfig(_tiny_encoder(text_backend='minilm', text_pool='mean', freeze_text=True,
@@ -563,7 +563,7 @@ def bench_train(argv: list[str]) -> int:
             with torch.no_grad():
                 batch = {s: {**model.encoder.backbone(b['input_ids'], b['attention_mask'], b['pixel_values']),
                              'index': b['index']} for s, b in batch.items()}
-        opt, acc = torch.optim.AdamW(param_groups(model), lr=1e-4), make_accelerator('bf16')
+        opt, acc = adamw(param_groups(model), lr=1e-4), make_accelerator('bf16')
         for i in range(a.warmup + a.steps):
             if i == a.warmup:
                 if dev == 'cuda': torch.cuda.synchronize()

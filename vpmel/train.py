@@ -20,7 +20,7 @@ from .vpwiki import write_bytes_atomic, write_json_atomic
 # %% auto #0
 __all__ = ['set_seed', 'param_groups', 'lr_factor', 'TrainConfig', 'LoopState', 'save_checkpoint', 'load_weights',
            'load_checkpoint', 'epoch_batches', 'dist_rank_world', 'SeededBatches', 'LoaderBatches', 'DrawnBatches',
-           'read_metrics', 'make_accelerator', 'train_step', 'fit']
+           'read_metrics', 'make_accelerator', 'adamw', 'train_step', 'fit']
 
 # %% ../nbs/09_train.ipynb #b482df7f
 def set_seed(seed: int):
@@ -74,6 +74,7 @@ class TrainConfig:
     log_every: int = 1              # write a training record every k steps
     checkpoint_every: int = 0       # also checkpoint every k steps inside an epoch (0: only at epoch ends)
     max_steps: int | None = None    # stop after this many optimizer steps in total (a budget, or a simulated crash)
+    fused_adamw: bool = False       # torch's fused AdamW (much faster on large models; rounds differently, see `adamw`)
 
 @dataclass
 class LoopState:
@@ -202,9 +203,18 @@ def make_accelerator(mixed_precision: str = 'no'):
     return Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
 
 # %% ../nbs/09_train.ipynb #0647e27c
+def adamw(groups, fused: bool = True, **kw) -> torch.optim.AdamW:
+    """AdamW, with `fused`, in torch's fused implementation (one kernel over all parameters, CPU or GPU) where it exists:
+    on ViT-B/32 + CLIP text on 2 CPU threads its step takes 0.08 s against 0.86 s for the per-parameter loop. The same
+    algorithm, rounded differently: a run's numbers move within noise (`TrainConfig.fused_adamw`; the `paper` preset)."""
+    if fused:
+        try: return torch.optim.AdamW(groups, fused=True, **kw)
+        except (RuntimeError, TypeError, ValueError): pass
+    return torch.optim.AdamW(groups, **kw)
+
 def _optimizer(model: nn.Module, cfg: TrainConfig, batches_per_epoch: int):
     "AdamW over `param_groups` and its `lr_factor` schedule, for the steps `cfg` will run."
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.lr_by_prefix, cfg.decay), lr=cfg.lr, eps=cfg.adam_eps)
+    opt = adamw(param_groups(model, cfg.weight_decay, cfg.lr_by_prefix, cfg.decay), cfg.fused_adamw, lr=cfg.lr, eps=cfg.adam_eps)
     total = max(1, min(batches_per_epoch * cfg.epochs, cfg.max_steps or math.inf))
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(int(cfg.warmup_ratio * total), total, cfg.cosine))
 
