@@ -13,7 +13,7 @@ import argparse, json, os, re, secrets, shutil, subprocess, sys, tempfile, time,
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from browser_run_all import free_port, start_lab  # noqa: E402
+from browser_run_all import free_port, start_lab, open_and_run_all  # noqa: E402
 
 NOTEBOOK_CODE = """\
 from transformers.utils import logging; logging.disable_progress_bar()
@@ -103,11 +103,8 @@ def lab_page(browser, work: Path, code: str, shots: Path, box, size) -> list[str
     try:
         page = browser.new_page(viewport={'width': 1400, 'height': 1700})
         t0 = time.time()
-        page.goto(f'http://127.0.0.1:{port}/lab/workspaces/explore/tree/explore_test.ipynb?reset&token={token}')
-        page.wait_for_selector('.jp-Notebook', timeout=60_000)
-        page.wait_for_function('() => window.jupyterapp !== undefined', timeout=60_000)
-        page.wait_for_function("() => /Idle/.test(document.querySelector('#jp-main-statusbar')?.textContent || '')", timeout=120_000)
-        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        problem = open_and_run_all(page, f'http://127.0.0.1:{port}/lab/workspaces/explore/tree/explore_test.ipynb?reset&token={token}')
+        if problem: return [f'lab: {problem}']
         page.add_style_tag(content='.Toastify { display: none !important; }')   # JupyterLab's "news?" toast, over the app
         problems = check_drag(page, box, size, 'lab', shots)
         tb = page.evaluate("() => Array.from(document.querySelectorAll('.jp-OutputArea-output')).map(e => e.textContent).filter(t => /Traceback/.test(t))")

@@ -29,15 +29,21 @@ def start_lab(nbs: Path, port: int, token: str) -> subprocess.Popen:
 
 JS_PROMPTS = "() => Array.from(document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')).map(e => e.textContent)"
 
-def run_all(page, url: str, timeout: float) -> tuple[float, str]:
-    "Open a notebook, run all its cells; returns (seconds, problem or '')."
+def open_and_run_all(page, url: str) -> str:
+    "Open a notebook in JupyterLab, wait for its kernel, start 'Run All'; returns a problem ('' when none)."
     page.goto(url)
     page.wait_for_selector('.jp-Notebook', timeout=60_000)
     page.wait_for_function('() => window.jupyterapp !== undefined', timeout=60_000)
-    if page.query_selector('.jp-Dialog'): return 0.0, 'a dialog opened (no kernelspec?)'
+    if page.query_selector('.jp-Dialog'): return 'a dialog opened (no kernelspec?)'
     page.wait_for_function("() => /Idle/.test(document.querySelector('#jp-main-statusbar')?.textContent || '')", timeout=120_000)
-    t0 = time.time()
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    return ''
+
+def run_all(page, url: str, timeout: float) -> tuple[float, str]:
+    "Open a notebook, run all its cells; returns (seconds, problem or '')."
+    problem = open_and_run_all(page, url)
+    if problem: return 0.0, problem
+    t0 = time.time()                       # from the start of Run All
     while time.time() - t0 < timeout:
         time.sleep(1)
         prompts = page.evaluate(JS_PROMPTS)

@@ -4,8 +4,8 @@
 
 # %% ../nbs/16_explore.ipynb #3c110d7e
 from __future__ import annotations
-import io, json, math, statistics, time
-from dataclasses import dataclass, field
+import io, json, math, time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from fastcore.basics import patch
 
-from .vpwiki import MELDataset, load_dataset
+from .vpwiki import MELDataset
 from .prompts import PROMPT_STYLES, Box, validate_box, draw_prompt, find_prompt_box, box_iou
 from .loading import EntityDataset, MENTION_TEMPLATE, DETECTIVE_TEMPLATE, RAW_IMG
 from .units import index_cache
@@ -22,11 +22,11 @@ from .rank import FirstStage, first_stage_vectors
 from .iier import IIER
 from .answers import compact_answer
 from .detective import DetectiveExample, detective_prompt, generate_answers, load_detective
-from .runs import RunConfig, ensure_data, text_inputs, entity_index, _flatten, _unflatten
+from .runs import RunConfig, ensure_data, text_inputs, entity_index
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'MAX_SIDE', 'EXACT_UP_TO', 'UNIT_NAMES', 'ExplorerError', 'read_image', 'MentionItem', 'Ranking',
-           'box_from_widget', 'moved_box', 'PromptExplorer', 'detective_answerer', 'other_object_boxes',
+           'box_from_widget', 'moved_box', 'trained_run', 'PromptExplorer', 'detective_answerer', 'other_object_boxes',
            'gold_vs_other_box', 'ranking_html', 'plot_box_map', 'plot_styles', 'plot_attention', 'ExplorerApp',
            'bench_explore', 'explorer_notebook', 'cli_explore']
 
@@ -109,6 +109,12 @@ def _thumb_uri(img: Image.Image, side: int = 48) -> str:
     t = img.convert('RGB').resize((side, side), Image.NEAREST)
     return 'data:image/png;base64,' + base64.b64encode(_png(t)).decode()
 
+def trained_run(run_dir) -> Path:
+    "`run_dir` as a Path if it holds a trained model (`model/config.json`), else `ExplorerError` saying what to do."
+    run = Path(run_dir)
+    if not (run/'model'/'config.json').exists(): raise ExplorerError(f'{run} holds no trained model (model/config.json): train one with `vpmel train`')
+    return run
+
 class PromptExplorer:
     """Link one image + caption with a visual prompt you choose, against the whole KB of a trained IIER.
     The KB side (every entity's features and the matcher's entity cache) is computed once, here; each box, style or
@@ -119,12 +125,12 @@ class PromptExplorer:
         self.tf = model.encoder.image_transform()
         self.entities = EntityDataset(ds, self.tf)
         self.entity_cache = entity_index(model, ds, index_dir, bs, progress)[0]   # persisted in `index_dir` when given
-        self.entity_cache = _unflatten({k: v.to(model.matcher_device) for k, v in _flatten(self.entity_cache).items()})
         # a KB of VPWiki's size is ranked in two stages (chapter 07): the first stage's top `candidates`, then IIER
         self.candidates = candidates if candidates is not None else (None if len(ds.kb) <= EXACT_UP_TO else 200)
         self.first = FirstStage.from_cache(model.matcher, self.entity_cache) if self.candidates else None
         self.units = tuple(getattr(model.matcher, 'units', ()))
-        self._texts: dict[str, dict] = {}
+        self._texts: dict[str, dict] = {}                # mention text -> text-tower inputs (one entry per caption seen)
+        self._thumbs: dict[tuple[int, int], str] = {}    # (KB row, side) -> data URI of its first image
         self.item: MentionItem | None = None
         self.box: Box | None = None
         self.style, self.color, self.width = 'rect', (255, 0, 0), 2   # VPWiki's red rectangle (`set_style` changes it)
@@ -132,15 +138,13 @@ class PromptExplorer:
     @classmethod
     def from_run(cls, run_dir, data=None, **kw) -> 'PromptExplorer':
         "An explorer over a run folder written by `vpmel train` (its `model/` and its dataset, or `data`)."
-        run = Path(run_dir)
-        if not (run/'model'/'config.json').exists(): raise ExplorerError(f'{run} holds no trained model (model/config.json): train one with `vpmel train`')
+        run = trained_run(run_dir)
         cfg = RunConfig.from_json(json.loads((run/'run_config.json').read_text()))
         if data is not None: cfg.data = str(data)
         return cls(IIER.from_pretrained(run/'model'), ensure_data(cfg), index_dir=kw.pop('index_dir', run/'index'), **kw)
 
     def thumbnail(self, row: int, side: int = 48) -> str:
         "A data URI of KB row `row`'s first image (cached)."
-        if not hasattr(self, '_thumbs'): self._thumbs = {}
         if (row, side) not in self._thumbs:
             rel = self.entities.image_path(row)
             img = self.entities.reader.blank() if rel is None else self.entities.reader(rel)[0]
@@ -675,8 +679,8 @@ def cli_explore(argv: list[str]) -> int:
     p.add_argument('--detective', default=None, help='a Detective-VLM folder (save_detective) to answer every prompted image')
     p.add_argument('--print-command', action='store_true', help='print the Voilà command instead of running it')
     a = p.parse_args(argv)
-    if not (Path(a.run)/'model'/'config.json').exists():
-        print(f'vpmel explore: {a.run} holds no trained model (model/config.json): train one with `vpmel train`'); return 1
+    try: trained_run(a.run)
+    except ExplorerError as e: print(f'vpmel explore: {e}'); return 1
     nb = Path(tempfile.mkdtemp(prefix='vpmel-explore-'))/'vpmel-explore.ipynb'
     if a.detective and not Path(a.detective).is_dir(): print(f'vpmel explore: no Detective folder {a.detective}'); return 1
     nb.write_text(json.dumps(explorer_notebook(a.run, a.data, detective=a.detective)))

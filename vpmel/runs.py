@@ -368,13 +368,16 @@ def load_cache_mmap(path) -> dict:
 
 @torch.no_grad()
 def entity_index(model: IIER, ds: MELDataset, index_dir=None, bs: int = 256, progress: bool = False) -> tuple[dict, Path | None]:
-    """The matcher's entity cache for the whole KB of `ds`, computed in streamed batches. With `index_dir`, saved there
-    (named by the model's and the KB's fingerprints) and memory-mapped from there next time. Returns (cache, file)."""
+    """The matcher's entity cache for the whole KB of `ds`, on the model's device, computed in streamed batches. With
+    `index_dir`, saved there (named by the model's and the KB's fingerprints) and memory-mapped from there next time
+    (on the CPU; on a GPU it is copied there). Returns (cache, file)."""
     model.eval()
     f = None
     if index_dir is not None:
         f = Path(index_dir)/f'{INDEX_PREFIX}{model_fingerprint(model)}-{kb_fingerprint(ds)}.safetensors'
-        if f.exists(): return load_cache_mmap(f), f
+        if f.exists():
+            dev = model.matcher_device
+            return _unflatten({k: v.to(dev) for k, v in _flatten(load_cache_mmap(f)).items()}), f
     ents = EntityDataset(ds, model.encoder.image_transform())
     batches = (model.encode(b) for b in _loader(ents, TextImageCollate(model.encoder.tokenize), bs, progress, 'entity index'))
     cache = build_entity_cache(model.matcher, batches, total=len(ents))
@@ -390,7 +393,6 @@ def two_stage_report(model: IIER, ds: MELDataset, mentions: MentionDataset, inde
     """Exact whole-KB metrics of a split, the same with two-stage ranking for each K of `ks`, and the first stage's
     recall@K of the gold entity and of the exact top-1: what picks K."""
     cache, _ = entity_index(model, ds, index_dir, bs)
-    cache = _unflatten({k: v.to(model.matcher_device) for k, v in _flatten(cache).items()})
     mf, gold = encode_dataset(model, mentions, bs), torch.tensor(mentions.rows)
     exact = rank_entities(model.matcher, mf, cache, gold, topk=1)
     first = FirstStage.from_cache(model.matcher, cache, kind=kind)
@@ -520,7 +522,6 @@ def cli_eval(argv: list[str]) -> int:
         return 0
     if a.two_stage:
         cache, _ = entity_index(model, ds, run/'index', cfg.eval_batch_size, progress=True)
-        cache = _unflatten({k: v.to(model.matcher_device) for k, v in _flatten(cache).items()})
         mf = encode_dataset(model, men[a.split], cfg.eval_batch_size, progress=True)
         first = FirstStage.from_cache(model.matcher, cache)
         res = two_stage_rank(model.matcher, mf, cache, first, men[a.split].rows, a.candidates)
