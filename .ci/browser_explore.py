@@ -103,7 +103,7 @@ def lab_page(browser, work: Path, code: str, shots: Path, box, size) -> list[str
     try:
         page = browser.new_page(viewport={'width': 1400, 'height': 1700})
         t0 = time.time()
-        problem = open_and_run_all(page, f'http://127.0.0.1:{port}/lab/workspaces/explore/tree/explore_test.ipynb?reset&token={token}')
+        problem, _ = open_and_run_all(page, f'http://127.0.0.1:{port}/lab/workspaces/explore/tree/explore_test.ipynb?reset&token={token}')
         if problem: return [f'lab: {problem}']
         page.add_style_tag(content='.Toastify { display: none !important; }')   # JupyterLab's "news?" toast, over the app
         problems = check_drag(page, box, size, 'lab', shots)

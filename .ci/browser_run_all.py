@@ -29,21 +29,22 @@ def start_lab(nbs: Path, port: int, token: str) -> subprocess.Popen:
 
 JS_PROMPTS = "() => Array.from(document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')).map(e => e.textContent)"
 
-def open_and_run_all(page, url: str) -> str:
-    "Open a notebook in JupyterLab, wait for its kernel, start 'Run All'; returns a problem ('' when none)."
+def open_and_run_all(page, url: str) -> tuple[str, float]:
+    """Open a notebook in JupyterLab, wait for its kernel, run all cells; returns (a problem or '', the time Run All
+    started). The command's promise, which `evaluate` awaits, settles once the cells have run."""
     page.goto(url)
     page.wait_for_selector('.jp-Notebook', timeout=60_000)
     page.wait_for_function('() => window.jupyterapp !== undefined', timeout=60_000)
-    if page.query_selector('.jp-Dialog'): return 'a dialog opened (no kernelspec?)'
+    if page.query_selector('.jp-Dialog'): return 'a dialog opened (no kernelspec?)', time.time()
     page.wait_for_function("() => /Idle/.test(document.querySelector('#jp-main-statusbar')?.textContent || '')", timeout=120_000)
+    t0 = time.time()
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    return ''
+    return '', t0
 
 def run_all(page, url: str, timeout: float) -> tuple[float, str]:
     "Open a notebook, run all its cells; returns (seconds, problem or '')."
-    problem = open_and_run_all(page, url)
+    problem, t0 = open_and_run_all(page, url)
     if problem: return 0.0, problem
-    t0 = time.time()                       # from the start of Run All
     while time.time() - t0 < timeout:
         time.sleep(1)
         prompts = page.evaluate(JS_PROMPTS)
