@@ -19,6 +19,8 @@ COMMANDS = {  # command: (module, function(argv) -> int, one-line help)
     'eval':          ('vpmel.runs', 'cli_eval', 'evaluate a trained run on a split'),
     'detective':     ('vpmel.answers', 'cli_detective', 'Detective-VLM: train | generate | eval'),
     'explore':       ('vpmel.explore', 'cli_explore', 'the prompt explorer of a trained run as a web page (Voilà, localhost)'),
+    'mel':           ('vpmel.mel', 'cli_mel', 'write MiniVPWiki as a MEL source (mention words, no prompt, true boxes aside)'),
+    'construct':     ('vpmel.construct', 'cli_construct', 'build VP-MEL data from MEL source(s): ground, review, QA, draw the prompt'),
     'bench':         ('vpmel.cli', 'cli_bench', 'benchmarks: `bench rank` (full-KB ranking), `bench train` (steps/s), `bench explore` (latency)'),
 }
 
@@ -26,6 +28,7 @@ BENCH_COMMANDS = {  # benchmark: (module, function(argv) -> int, one-line help)
     'rank':  ('vpmel.rank', 'bench_rank', 'time full-KB ranking, optionally against the official algorithm'),
     'train': ('vpmel.runs', 'bench_train', 'time IIER training steps'),
     'explore': ('vpmel.explore', 'bench_explore', 'time the prompt explorer: a box change -> the whole-KB top-k'),
+    'ground': ('vpmel.construct', 'bench_ground', 'grounding accuracy (IoU >= 0.5) of every grounder on a MEL source'),
 }
 
 # %% ../nbs/14_cli.ipynb #f0e9e459

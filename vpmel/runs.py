@@ -28,12 +28,13 @@ from .pretrain import pretrain_tiny_clip, default_clip_dir
 from .answers import answers_for_mentions
 
 # %% auto #0
-__all__ = ['PRESETS', 'ABLATIONS', 'INDEX_PREFIX', 'RunConfig', 'preset', 'ablate', 'ensure_data', 'build_model', 'tiny_clip_dir',
-           'detective_answers', 'mention_sets', 'first_mentions', 'text_inputs', 'KBImages', 'image_inputs',
-           'CachedPairs', 'collate_cached', 'cache_training_pairs', 'encode_dataset', 'encode_inputs',
-           'LinkingEvaluator', 'model_fingerprint', 'kb_fingerprint', 'load_cache_mmap', 'entity_index',
-           'two_stage_report', 'main_process_first', 'train_run', 'run_config_from_args', 'add_run_args', 'cli_train',
-           'cli_eval', 'bench_train']
+__all__ = ['PRESETS', 'ABLATIONS', 'INDEX_PREFIX', 'OFFICIAL_CLS_LAYERS', 'RunConfig', 'preset', 'ablate', 'ensure_data',
+           'build_model', 'tiny_clip_dir', 'detective_answers', 'mention_sets', 'first_mentions', 'text_inputs',
+           'KBImages', 'image_inputs', 'CachedPairs', 'collate_cached', 'cache_training_pairs', 'encode_dataset',
+           'encode_inputs', 'LinkingEvaluator', 'model_fingerprint', 'kb_fingerprint', 'load_cache_mmap',
+           'entity_index', 'two_stage_report', 'main_process_first', 'train_run', 'run_config_from_args',
+           'add_run_args', 'cli_train', 'cli_eval', 'bench_train', 'official_clip_config', 'official_clip_config_of',
+           'OfficialEncoder', 'OfficialMatcher', 'OfficialIIER', 'official_optimizer', 'official_train_step']
 
 # %% ../nbs/13_runs.ipynb #938aa2db
 @dataclass
@@ -538,18 +539,39 @@ def _random_side(model: IIER, B: int, g: torch.Generator) -> dict:
     return {'input_ids': ids['input_ids'], 'attention_mask': ids['attention_mask'],
             'pixel_values': torch.randn(B, 3, S, S, generator=g), 'index': torch.arange(B)}
 
+def _timed_turns(steps: dict[str, Callable[[], object]], warmup: int, n: int, cuda: bool = False) -> dict[str, dict]:
+    """Time each step function in turns: `warmup` untimed rounds, then `n` rounds of one step of each, so that a change
+    of load on a shared machine falls on every regime alike. Per regime: the seconds of each timed step and, on a GPU,
+    the peak memory allocated during its steps (the other regimes' weights included)."""
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for _ in range(warmup):
+        for f in steps.values(): f()
+    out = {k: {'step_seconds': [], 'peak_gpu_mb': 0} for k in steps}
+    for _ in range(n):
+        for k, f in steps.items():
+            if cuda: torch.cuda.reset_peak_memory_stats()
+            sync(); t0 = time.perf_counter()
+            f(); sync()
+            out[k]['step_seconds'].append(time.perf_counter() - t0)
+            if cuda: out[k]['peak_gpu_mb'] = max(out[k]['peak_gpu_mb'], round(torch.cuda.max_memory_allocated() / 2**20))
+    return out
+
 def bench_train(argv: list[str]) -> int:
-    "`vpmel bench train`: steps/s of IIER training at a batch size, fine-tuned vs frozen-with-cached-features."
+    "`vpmel bench train`: steps/s of IIER training at a batch size, fine-tuned vs frozen-with-cached-features (and `--official`: the official step)."
     p = argparse.ArgumentParser(prog='vpmel bench train', description='Time IIER training steps (random weights and inputs).')
     p.add_argument('--preset', default='cpu', choices=sorted(PRESETS))
     p.add_argument('--batch-size', type=int, default=16)
     p.add_argument('--steps', type=int, default=5)
     p.add_argument('--warmup', type=int, default=1)
     p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--official', action='store_true',
+                   help="also time the official MIMIC/IIER step (HF CLIPModel of the same architecture, its matcher, 4-term loss, AdamW) on the same batch")
     a = p.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
     dev = 'cuda' if torch.cuda.is_available() else 'cpu'
-    out = {'preset': a.preset, 'batch_size': a.batch_size, 'device': dev}
+    out = {'preset': a.preset, 'batch_size': a.batch_size, 'device': dev, 'threads': torch.get_num_threads()}
+    steps, info = {}, {}
+    def ours(model, batch, opt, acc): return lambda: train_step(model, batch, opt, acc=acc)
     for regime, frozen in (('fine-tuned', False), ('frozen-cached', True)):
         cfg = preset(a.preset).model
         cfg.encoder.pretrained = None
@@ -560,20 +582,141 @@ def bench_train(argv: list[str]) -> int:
         g = torch.Generator().manual_seed(0)
         batch = {'mention': _random_side(model, a.batch_size, g), 'entity': _random_side(model, a.batch_size, g)}
         batch = {s: {k: v.to(dev) for k, v in b.items()} for s, b in batch.items()}
+        if not frozen: tuned, raw_batch = model, batch
         if frozen:
             with torch.no_grad():
                 batch = {s: {**model.encoder.backbone(b['input_ids'], b['attention_mask'], b['pixel_values']),
                              'index': b['index']} for s, b in batch.items()}
         opt, acc = adamw(param_groups(model), lr=1e-4), make_accelerator('bf16')
-        for i in range(a.warmup + a.steps):
-            if i == a.warmup:
-                if dev == 'cuda': torch.cuda.synchronize()
-                t0 = time.perf_counter()
-            train_step(model, batch, opt, acc=acc)
-        if dev == 'cuda': torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        out[regime] = {'steps_per_s': round(a.steps / dt, 3), 'seconds_per_step': round(dt / a.steps, 4),
-                       'trainable_params': sum(p.numel() for p in model.parameters() if p.requires_grad)}
-        if dev == 'cuda': out[regime]['peak_gpu_mb'] = round(torch.cuda.max_memory_allocated() / 2**20)
+        steps[regime] = ours(model, batch, opt, acc)
+        info[regime] = {'trainable_params': sum(p.numel() for p in model.parameters() if p.requires_grad),
+                        'mixed_precision': acc.mixed_precision}
+    if a.official:
+        torch.manual_seed(0)
+        off = OfficialIIER.like(tuned).to(dev).train()
+        off_opt = official_optimizer(off)          # lr 1e-5, weight decay 1e-4, eps 1e-4, torch's default implementation
+        steps['official'] = partial(official_train_step, off, raw_batch, off_opt)   # the very batch of `fine-tuned`
+        info['official'] = {'trainable_params': sum(p.numel() for p in off.parameters() if p.requires_grad),
+                            'mixed_precision': 'no', 'cls_layers': list(off.encoder.cls_layers),
+                            'attn_implementation': off.encoder.clip.config._attn_implementation}
+    timed = _timed_turns(steps, a.warmup, a.steps, cuda=dev == 'cuda')
+    for k, t in timed.items():
+        s = sum(t['step_seconds'])
+        out[k] = {'steps_per_s': round(a.steps / s, 3), 'seconds_per_step': round(s / a.steps, 4), **info[k],
+                  'step_seconds': [round(x, 3) for x in t['step_seconds']]}
+        if dev == 'cuda': out[k]['peak_gpu_mb'] = t['peak_gpu_mb']
+    if a.official: out['ours_vs_official'] = round(out['official']['seconds_per_step'] / out['fine-tuned']['seconds_per_step'], 3)
     print(json.dumps(out, indent=1))
     return 0
+
+# %% ../nbs/13_runs.ipynb #off1ex01
+from torch import nn
+import torch.nn.functional as F
+from .encoders import ClipText
+from .units import official_state_dict_shapes, reference_matcher_forward
+
+OFFICIAL_CLS_LAYERS = (4, 10, 11, 12)   # IIER's vision CLS layers, as HF `hidden_states` indices (= 1-based layers)
+
+def official_clip_config(vision: dict | None = None, text: dict | None = None, projection_dim: int = 512):
+    "A `transformers.CLIPConfig`: ViT-B/32 at 224 px with CLIP's text tower (the official `clip-vit-base-patch32`), or with the `vision`/`text` fields overridden."
+    from transformers import CLIPConfig
+    v = dict(image_size=224, patch_size=32, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+    t = dict(hidden_size=512, num_hidden_layers=12, num_attention_heads=8, intermediate_size=2048,
+             max_position_embeddings=77, vocab_size=49408)
+    return CLIPConfig(text_config={**t, **(text or {})}, vision_config={**v, **(vision or {})}, projection_dim=projection_dim)
+
+def official_clip_config_of(encoder) -> 'CLIPConfig':
+    "The `CLIPConfig` of the architecture of our encoder's open_clip CLIP (ViT-B/32 for the `paper` preset); the text tower must be CLIP's."
+    vis, txt = encoder.visual, encoder.text
+    if not isinstance(txt, ClipText): raise ValueError("the official model needs CLIP's text tower (text_backend='clip')")
+    one = lambda x: x if isinstance(x, int) else x[0]
+    vb, tb = vis.transformer.resblocks[0], txt.transformer.resblocks[0]
+    return official_clip_config(
+        vision=dict(image_size=one(vis.image_size), patch_size=one(vis.patch_size), hidden_size=vis.transformer.width,
+                    num_hidden_layers=len(vis.transformer.resblocks), num_attention_heads=vb.attn.num_heads,
+                    intermediate_size=vb.mlp.c_fc.out_features),
+        text=dict(hidden_size=txt.token_dim, num_hidden_layers=len(txt.transformer.resblocks), num_attention_heads=tb.attn.num_heads,
+                  intermediate_size=tb.mlp.c_fc.out_features, max_position_embeddings=txt.context_length,
+                  vocab_size=txt.token_embedding.num_embeddings),
+        projection_dim=txt.global_dim)
+
+class OfficialEncoder(nn.Module):
+    "The official `MIMICEncoder` (VP-MEL's IIER): `(input_ids, attention_mask, pixel_values) -> (text_embeds, image_embeds, text_seq_tokens, image_patch_tokens)`."
+    def __init__(self, clip_config, dv: int = 96, cls_layers=OFFICIAL_CLS_LAYERS):
+        super().__init__()
+        from transformers import CLIPModel
+        V, dt = clip_config.vision_config.hidden_size, clip_config.projection_dim
+        if clip_config.text_config.hidden_size != dt:
+            raise ValueError(f'the official matcher needs text width == projection dim, got {clip_config.text_config.hidden_size} and {dt}')
+        self.cls_layers = tuple(cls_layers)
+        if not all(1 <= k <= clip_config.vision_config.num_hidden_layers for k in self.cls_layers):
+            raise ValueError(f'cls_layers {self.cls_layers} out of 1..{clip_config.vision_config.num_hidden_layers}')
+        self.clip = CLIPModel(clip_config)
+        self.image_cls_fc = nn.Linear(dt, dv)                                     # official: input_hidden_dim -> dv
+        self.image_feature_fc = nn.Linear(len(self.cls_layers) * V, dt)           # official: 3072 -> 512
+        self.image_tokens_fc = nn.Linear(V, dv)                                   # official: input_image_hidden_dim -> dv
+        self.layer_norm1 = nn.LayerNorm(len(self.cls_layers) * V)
+
+    def forward(self, input_ids, attention_mask, pixel_values):
+        o = self.clip(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, output_hidden_states=True)
+        hs = o.vision_model_output.hidden_states
+        cls = torch.cat([hs[k][:, 0] for k in self.cls_layers], -1)
+        return (o.text_embeds, self.image_cls_fc(self.image_feature_fc(self.layer_norm1(cls))),
+                o.text_model_output.last_hidden_state, self.image_tokens_fc(o.vision_model_output.last_hidden_state))
+
+class OfficialMatcher(nn.Module):
+    "The official matcher's weights under their official names (`tglu.fc_query.weight`, ...); forward = `reference_matcher_forward` (same argument order)."
+    def __init__(self, dt: int = 512, dv: int = 96, hidden: int = 96):
+        super().__init__()
+        shapes = official_state_dict_shapes(dt, dv, hidden)
+        for name in dict.fromkeys(k.rsplit('.', 1)[0] for k in shapes):
+            w = shapes[f'{name}.weight']
+            *path, leaf = name.split('.')
+            parent = self
+            for p in path:
+                if p not in parent._modules: parent.add_module(p, nn.Module())
+                parent = parent._modules[p]
+            parent.add_module(leaf, nn.Linear(w[1], w[0]) if len(w) == 2 else nn.LayerNorm(w[0]))   # torch's default init, as there
+
+    def forward(self, *feats): return reference_matcher_forward(dict(self.named_parameters()), *feats)
+
+class OfficialIIER(nn.Module):
+    "The official training model (`encoder` + `matcher`, as in its Lightning module); `forward(batch)` gives its four-term loss."
+    def __init__(self, clip_config=None, dv: int = 96, hidden: int = 96, cls_layers=OFFICIAL_CLS_LAYERS):
+        super().__init__()
+        clip_config = clip_config if clip_config is not None else official_clip_config()
+        self.encoder = OfficialEncoder(clip_config, dv, cls_layers)
+        self.matcher = OfficialMatcher(clip_config.projection_dim, dv, hidden)
+
+    @classmethod
+    def like(cls, model: IIER) -> 'OfficialIIER':
+        "The official model of the same CLIP architecture, CLS layers, `dv` and matcher width as our `model` (random weights)."
+        return cls(official_clip_config_of(model.encoder), model.cfg.encoder.dv, model.cfg.hidden,
+                   tuple(i + 1 for i in model.encoder.layers))
+
+    def forward(self, batch: dict) -> dict:
+        "Batch as ours (`mention`/`entity` sides of `input_ids`, `attention_mask`, `pixel_values`); entity i is mention i's gold."
+        m, e = batch['mention'], batch['entity']
+        mt, mi, mtt, mit = self.encoder(m['input_ids'], m['attention_mask'], m['pixel_values'])
+        et, ei, ett, eit = self.encoder(e['input_ids'], e['attention_mask'], e['pixel_values'])
+        fused, (text, visual, cross) = self.matcher(et, ett, mt, mtt, ei, eit, mi, mit)
+        scores = {'fused': fused, 'text': text, 'visual': visual, 'cross': cross}
+        labels = torch.arange(len(mt), device=mt.device)
+        parts = {k: F.cross_entropy(s, labels) for k, s in scores.items()}
+        return {'loss': sum(parts.values()), 'scores': scores, **{f'loss_{k}': v for k, v in parts.items()}}
+
+def official_optimizer(model: nn.Module, lr: float = 1e-5, weight_decay: float = 1e-4, eps: float = 1e-4) -> torch.optim.AdamW:
+    "The official `configure_optimizers`: torch's default AdamW; no weight decay where a parameter's name contains `bias`, `LayerNorm.bias` or `LayerNorm.weight`."
+    no_decay = ['bias', 'LayerNorm.bias', 'LayerNorm.weight']
+    named = list(model.named_parameters())
+    return torch.optim.AdamW([{'params': [p for n, p in named if not any(nd in n for nd in no_decay)], 'weight_decay': weight_decay},
+                              {'params': [p for n, p in named if any(nd in n for nd in no_decay)], 'weight_decay': 0.0}],
+                             lr=lr, betas=(0.9, 0.999), eps=eps)
+
+def official_train_step(model: OfficialIIER, batch: dict, opt) -> float:
+    "One official training step (what Lightning does with `training_step`'s loss): backward, `opt.step()`, `opt.zero_grad()`; returns the loss it logs."
+    loss = model(batch)['loss']
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    return loss.detach().cpu().item()
