@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Sequence
 from .prompts import Box
 from .vpwiki import (SPLITS, KBEntity, Mention, MELDataset, CheckReport, check_dataset, load_dataset, read_split,
-                          write_dataset, write_json_atomic, write_bytes_atomic, is_nil, resolve_in_root)
+                          write_dataset, write_json_atomic, write_bytes_atomic, is_nil, resolve_in_root,
+                          is_blank_mention, dataset_kind)
 from .world import glyph_box
 from .synth import PRESETS, SynthConfig, Plan, make_plan, render_scene, _png, _render_task, _tasks
 
 # %% auto #0
-__all__ = ['MEL_FORMAT', 'BOXES_FILE', 'SOURCE_FILE', 'mention_in_sentence', 'is_blank_mention', 'check_mel', 'MELSourceError',
-           'read_mel', 'dataset_kind', 'mel_records', 'default_mel_out', 'build_mel_source', 'read_true_boxes',
-           'show_mel_scene', 'mel_stats', 'cli_mel']
+__all__ = ['MEL_FORMAT', 'BOXES_FILE', 'SOURCE_FILE', 'mention_in_sentence', 'check_mel', 'MELSourceError', 'read_mel',
+           'mel_records', 'default_mel_out', 'build_mel_source', 'read_true_boxes', 'depicted_only', 'show_mel_scene',
+           'mel_stats', 'cli_mel']
 
 # %% ../nbs/17_mel.ipynb #cdcd69d3
 def mention_in_sentence(mention: str, sentence: str) -> tuple[int, int] | None:
@@ -27,9 +28,6 @@ def mention_in_sentence(mention: str, sentence: str) -> tuple[int, int] | None:
     m = re.search(r'(?<!\w)' + re.escape(words) + r'(?!\w)', sentence, flags=re.IGNORECASE)
     return m.span() if m else None
 
-def is_blank_mention(mention) -> bool:
-    "VP-MEL records (VPWiki) blank the mention words: `' '`."
-    return isinstance(mention, str) and not mention.strip()
 
 # %% ../nbs/17_mel.ipynb #b15cb88c
 def check_mel(path, images: bool = True, progress: bool = False) -> CheckReport:
@@ -62,10 +60,6 @@ def read_mel(path, images: bool = True) -> MELDataset:
                              + ('\n  ...' if len(errs) > 10 else '') + f'\n(full report: vpmel check {path})')
     return load_dataset(path)
 
-def dataset_kind(ds: MELDataset) -> str:
-    "'vp-mel' when (most) mention words are blank, as in VPWiki; 'mel' when the records carry them."
-    ms = [m for split in ds.splits.values() for m in split]
-    return 'vp-mel' if ms and sum(is_blank_mention(m.mentions) for m in ms) * 2 >= len(ms) else 'mel'
 
 # %% ../nbs/17_mel.ipynb #f05b9c48
 MEL_FORMAT = 'minivpwiki-mel-1'
@@ -146,6 +140,22 @@ def read_true_boxes(root) -> dict[str, Box]:
     p = Path(root)/BOXES_FILE
     if not p.exists(): raise FileNotFoundError(f'{p}: no true boxes (only a MiniVPWiki MEL source has them)')
     return {k: tuple(v) for k, v in json.loads(p.read_text()).items()}
+
+# %% ../nbs/17_mel.ipynb #5d3aabbf
+def depicted_only(src, out) -> Path:
+    "A copy of MEL source `src` in `out` whose splits keep only the mentions with a true box (images hard-linked)."
+    import os
+    src, out = Path(src), Path(out)
+    boxes, ds = read_true_boxes(src), load_dataset(src)
+    for rel in sorted({m.img_path for v in ds.splits.values() for m in v} | {r for e in ds.kb for r in e.image_list}):
+        dst = out/rel
+        if dst.exists(): continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try: os.link(resolve_in_root(src, rel), dst)
+        except OSError: shutil.copyfile(resolve_in_root(src, rel), dst)
+    write_dataset(out, ds.kb, {s: [m for m in v if m.id in boxes] for s, v in ds.splits.items()}, ds.qid2id)
+    write_json_atomic(out/BOXES_FILE, {k: list(v) for k, v in boxes.items()})
+    return out
 
 # %% ../nbs/17_mel.ipynb #d8f0fd27
 def show_mel_scene(root, scene: int = 0):

@@ -148,18 +148,26 @@ FIRST_STAGES = ('fp16', 'flat', 'hnsw')
 class FirstStage:
     """A faiss index over the entities' first-stage vectors: `'fp16'` (a flat scan of half-precision vectors: half the
     memory traffic of `'flat'`, the same ranking up to rounding), `'flat'` (exact float32 inner products) or `'hnsw'`
-    (a graph: approximate, sublinear, for millions)."""
-    def __init__(self, entity_vectors: Tensor, kind: str = 'fp16', hnsw_m: int = 32, ef_search: int = 256):
+    (a graph: approximate, sublinear, for millions). `shards` > 1 splits a flat scan into that many parts searched by
+    parallel threads (one mention's scan on several cores; the same results)."""
+    def __init__(self, entity_vectors: Tensor, kind: str = 'fp16', hnsw_m: int = 32, ef_search: int = 256, shards: int = 1):
         import faiss
         if kind not in FIRST_STAGES: raise ValueError(f'kind must be one of {FIRST_STAGES}, not {kind!r}')
         x = np.ascontiguousarray(entity_vectors.detach().cpu().numpy(), dtype=np.float32)
-        self.kind, self.dim = kind, x.shape[1]
-        if kind == 'flat': self.index = faiss.IndexFlatIP(self.dim)
-        elif kind == 'fp16': self.index = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-        else:
+        self.kind, self.dim, self.shards = kind, x.shape[1], shards
+        if shards < 1 or (shards > 1 and kind == 'hnsw'): raise ValueError(f'shards must be >= 1, and 1 for hnsw; got {shards}')
+        def flat():
+            if kind == 'flat': return faiss.IndexFlatIP(self.dim)
+            return faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        if kind == 'hnsw':
             self.index = faiss.IndexHNSWFlat(self.dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
             self.index.hnsw.efSearch = ef_search
-        self.index.add(x)
+            self.index.add(x)
+        elif shards == 1: self.index = flat(); self.index.add(x)
+        else:
+            self.index, self._parts = faiss.IndexShards(self.dim, True, True), []   # threaded, ids continue across shards
+            for part in np.array_split(x, shards):
+                sub = flat(); sub.add(np.ascontiguousarray(part)); self._parts.append(sub); self.index.add_shard(sub)
 
     def __len__(self) -> int: return self.index.ntotal
 
@@ -264,8 +272,8 @@ def _rss_mb() -> float: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrs
 # %% ../nbs/07_rank.ipynb #79129d3a
 def _bench_worker(argv: list[str]) -> int:
     "One implementation in this process: prints nothing, writes JSON to the output path."
-    impl, n_entities, n_queries, chunk, seed, threads, candidates, out = argv
-    n_entities, n_queries, chunk, seed, threads, candidates = map(int, (n_entities, n_queries, chunk, seed, threads, candidates))
+    impl, n_entities, n_queries, chunk, seed, threads, candidates, shards, out = argv
+    n_entities, n_queries, chunk, seed, threads, candidates, shards = map(int, (n_entities, n_queries, chunk, seed, threads, candidates, shards))
     if threads > 0: torch.set_num_threads(threads)
     matcher, mentions, gold = _bench_setup(seed, n_entities, n_queries)
     base = _rss_mb()
@@ -287,7 +295,7 @@ def _bench_worker(argv: list[str]) -> int:
     elif impl.startswith('two-stage-'):   # the index is built once per model (persisted): timed apart from the queries
         t = time.perf_counter()
         cache = build_entity_cache(matcher, _kb_blocks(seed, n_entities), total=n_entities)
-        first = FirstStage.from_cache(matcher, cache, kind=impl.removeprefix('two-stage-'))
+        first = FirstStage.from_cache(matcher, cache, kind=impl.removeprefix('two-stage-'), shards=shards)
         t_index = time.perf_counter() - t
         t = time.perf_counter()
         res = two_stage_rank(matcher, mentions, cache, first, gold, candidates=candidates)
@@ -296,7 +304,7 @@ def _bench_worker(argv: list[str]) -> int:
         for _ in range(20):
             t = time.perf_counter(); two_stage_rank(matcher, index_features(mentions, slice(0, 1)), cache, first, None, candidates=candidates)
             one.append(time.perf_counter() - t)
-        extra = {'index_seconds': t_index, 'one_mention_ms': 1000 * float(np.median(one)), 'candidates': candidates}
+        extra = {'index_seconds': t_index, 'one_mention_ms': 1000 * float(np.median(one)), 'candidates': candidates, 'shards': shards}
     elif impl == 'reference':
         ents = cat_features(list(_kb_blocks(seed, n_entities)))
         sd = {k: v for k, v in matcher.state_dict().items()}
@@ -317,7 +325,7 @@ def _run_worker(impl: str, a, tmp: str) -> dict:
     out = os.path.join(tmp, f'{impl}.json')
     chunk = a.chunk if impl == 'ours' else a.reference_chunk
     cmd = [sys.executable, '-c', 'import sys; from vpmel.rank import _bench_worker; sys.exit(_bench_worker(sys.argv[1:]))',
-           impl, str(a.entities), str(a.queries), str(chunk), str(a.seed), str(a.threads), str(a.candidates), out]
+           impl, str(a.entities), str(a.queries), str(chunk), str(a.seed), str(a.threads), str(a.candidates), str(a.shards), out]
     env = dict(os.environ)
     env.setdefault('MALLOC_MMAP_THRESHOLD_', str(1 << 20))   # large blocks go back to the OS when freed (both runs)
     subprocess.run(cmd, check=True, env=env)
@@ -349,6 +357,7 @@ def bench_rank(argv: list[str]) -> int:
     p.add_argument('--two-stage', action='store_true', help='also run two-stage ranking (faiss first stage + exact rerank) and compare with ours')
     p.add_argument('--first-stage', default='fp16', choices=FIRST_STAGES, help='the first stage index of --two-stage')
     p.add_argument('--candidates', type=int, default=100, help='first-stage candidates reranked by --two-stage')
+    p.add_argument('--shards', type=int, default=1, help='split the first-stage scan over this many threads (--two-stage)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--threads', type=int, default=1, help='torch threads per run (0: torch default)')
     a = p.parse_args(argv)
@@ -365,7 +374,7 @@ def bench_rank(argv: list[str]) -> int:
         out[k]['metrics_on_random_features'] = mel_metrics(r['ranks'])
     if a.two_stage:
         t, o = res['two_stage'], res['ours']
-        out['two_stage'].update({k: t[k] for k in ('index_seconds', 'one_mention_ms', 'candidates')}, first_stage=a.first_stage)
+        out['two_stage'].update({k: t[k] for k in ('index_seconds', 'one_mention_ms', 'candidates', 'shards')}, first_stage=a.first_stage)
         out['two_stage']['vs_exact'] = {'top1_equal_frac': float(np.mean([x[0] == y[0] for x, y in zip(t['topk_indices'], o['topk_indices'])])),
                                         'ranks_equal_frac': float(np.mean(np.array(t['ranks']) == np.array(o['ranks'])))}
         out['two_stage_speedup_over_ours'] = o['seconds'] / t['seconds']

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 from safetensors.torch import load_file, save as st_save
 
-from .vpwiki import load_dataset, MELDataset, write_json_atomic, write_bytes_atomic
+from .vpwiki import load_dataset, MELDataset, write_json_atomic, write_bytes_atomic, dataset_kind
 from .prompts import draw_prompt
 from .synth import build_minivpwiki
 from .loading import MentionDataset, EntityDataset, PairDataset, PairCollate, TextImageCollate
@@ -58,6 +58,8 @@ class RunConfig:
     image_choice: str = 'random'           # which KB image an entity shows during training
     eval_batch_size: int = 256
     dev_mentions: int | None = None        # early-stop on the first n dev mentions only (None: all)
+    dev_ranking: str = 'exact'             # dev evaluation during training: 'exact' or 'two-stage' (faiss first stage,
+    dev_candidates: int = 100              # ... the top `dev_candidates` reranked exactly); test is always exact
     precompute: bool | None = None         # precompute inputs once (None: when a tower is frozen)
 
     def __post_init__(self):
@@ -285,8 +287,10 @@ class LinkingEvaluator:
     """Whole-KB evaluation of one split. With a frozen tower its outputs are computed once, here, for all evaluations
     (entities show their first image); otherwise items stream from disk at every call."""
     def __init__(self, model: IIER, ds: MELDataset, mentions: MentionDataset, bs: int = 256, cache: bool = False,
-                 progress: bool = False, cache_dir=None, entity_inputs: dict | None = None):
-        self.mentions, self.bs, self.progress = mentions, bs, progress
+                 progress: bool = False, cache_dir=None, entity_inputs: dict | None = None, ranking: str = 'exact',
+                 candidates: int = 100):
+        if ranking not in ('exact', 'two-stage'): raise ValueError(f"ranking must be 'exact' or 'two-stage', not {ranking!r}")
+        self.mentions, self.bs, self.progress, self.ranking, self.candidates = mentions, bs, progress, ranking, candidates
         self.entities = EntityDataset(ds, model.encoder.image_transform())
         self.gold = torch.tensor(mentions.rows)
         self.inputs = None
@@ -309,7 +313,11 @@ class LinkingEvaluator:
     def __call__(self, model: IIER, return_result: bool = False):
         model.eval()
         ef, mf = self.features(model)
-        res = rank_entities(model.matcher, mf, build_entity_cache(model.matcher, ef), self.gold, progress=self.progress)
+        cache = build_entity_cache(model.matcher, ef)
+        if self.ranking == 'two-stage':
+            res = two_stage_rank(model.matcher, mf, cache, FirstStage.from_cache(model.matcher, cache), self.gold, self.candidates,
+                                 topk=min(20, self.candidates))
+        else: res = rank_entities(model.matcher, mf, cache, self.gold, progress=self.progress)
         m = mel_metrics(res.ranks)
         return (m, res) if return_result else m
 
@@ -434,7 +442,8 @@ def train_run(cfg: RunConfig, out_root='runs', resume: bool = True, progress: bo
         ents = EntityDataset(ds, model.encoder.image_transform(), image_choice=cfg.image_choice, seed=cfg.train.seed)
         train_set, collate = PairDataset(men['train'], ents), PairCollate(model.encoder.tokenize)
     kb = train_set.entity_inputs() if cache else None      # the KB is encoded once, for training and evaluation
-    dev = LinkingEvaluator(model, ds, first_mentions(men['dev'], cfg.dev_mentions), cfg.eval_batch_size, cache, progress, ds.root/'cache', kb)
+    dev = LinkingEvaluator(model, ds, first_mentions(men['dev'], cfg.dev_mentions), cfg.eval_batch_size, cache, progress, ds.root/'cache', kb,
+                           cfg.dev_ranking, cfg.dev_candidates)
     res = fit(model, SeededBatches(train_set, collate, cfg.train.batch_size, cfg.train.seed, cfg.train.num_workers), cfg.train, out,
               evaluate=dev, resume=resume, progress=progress)
     if res['stopped'] == 'max_steps': return res
@@ -443,7 +452,9 @@ def train_run(cfg: RunConfig, out_root='runs', resume: bool = True, progress: bo
     test = LinkingEvaluator(model, ds, men['test'], cfg.eval_batch_size, cache, progress, ds.root/'cache', kb)(model)
     model.save_pretrained(out/'model')
     best = json.loads((out/'best'/'state.json').read_text())
-    summary = {'name': cfg.name, 'dev': best['metrics'], 'best_epoch': best['loop']['best_epoch'] + 1, 'test': test,
+    dev_rank = 'exact' if cfg.dev_ranking == 'exact' else f'two-stage ({cfg.dev_candidates} candidates)'
+    summary = {'name': cfg.name, 'task': dataset_kind(ds), 'ranking': {'dev': dev_rank, 'test': 'exact'},
+               'dev': best['metrics'], 'best_epoch': best['loop']['best_epoch'] + 1, 'test': test,
                'seconds': round(time.time() - t0, 1), 'stopped': res['stopped']}
     write_json_atomic(out/'metrics.json', summary, indent=1)
     return summary
@@ -458,6 +469,7 @@ def run_config_from_args(a) -> RunConfig:
     if getattr(a, 'patience', None) is not None: cfg.train.patience = a.patience
     if a.detective: cfg.detective = a.detective
     if getattr(a, 'prompt_style', None): cfg.prompt = a.prompt_style
+    if getattr(a, 'dev_ranking', None): cfg.dev_ranking = a.dev_ranking
     enc = cfg.model.encoder
     if getattr(a, 'clip_weights', None):                  # offline clusters: a local copy of the CLIP weights, or none
         if a.clip_weights == 'none': enc.pretrained = None
@@ -484,6 +496,8 @@ def add_run_args(p: argparse.ArgumentParser):
     p.add_argument('--prompt-style', default=None, help="redraw the prompt: 'rect', 'ellipse', 'arrow', 'darken' (MiniVPWiki)")
     p.add_argument('--clip-weights', default=None, help="a local open_clip checkpoint file for the preset's CLIP (offline clusters), or 'none' for random weights")
     p.add_argument('--text-model', default=None, help='a local from_pretrained folder for the text model (offline clusters)')
+    p.add_argument('--dev-ranking', default=None, choices=('exact', 'two-stage'),
+                   help='dev evaluation during training (early stopping): exact, or two-stage for large KBs; test is always exact')
     p.add_argument('--name', default=None, help='run folder name under --out')
     p.add_argument('--out', default='runs')
     p.add_argument('--quiet', action='store_true')

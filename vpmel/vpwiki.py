@@ -12,8 +12,8 @@ from typing import Any, Iterable, Literal, Sequence
 # %% auto #0
 __all__ = ['SPLITS', 'KB_FILE', 'QID2ID_FILE', 'OnBadImage', 'ON_BAD_IMAGE', 'Severity', 'KBEntity', 'Mention', 'UnsafePathError',
            'resolve_in_root', 'write_bytes_atomic', 'write_json_atomic', 'write_kb', 'write_split', 'read_kb',
-           'read_split', 'MELDataset', 'write_dataset', 'is_nil', 'load_dataset', 'BadImageError', 'open_image',
-           'ImageReader', 'Problem', 'CheckReport', 'check_dataset', 'cli_check']
+           'read_split', 'MELDataset', 'write_dataset', 'is_nil', 'load_dataset', 'is_blank_mention', 'dataset_kind',
+           'BadImageError', 'open_image', 'ImageReader', 'Problem', 'CheckReport', 'check_dataset', 'cli_check']
 
 # %% ../nbs/00_vpwiki.ipynb #05659151
 @dataclass(frozen=True)
@@ -146,6 +146,16 @@ def load_dataset(root, splits: Sequence[str] = SPLITS) -> MELDataset:
         out[s] = [m for m in ms if not is_nil(m.answer)]
         n_nil[s] = len(ms) - len(out[s])
     return MELDataset(root, kb, qid2id, out, n_nil)
+
+# %% ../nbs/00_vpwiki.ipynb #686465b8
+def is_blank_mention(mention) -> bool:
+    "VP-MEL records (VPWiki) blank the mention words: `' '`."
+    return isinstance(mention, str) and not mention.strip()
+
+def dataset_kind(ds: MELDataset) -> str:
+    "'vp-mel' when (most) mention words are blank, as in VPWiki; 'mel' when the records carry them."
+    ms = [m for split in ds.splits.values() for m in split]
+    return 'vp-mel' if ms and sum(is_blank_mention(m.mentions) for m in ms) * 2 >= len(ms) else 'mel'
 
 # %% ../nbs/00_vpwiki.ipynb #aecb77f9
 from PIL import Image, ImageFile
