@@ -4,7 +4,7 @@
 
 # %% ../nbs/17_mel.ipynb #472254fe
 from __future__ import annotations
-import argparse, json, multiprocessing as mp, random, re, shutil, sys, time
+import argparse, json, random, re, shutil, sys, time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
@@ -13,7 +13,7 @@ from .vpwiki import (SPLITS, KBEntity, Mention, MELDataset, CheckReport, check_d
                           write_dataset, write_json_atomic, write_bytes_atomic, is_nil, resolve_in_root,
                           is_blank_mention, dataset_kind)
 from .world import glyph_box
-from .synth import PRESETS, SynthConfig, Plan, make_plan, render_scene, _png, _render_task, _tasks
+from .synth import PRESETS, SynthConfig, Plan, make_plan, render_scene, render_all, _png, _render_task, _tasks
 
 # %% auto #0
 __all__ = ['MEL_FORMAT', 'BOXES_FILE', 'SOURCE_FILE', 'mention_in_sentence', 'check_mel', 'MELSourceError', 'read_mel',
@@ -121,15 +121,7 @@ def build_mel_source(out=None, preset: str = 'cpu', seed: int = 0, nil_p: float 
     write_json_atomic(out/'scenes.json', scenes)
     tasks = [t for t in _tasks(plan, out) if t[0] == 'kb']
     tasks += [(str(out), sc, {r: plan.looks[r] for r in sc.rows}, config, s['image']) for sc, s in zip(plan.scenes, scenes)]
-    from tqdm.auto import tqdm
-    bar = tqdm(total=len(tasks), desc='rendering the MEL source', disable=not progress, mininterval=1)
-    run = lambda t: _render_task(t) if t[0] == 'kb' else _render_scene_task(t)
-    if workers > 1:
-        with mp.get_context('fork').Pool(workers) as pool:
-            for _ in pool.imap_unordered(_run_task, tasks, chunksize=16): bar.update()
-    else:
-        for t in tasks: _run_task(t); bar.update()
-    bar.close()
+    render_all(tasks, _run_task, workers, 'rendering the MEL source', progress)
     write_json_atomic(out/SOURCE_FILE, meta, indent=1)   # last: its presence says the folder is complete
     return out
 
@@ -141,7 +133,7 @@ def read_true_boxes(root) -> dict[str, Box]:
     if not p.exists(): raise FileNotFoundError(f'{p}: no true boxes (only a MiniVPWiki MEL source has them)')
     return {k: tuple(v) for k, v in json.loads(p.read_text()).items()}
 
-# %% ../nbs/17_mel.ipynb #5d3aabbf
+# %% ../nbs/17_mel.ipynb #fc1a2a86
 def depicted_only(src, out) -> Path:
     "A copy of MEL source `src` in `out` whose splits keep only the mentions with a true box (images hard-linked)."
     import os

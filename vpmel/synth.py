@@ -17,8 +17,8 @@ from .world import (PALETTE, PATTERNS, MARKS, GLYPHS, TYPES, Look, Pose, auto_in
 
 # %% auto #0
 __all__ = ['PRESETS', 'FORMAT', 'SynthConfig', 'make_looks', 'Scene', 'Plan', 'make_plan', 'scene_records', 'plan_stats',
-           'render_kb_image', 'render_scene', 'default_out', 'build_minivpwiki', 'show_scene', 'format_stats',
-           'cli_synth']
+           'render_kb_image', 'render_scene', 'render_all', 'default_out', 'build_minivpwiki', 'show_scene',
+           'format_stats', 'cli_synth']
 
 # %% ../nbs/03_synth.ipynb #3ef0c132
 @dataclass(frozen=True)
@@ -340,6 +340,17 @@ _OWN_FILES = ('kb_entity.json', 'qid2id.json', 'train.json', 'dev.json', 'test.j
 _OWN_DIRS = ('train_img', 'dev_img', 'test_img', 'raw_img', 'kb_img')
 _DERIVED_DIRS = ('clip', 'detective', 'cache')   # made from the data by later chapters: stale once it is regenerated
 
+def render_all(tasks: list, fn, workers: int = 2, desc: str = 'rendering', progress: bool = True):
+    "Run `fn` on every task, in `workers` forked processes (1: in this one), with a progress bar."
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(tasks), desc=desc, disable=not progress, mininterval=1)
+    if workers > 1:
+        with mp.get_context('fork').Pool(workers) as pool:
+            for _ in pool.imap_unordered(fn, tasks, chunksize=16): bar.update()
+    else:
+        for t in tasks: fn(t); bar.update()
+    bar.close()
+
 def default_out(preset: str, seed: int = 0) -> Path:
     "`data/minivpwiki/<preset>` for seed 0 (where the training presets look), `data/minivpwiki/<preset>-seed<seed>` otherwise."
     return Path('data') / 'minivpwiki' / (preset if seed == 0 else f'{preset}-seed{seed}')
@@ -379,15 +390,7 @@ def build_minivpwiki(out: str | Path | None = None, preset: str = 'cpu', seed: i
     stats = plan_stats(plan)
     write_dataset(out, plan.kb, {s: plan.mentions(s) for s in SPLITS})
     write_json_atomic(out / 'scenes.json', scene_records(plan))
-    tasks = list(_tasks(plan, out))
-    from tqdm.auto import tqdm
-    bar = tqdm(total=len(tasks), desc='rendering MiniVPWiki', disable=not progress, mininterval=1)
-    if workers > 1:
-        with mp.get_context('fork').Pool(workers) as pool:
-            for _ in pool.imap_unordered(_render_task, tasks, chunksize=16): bar.update()
-    else:
-        for t in tasks: _render_task(t); bar.update()
-    bar.close()
+    render_all(list(_tasks(plan, out)), _render_task, workers, 'rendering MiniVPWiki', progress)
     write_json_atomic(out / 'stats.json', stats, indent=1)
     write_json_atomic(out / 'meta.json', meta, indent=1)
     return out
