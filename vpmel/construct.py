@@ -41,6 +41,7 @@ class ConstructConfig:
     raw_images: bool = True                    # also write the image without prompt (raw_img/mention_<id>.png)
     review: str = 'none'                       # 'none' (first proposal), 'uncertain' (below auto_accept), 'all'
     auto_accept: float = 0.9
+    min_confidence: float = 0.0                # review 'none': drop mentions whose first proposal scores below this
     true_box_splits: tuple[str, ...] = ()      # measurement only: these splits use the source's true boxes
 
     def __post_init__(self):
@@ -160,7 +161,10 @@ def decided_boxes(cands: Sequence[Candidate], proposals: dict, cfg: ConstructCon
         ps = proposals.get(c.id)
         if isinstance(ps, str): dropped[c.id] = 'unreadable image'; continue
         if not ps: dropped[c.id] = 'no proposal'; continue
-        if cfg.review == 'none': boxes[c.id] = ps[0].box; continue
+        if cfg.review == 'none':
+            if ps[0].score < cfg.min_confidence: dropped[c.id] = 'low confidence'
+            else: boxes[c.id] = ps[0].box
+            continue
         d = log.get(c.id) if log is not None else None
         if d is None: waiting.append(c.id)
         elif d.decision == 'reject': dropped[c.id] = f'rejected: {d.reason}'
@@ -365,6 +369,7 @@ def cli_construct(argv: list[str] | None = None) -> int:
     ap.add_argument('--detector', default=None, help='owlv2 / grounding-dino: a checkpoint name or local folder')
     ap.add_argument('--review', default='none', choices=('none', 'uncertain', 'all'))
     ap.add_argument('--auto-accept', type=float, default=0.9)
+    ap.add_argument('--min-confidence', type=float, default=0.0, help='without review: drop mentions whose best proposal scores lower')
     ap.add_argument('--style', default='rect', choices=PROMPT_STYLES)
     ap.add_argument('--width', type=int, default=None, help='prompt line width (default: scaled to the image)')
     ap.add_argument('--mask-mentions', action='store_true', help='also replace the mention words in the sentence')
@@ -375,7 +380,7 @@ def cli_construct(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         cfg = ConstructConfig(style=a.style, width=a.width, mask_mentions=a.mask_mentions, splits=a.splits, seed=a.seed,
-                              review=a.review, auto_accept=a.auto_accept, true_box_splits=tuple(a.true_box_splits))
+                              review=a.review, auto_accept=a.auto_accept, min_confidence=a.min_confidence, true_box_splits=tuple(a.true_box_splits))
         srcs = open_sources(a.sources)
         g = make_grounder(a.grounder, a.sources[0], a.clip, a.detector, a.seed)
         s = construct(srcs, a.out, g, cfg, progress=not a.quiet)
