@@ -248,8 +248,7 @@ def construct(sources: Sequence, out, grounder, cfg: ConstructConfig | None = No
               true_boxes: dict | None = None, progress: bool = True, check: bool = True) -> dict:
     "MEL source folder(s) -> a VP-MEL dataset in `out` (see the prose); returns the summary written to `construct.json`."
     cfg, out, t0 = cfg or ConstructConfig(), Path(out), time.time()
-    srcs = [s if isinstance(s, Source) else None for s in sources]
-    srcs = srcs if all(srcs) else open_sources(sources, prefixes)
+    srcs = list(sources) if all(isinstance(s, Source) for s in sources) else open_sources(sources, prefixes)
     if cfg.true_box_splits and true_boxes is None:
         if len(srcs) != 1: raise ValueError('true_box_splits needs true_boxes when there are several sources')
         true_boxes = read_true_boxes(srcs[0].ds.root)
@@ -345,12 +344,12 @@ def kb_clip_dir(root, steps: int = 600, seed: int = 0) -> Path:
     from vpmel.vpwiki import load_dataset
     return pretrain_tiny_clip(load_dataset(root, ()), default_clip_dir(root, steps, 0.0, seed), steps=steps, seed=seed, scene_fraction=0.0)
 
-def make_grounder(name: str, source, clip: str | None = None, detector: str | None = None, seed: int = 0):
+def make_grounder(name: str, source, clip: str | None = None, detector: str | None = None, seed: int = 0, text_weight: float = 0.5):
     "A grounder by command-line name (see `GROUNDERS`) for the MEL source folder `source`."
     from vpmel import grounding as G
     if name == 'kb-image':
         from vpmel.encoders import load_clip
-        return G.KBImageGrounder(load_clip(f'local-dir:{Path(clip or kb_clip_dir(source, seed=seed)).resolve()}'))
+        return G.KBImageGrounder(load_clip(f'local-dir:{Path(clip or kb_clip_dir(source, seed=seed)).resolve()}'), text_weight=text_weight)
     if name in ('owlv2', 'grounding-dino'):
         from vpmel.detectors import DetectorGrounder
         return DetectorGrounder.from_pretrained(detector, kind=name)
@@ -394,7 +393,7 @@ def cli_construct(argv: list[str] | None = None) -> int:
 
 # %% ../nbs/21_construct.ipynb #bf2f11a3
 def grounder_suite(source, names: Sequence[str] = GROUNDERS[:-1], clip: str | None = None, owlv2: str = 'tiny',
-                   grounding_dino: str = 'tiny', seed: int = 0) -> list:
+                   grounding_dino: str = 'tiny', seed: int = 0, text_weight: float = 0.5) -> list:
     "Grounders by name for measuring on `source`; detectors 'tiny' are chapter 19's random offline models."
     out = []
     for n in names:
@@ -402,7 +401,7 @@ def grounder_suite(source, names: Sequence[str] = GROUNDERS[:-1], clip: str | No
             from vpmel import detectors as D
             model, proc = (D.tiny_owlv2 if n == 'owlv2' else D.tiny_grounding_dino)(seed)
             out.append(D.DetectorGrounder(model, proc, name=f'{n} (tiny, random weights)'))
-        else: out.append(make_grounder(n, source, clip, owlv2 if n == 'owlv2' else grounding_dino, seed))
+        else: out.append(make_grounder(n, source, clip, owlv2 if n == 'owlv2' else grounding_dino, seed, text_weight))
     return out
 
 def grounding_table(source, split: str = 'test', n: int | None = None, progress: bool = True, **kw) -> list[dict]:
@@ -422,11 +421,13 @@ def bench_ground(argv: list[str]) -> int:
     ap.add_argument('--clip', default=None)
     ap.add_argument('--owlv2', default='tiny', help="'tiny' (offline, random) or a checkpoint name / folder")
     ap.add_argument('--grounding-dino', default='tiny', help="'tiny' (offline, random) or a checkpoint name / folder")
+    ap.add_argument('--text-weight', type=float, default=0.5, help="kb-image: weight of the entity text's similarity")
     ap.add_argument('--threads', type=int, default=None)
     a = ap.parse_args(argv)
     if a.threads:
         import torch; torch.set_num_threads(a.threads)
-    rows = grounding_table(a.source, a.split, a.n, progress=True, names=a.grounders, clip=a.clip, owlv2=a.owlv2, grounding_dino=a.grounding_dino)
+    rows = grounding_table(a.source, a.split, a.n, progress=True, names=a.grounders, clip=a.clip, owlv2=a.owlv2, grounding_dino=a.grounding_dino,
+                             text_weight=a.text_weight)
     for r in rows: print(json.dumps(r))
     print('\n| grounder | acc@IoU0.5 | mean IoU | any proposal @0.5 | ms / mention |\n|---|---|---|---|---|')
     for r in rows: print(f"| {r['grounder']} | {r['acc@0.5']} | {r['mean_iou']} | {r['any@0.5']} | {r['ms_per_mention']} |")
