@@ -19,9 +19,10 @@ from .review import Decision, DecisionLog, ReviewItem, ReviewSession
 
 # %% auto #0
 __all__ = ['CONSTRUCT_FILE', 'GROUNDERS', 'ConstructConfig', 'prompt_width', 'Source', 'open_sources', 'merged_kb', 'Candidate',
-           'candidates', 'read_proposals', 'propose_all', 'review_items', 'review_session', 'decided_boxes', 'qa_boxes',
-           'assign_splits', 'mask_sentence', 'write_vpmel', 'construct', 'show_construction', 'plot_construct_stats',
-           'kb_clip_dir', 'make_grounder', 'cli_construct', 'grounder_suite', 'grounding_table', 'bench_ground']
+           'candidates', 'read_proposals', 'propose_all', 'review_items', 'review_session', 'exclusive_choices',
+           'decided_boxes', 'qa_boxes', 'assign_splits', 'mask_sentence', 'write_vpmel', 'construct',
+           'show_construction', 'plot_construct_stats', 'kb_clip_dir', 'make_grounder', 'cli_construct',
+           'grounder_suite', 'grounding_table', 'bench_ground']
 
 # %% ../nbs/21_construct.ipynb #eaf8d6c9
 @dataclass
@@ -42,6 +43,10 @@ class ConstructConfig:
     review: str = 'none'                       # 'none' (first proposal), 'uncertain' (below auto_accept), 'all'
     auto_accept: float = 0.9
     min_confidence: float = 0.0                # review 'none': drop mentions whose first proposal scores below this
+    exclusive: bool = True                     # review 'none': the mentions of one image claim different objects
+    exclusive_overlap: float = 0.5             # ... two boxes are one object when their intersection covers this much of the smaller
+    exclusive_max_loss: float = 0.1            # ... a mention whose best object went to another takes its best free box
+                                               #     only if that scores within this of its best (raw scores); else dropped
     true_box_splits: tuple[str, ...] = ()      # measurement only: these splits use the source's true boxes
 
     def __post_init__(self):
@@ -124,8 +129,8 @@ def propose_all(cands: Sequence[Candidate], sources: Sequence[Source], grounder,
         if f.tell() and not path.read_bytes().endswith(b'\n'): f.write(b'\n')   # after a torn line
         for c in tqdm(todo, desc=f'grounding ({grounder.name})', disable=not progress or not todo, mininterval=1):
             try:
-                ps = grounder(grounding_query(sources[c.source].ds, c.mention))[:top_k]
-                line, done[c.id] = {'id': c.id, 'proposals': [p.to_json() for p in ps]}, ps
+                js = [p.to_json() for p in grounder(grounding_query(sources[c.source].ds, c.mention))[:top_k]]
+                line, done[c.id] = {'id': c.id, 'proposals': js}, [Proposal.from_json(j) for j in js]   # as a resumed run reads them
             except (BadImageError, OSError) as e:
                 line, done[c.id] = {'id': c.id, 'error': str(e)}, str(e)
             f.write((json.dumps(line) + '\n').encode()); f.flush()
@@ -148,10 +153,38 @@ def review_session(cands, sources, proposals, log_path, cfg: ConstructConfig) ->
     "The review of the candidates' proposals, auto-accepting at `cfg.auto_accept` in 'uncertain' mode."
     return ReviewSession(review_items(cands, sources, proposals), log_path, cfg.auto_accept if cfg.review == 'uncertain' else None)
 
+def _same_object(a: Box, b: Box, overlap: float) -> bool:
+    ix, iy = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+    return ix > 0 and iy > 0 and ix * iy >= overlap * min(box_area(a), box_area(b))
+
+def exclusive_choices(cands: Sequence[Candidate], proposals: dict, overlap: float = 0.5, max_loss: float = 0.1) -> dict[str, int | None]:
+    "Per candidate with proposals: the index of its proposal when the mentions of one image claim different objects, or None (see the prose)."
+    by_image: dict = {}
+    for c in cands:
+        if isinstance(proposals.get(c.id), list) and proposals[c.id]: by_image.setdefault((c.source, c.mention.img_path), []).append(c.id)
+    out = {}
+    val = lambda p: p.score if p.raw is None else p.raw
+    for ids in by_image.values():
+        mean = {k: sum(map(val, proposals[k])) / len(proposals[k]) for k in ids}   # claims: how far above the mention's average box
+        pairs = sorted(((val(p) - mean[k], k, i) for k in ids for i, p in enumerate(proposals[k])), key=lambda t: (-t[0], ids.index(t[1]), t[2]))
+        held, got = [], {}
+        for v, k, i in pairs:
+            if k in got: continue
+            b = proposals[k][i].box
+            if any(_same_object(b, h, overlap) for h in held): continue
+            got[k] = i; held.append(b)
+        for k in ids:
+            best = max(val(p) for p in proposals[k])
+            i = got.get(k)
+            out[k] = i if i is not None and best - val(proposals[k][i]) <= max_loss else None
+    return out
+
 def decided_boxes(cands: Sequence[Candidate], proposals: dict, cfg: ConstructConfig, log: DecisionLog | None = None,
                   true_boxes: dict | None = None) -> tuple[dict[str, Box], dict[str, str], list[str]]:
     "Per candidate: the box (first proposal, or the review's decision), or a drop reason, or 'waiting for review'."
     boxes, dropped, waiting = {}, {}, []
+    excl = exclusive_choices([c for c in cands if c.split not in cfg.true_box_splits], proposals, cfg.exclusive_overlap,
+                             cfg.exclusive_max_loss) if cfg.review == 'none' and cfg.exclusive else {}
     for c in cands:
         if c.split in cfg.true_box_splits:
             b = (true_boxes or {}).get(c.mention.id)
@@ -162,8 +195,10 @@ def decided_boxes(cands: Sequence[Candidate], proposals: dict, cfg: ConstructCon
         if isinstance(ps, str): dropped[c.id] = 'unreadable image'; continue
         if not ps: dropped[c.id] = 'no proposal'; continue
         if cfg.review == 'none':
+            i = excl.get(c.id, 0) if cfg.exclusive else 0
             if ps[0].score < cfg.min_confidence: dropped[c.id] = 'low confidence'
-            else: boxes[c.id] = ps[0].box
+            elif i is None: dropped[c.id] = 'object claimed by another mention'
+            else: boxes[c.id] = ps[i].box
             continue
         d = log.get(c.id) if log is not None else None
         if d is None: waiting.append(c.id)
@@ -369,6 +404,8 @@ def cli_construct(argv: list[str] | None = None) -> int:
     ap.add_argument('--review', default='none', choices=('none', 'uncertain', 'all'))
     ap.add_argument('--auto-accept', type=float, default=0.9)
     ap.add_argument('--min-confidence', type=float, default=0.0, help='without review: drop mentions whose best proposal scores lower')
+    ap.add_argument('--not-exclusive', action='store_true', help='without review: ground each mention alone (default: the mentions of an image claim different objects)')
+    ap.add_argument('--max-loss', type=float, default=0.1, help='exclusive: how far below its best a free box may score (raw score)')
     ap.add_argument('--style', default='rect', choices=PROMPT_STYLES)
     ap.add_argument('--width', type=int, default=None, help='prompt line width (default: scaled to the image)')
     ap.add_argument('--mask-mentions', action='store_true', help='also replace the mention words in the sentence')
@@ -379,7 +416,8 @@ def cli_construct(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         cfg = ConstructConfig(style=a.style, width=a.width, mask_mentions=a.mask_mentions, splits=a.splits, seed=a.seed,
-                              review=a.review, auto_accept=a.auto_accept, min_confidence=a.min_confidence, true_box_splits=tuple(a.true_box_splits))
+                              review=a.review, auto_accept=a.auto_accept, min_confidence=a.min_confidence, true_box_splits=tuple(a.true_box_splits),
+                              exclusive=not a.not_exclusive, exclusive_max_loss=a.max_loss)
         srcs = open_sources(a.sources)
         g = make_grounder(a.grounder, a.sources[0], a.clip, a.detector, a.seed)
         s = construct(srcs, a.out, g, cfg, progress=not a.quiet)

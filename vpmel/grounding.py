@@ -4,7 +4,7 @@
 
 # %% ../nbs/18_grounding.ipynb #dd74eb02
 from __future__ import annotations
-import math, random
+import hashlib, math, random
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 import numpy as np
@@ -18,14 +18,19 @@ __all__ = ['Proposal', 'GroundingQuery', 'Grounder', 'region_proposals', 'Centre
 # %% ../nbs/18_grounding.ipynb #99ef6440
 @dataclass(frozen=True)
 class Proposal:
-    "A candidate box for a mention, `[x0, y0, x1, y1]` (x1, y1 exclusive), with a score (higher = more confident) and who made it."
+    """A candidate box for a mention, `[x0, y0, x1, y1]` (x1, y1 exclusive), with a score (higher = more confident) and who
+    made it; `raw`: the grounder's uncalibrated score where it has one, comparable across the mentions of one image."""
     box: Box
     score: float
     source: str = ''
+    raw: float | None = None
 
-    def to_json(self) -> dict: return {'box': list(self.box), 'score': round(float(self.score), 6), 'source': self.source}
+    def to_json(self) -> dict:
+        d = {'box': list(self.box), 'score': round(float(self.score), 6), 'source': self.source}
+        return d if self.raw is None else d | {'raw': round(float(self.raw), 6)}
     @classmethod
-    def from_json(cls, d: dict) -> Proposal: return cls(tuple(int(v) for v in d['box']), float(d['score']), d.get('source', ''))
+    def from_json(cls, d: dict) -> Proposal:
+        return cls(tuple(int(v) for v in d['box']), float(d['score']), d.get('source', ''), None if d.get('raw') is None else float(d['raw']))
 
 @dataclass
 class GroundingQuery:
@@ -142,13 +147,38 @@ class KBImageGrounder:
     "Score region proposals by CLIP similarity to the answer entity's KB images (+ its text): see the prose."
     name = 'KB-image (CLIP)'
     def __init__(self, clip, text_weight: float = 0.5, temperature: float = 0.05, margin: float = 0.1,
-                 propose: Callable[[Image.Image], list[Box]] = region_proposals, device=None):
+                 propose: Callable[[Image.Image], list[Box]] = region_proposals, device=None, cache_size: int = 4096):
         import torch, open_clip
         from vpmel.encoders import clip_image_transform
         self.clip, self.text_weight, self.temperature, self.margin, self.propose = clip.eval(), text_weight, temperature, margin, propose
         self.device = device or next(clip.parameters()).device
         self.transform, self.tokenizer = clip_image_transform(clip), open_clip.get_tokenizer('ViT-B-32')
         self.context_length = getattr(clip, 'context_length', 77)
+        self.cache_size, self._scene, self._entities = cache_size, (None, None), {}
+
+    @staticmethod
+    def _key(*images: Image.Image, extra=()) -> bytes:
+        h = hashlib.blake2b(digest_size=16)
+        for im in images: h.update(f'{im.mode}{im.size}'.encode()); h.update(im.tobytes())
+        h.update(repr(extra).encode())
+        return h.digest()
+
+    def _scene_boxes(self, img: Image.Image, boxes=None):
+        "The image's proposals and their crop embeddings, computed once for all the mentions of one image (cached)."
+        key = self._key(img, extra=None if boxes is None else tuple(map(tuple, boxes)))
+        if self._scene[0] != key:
+            bs = list(self.propose(img)) if boxes is None else [tuple(b) for b in boxes]
+            self._scene = (key, (bs, self.embed_images([square_crop(img, b, self.margin) for b in bs]) if bs else None))
+        return self._scene[1]
+
+    def _entity(self, q: GroundingQuery):
+        "The answer entity's KB-image embeddings (or None) and text embedding (cached per entity)."
+        text = (f'{q.entity_name}. {q.entity_attr}' if q.entity_attr else q.entity_name) or q.mention
+        key = self._key(*q.kb_images, extra=text)
+        if key not in self._entities:
+            if len(self._entities) >= self.cache_size: self._entities.clear()
+            self._entities[key] = (self.embed_images(q.kb_images) if q.kb_images else None, self.embed_text(text))
+        return self._entities[key]
 
     def embed_images(self, images: Sequence[Image.Image]):
         import torch
@@ -162,24 +192,22 @@ class KBImageGrounder:
             ids = self.tokenizer([text], context_length=self.context_length).to(self.device)
             return torch.nn.functional.normalize(self.clip.encode_text(ids).float(), dim=-1)[0]
 
-    def scores(self, q: GroundingQuery, boxes: Sequence[Box]):
-        "Raw scores s(r) of `boxes` for the query (a tensor)."
+    def scores(self, q: GroundingQuery, boxes: Sequence[Box] | None = None):
+        "Raw scores s(r) of `boxes` (default: the image's region proposals) for the query: `(boxes, tensor)`."
         import torch
-        v = self.embed_images([square_crop(q.image, b, self.margin) for b in boxes])
-        s = torch.zeros(len(boxes))
-        if q.kb_images: s = s + (v @ self.embed_images(q.kb_images).T).max(1).values.cpu()
-        text = (f'{q.entity_name}. {q.entity_attr}' if q.entity_attr else q.entity_name) or q.mention
-        w = self.text_weight if q.kb_images else 1.0
-        return s + w * (v @ self.embed_text(text)).cpu()
+        boxes, v = self._scene_boxes(q.image, boxes)
+        if not boxes: return boxes, torch.zeros(0)
+        kb, t = self._entity(q)
+        s = torch.zeros(len(boxes)) if kb is None else (v @ kb.T).max(1).values.cpu()
+        return boxes, s + (self.text_weight if kb is not None else 1.0) * (v @ t).cpu()
 
     def __call__(self, q: GroundingQuery) -> list[Proposal]:
         import torch
-        boxes = self.propose(q.image)
+        boxes, s = self.scores(q)
         if not boxes: return []
-        s = self.scores(q, boxes)
         p = torch.softmax(s / self.temperature, 0)
         order = torch.argsort(s, descending=True).tolist()
-        return [Proposal(boxes[i], float(p[i]), self.name) for i in order]
+        return [Proposal(boxes[i], float(p[i]), self.name, float(s[i])) for i in order]
 
 # %% ../nbs/18_grounding.ipynb #4e8d0319
 def grounding_query(ds, m, reader=None) -> GroundingQuery:
