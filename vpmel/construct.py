@@ -8,7 +8,7 @@ import argparse, hashlib, json, shutil, sys, time
 from collections import Counter
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 from PIL import Image
 from .prompts import Box, validate_box, box_area, draw_prompt, PROMPT_STYLES
 from .vpwiki import (SPLITS, KBEntity, Mention, MELDataset, check_dataset, write_dataset, write_json_atomic,
@@ -19,10 +19,10 @@ from .review import Decision, DecisionLog, ReviewItem, ReviewSession
 
 # %% auto #0
 __all__ = ['CONSTRUCT_FILE', 'GROUNDERS', 'ConstructConfig', 'prompt_width', 'Source', 'open_sources', 'merged_kb', 'Candidate',
-           'candidates', 'read_proposals', 'propose_all', 'review_items', 'review_session', 'exclusive_choices',
-           'decided_boxes', 'qa_boxes', 'assign_splits', 'mask_sentence', 'write_vpmel', 'construct',
-           'show_construction', 'plot_construct_stats', 'kb_clip_dir', 'make_grounder', 'cli_construct',
-           'grounder_suite', 'grounding_table', 'bench_ground']
+           'candidates', 'read_proposals', 'propose_all', 'review_items', 'review_session', 'raw_scores',
+           'centred_claims', 'exclusive_choices', 'decided_boxes', 'qa_boxes', 'assign_splits', 'mask_sentence',
+           'write_vpmel', 'construct', 'show_construction', 'plot_construct_stats', 'kb_clip_dir', 'make_grounder',
+           'cli_construct', 'grounder_suite', 'grounding_table', 'bench_ground']
 
 # %% ../nbs/21_construct.ipynb #eaf8d6c9
 @dataclass
@@ -157,26 +157,31 @@ def _same_object(a: Box, b: Box, overlap: float) -> bool:
     ix, iy = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
     return ix > 0 and iy > 0 and ix * iy >= overlap * min(box_area(a), box_area(b))
 
-def exclusive_choices(cands: Sequence[Candidate], proposals: dict, overlap: float = 0.5, max_loss: float = 0.1) -> dict[str, int | None]:
+def raw_scores(proposals: Sequence[Proposal]) -> list[float]:
+    "Each proposal's raw score $s(r)$ (its confidence where the grounder gives none)."
+    return [p.score if p.raw is None else p.raw for p in proposals]
+
+def centred_claims(proposals: Sequence[Proposal]) -> list[float]:
+    "How far each proposal's raw score lies above the mention's average, $s_m(r) - \\bar s_m$: `exclusive_choices`' claims."
+    r = raw_scores(proposals); mean = sum(r) / len(r)
+    return [v - mean for v in r]
+
+def exclusive_choices(cands: Sequence[Candidate], proposals: dict, overlap: float = 0.5, max_loss: float = 0.1,
+                      claim: Callable[[Sequence[Proposal]], Sequence[float]] = centred_claims) -> dict[str, int | None]:
     "Per candidate with proposals: the index of its proposal when the mentions of one image claim different objects, or None (see the prose)."
     by_image: dict = {}
     for c in cands:
         if isinstance(proposals.get(c.id), list) and proposals[c.id]: by_image.setdefault((c.source, c.mention.img_path), []).append(c.id)
     out = {}
-    val = lambda p: p.score if p.raw is None else p.raw
     for ids in by_image.values():
-        mean = {k: sum(map(val, proposals[k])) / len(proposals[k]) for k in ids}   # claims: how far above the mention's average box
-        pairs = sorted(((val(p) - mean[k], k, i) for k in ids for i, p in enumerate(proposals[k])), key=lambda t: (-t[0], ids.index(t[1]), t[2]))
         held, got = [], {}
-        for v, k, i in pairs:
-            if k in got: continue
-            b = proposals[k][i].box
-            if any(_same_object(b, h, overlap) for h in held): continue
+        for _, j, i in sorted((-v, j, i) for j, k in enumerate(ids) for i, v in enumerate(claim(proposals[k]))):   # best claim first
+            k = ids[j]; b = proposals[k][i].box
+            if k in got or any(_same_object(b, h, overlap) for h in held): continue
             got[k] = i; held.append(b)
         for k in ids:
-            best = max(val(p) for p in proposals[k])
-            i = got.get(k)
-            out[k] = i if i is not None and best - val(proposals[k][i]) <= max_loss else None
+            r, i = raw_scores(proposals[k]), got.get(k)
+            out[k] = i if i is not None and max(r) - r[i] <= max_loss else None
     return out
 
 def decided_boxes(cands: Sequence[Candidate], proposals: dict, cfg: ConstructConfig, log: DecisionLog | None = None,
@@ -195,7 +200,7 @@ def decided_boxes(cands: Sequence[Candidate], proposals: dict, cfg: ConstructCon
         if isinstance(ps, str): dropped[c.id] = 'unreadable image'; continue
         if not ps: dropped[c.id] = 'no proposal'; continue
         if cfg.review == 'none':
-            i = excl.get(c.id, 0) if cfg.exclusive else 0
+            i = excl.get(c.id, 0)
             if ps[0].score < cfg.min_confidence: dropped[c.id] = 'low confidence'
             elif i is None: dropped[c.id] = 'object claimed by another mention'
             else: boxes[c.id] = ps[i].box

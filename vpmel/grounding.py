@@ -210,7 +210,7 @@ class KBImageGrounder:
         return [Proposal(boxes[i], float(p[i]), self.name, float(s[i])) for i in order]
 
 # %% ../nbs/18_grounding.ipynb #4e8d0319
-def grounding_query(ds, m, reader=None) -> GroundingQuery:
+def grounding_query(ds, m) -> GroundingQuery:
     "The `GroundingQuery` of MEL record `m` of dataset `ds` (answer entity and its KB images when the answer is in the KB)."
     from vpmel.vpwiki import open_image, is_nil
     img = open_image(ds.path(m.img_path))

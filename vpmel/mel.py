@@ -8,6 +8,7 @@ import argparse, json, random, re, shutil, sys, time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
+from PIL import Image
 from .prompts import Box
 from .vpwiki import (SPLITS, KBEntity, Mention, MELDataset, CheckReport, check_dataset, load_dataset, read_split,
                           write_dataset, write_json_atomic, write_bytes_atomic, is_nil, resolve_in_root,
@@ -16,18 +17,20 @@ from .world import glyph_box
 from .synth import PRESETS, SynthConfig, Plan, make_plan, render_scene, render_all, _png, _render_task, _tasks
 
 # %% auto #0
-__all__ = ['MEL_FORMAT', 'BOXES_FILE', 'SOURCE_FILE', 'mention_in_sentence', 'check_mel', 'MELSourceError', 'read_mel',
-           'mel_records', 'default_mel_out', 'build_mel_source', 'read_true_boxes', 'depicted_only', 'show_mel_scene',
-           'mel_stats', 'cli_mel']
+__all__ = ['MEL_FORMAT', 'BOXES_FILE', 'SOURCE_FILE', 'mention_spans', 'mention_in_sentence', 'check_mel', 'MELSourceError',
+           'read_mel', 'mel_records', 'default_mel_out', 'build_mel_source', 'read_true_boxes', 'depicted_only',
+           'show_mel_scene', 'mel_stats', 'cli_mel']
 
 # %% ../nbs/17_mel.ipynb #cdcd69d3
-def mention_in_sentence(mention: str, sentence: str) -> tuple[int, int] | None:
-    "The (start, end) of the mention words in the sentence (case-insensitive, whole words), or None."
-    words = mention.strip()
-    if not words: return None
-    m = re.search(r'(?<!\w)' + re.escape(words) + r'(?!\w)', sentence, flags=re.IGNORECASE)
-    return m.span() if m else None
+def mention_spans(mention: str, sentence: str) -> list[tuple[int, int]]:
+    "The (start, end) of every occurrence of the mention words in the sentence (case-insensitive, whole words)."
+    words = (mention or '').strip()
+    if not words: return []
+    return [m.span() for m in re.finditer(r'(?<!\w)' + re.escape(words) + r'(?!\w)', sentence, flags=re.IGNORECASE)]
 
+def mention_in_sentence(mention: str, sentence: str) -> tuple[int, int] | None:
+    "The (start, end) of the first occurrence of the mention words in the sentence (as `mention_spans`), or None."
+    return next(iter(mention_spans(mention, sentence)), None)
 
 # %% ../nbs/17_mel.ipynb #b15cb88c
 def check_mel(path, images: bool = True, progress: bool = False) -> CheckReport:
@@ -59,7 +62,6 @@ def read_mel(path, images: bool = True) -> MELDataset:
         raise MELSourceError(f'{path} is not a usable MEL source ({len(errs)} errors):\n' + '\n'.join(f'  {p}' for p in errs[:10])
                              + ('\n  ...' if len(errs) > 10 else '') + f'\n(full report: vpmel check {path})')
     return load_dataset(path)
-
 
 # %% ../nbs/17_mel.ipynb #f05b9c48
 MEL_FORMAT = 'minivpwiki-mel-1'

@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_review.ipynb #9ed6be2a
 from __future__ import annotations
-import base64, html, json, math, numbers, os, re, warnings
+import base64, html, json, math, numbers, os, warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
@@ -15,6 +15,7 @@ from .prompts import Box, validate_box, clip_box
 from .grounding import Proposal
 from .vpwiki import Mention, BadImageError, open_image, load_dataset
 from .loading import RAW_IMG
+from .mel import mention_spans
 from .explore import box_from_widget, moved_box, _png
 
 # %% auto #0
@@ -364,11 +365,10 @@ class ReviewSession:
 
 # %% ../nbs/20_review.ipynb #8c7d9b69
 def mark_mention(sentence: str, mention: str) -> str:
-    "`sentence` as HTML (escaped) with each occurrence of the `mention` words, in any case, in `<mark>`."
-    m, out, last = (mention or '').strip(), [], 0
-    if m:
-        for x in re.finditer(re.escape(m), sentence, re.IGNORECASE):
-            out += [html.escape(sentence[last:x.start()]), '<mark>', html.escape(x.group(0)), '</mark>']; last = x.end()
+    "`sentence` as HTML (escaped) with each occurrence of the `mention` words (`mention_spans`: any case, whole words) in `<mark>`."
+    out, last = [], 0
+    for a, b in mention_spans(mention, sentence):
+        out += [html.escape(sentence[last:a]), '<mark>', html.escape(sentence[a:b]), '</mark>']; last = b
     return ''.join(out) + html.escape(sentence[last:])
 
 def _data_uri(img: Image.Image) -> str: return 'data:image/png;base64,' + base64.b64encode(_png(img)).decode()

@@ -639,7 +639,7 @@ def official_clip_config(vision: dict | None = None, text: dict | None = None, p
              max_position_embeddings=77, vocab_size=49408)
     return CLIPConfig(text_config={**t, **(text or {})}, vision_config={**v, **(vision or {})}, projection_dim=projection_dim)
 
-def official_clip_config_of(encoder) -> 'CLIPConfig':
+def official_clip_config_of(encoder):
     "The `CLIPConfig` of the architecture of our encoder's open_clip CLIP (ViT-B/32 for the `paper` preset); the text tower must be CLIP's."
     vis, txt = encoder.visual, encoder.text
     if not isinstance(txt, ClipText): raise ValueError("the official model needs CLIP's text tower (text_backend='clip')")

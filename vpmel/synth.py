@@ -385,7 +385,6 @@ def build_minivpwiki(out: str | Path | None = None, preset: str = 'cpu', seed: i
     for d in _OWN_DIRS + _DERIVED_DIRS:
         if (out / d).is_dir(): shutil.rmtree(out / d)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
     plan = make_plan(config, seed)
     stats = plan_stats(plan)
     write_dataset(out, plan.kb, {s: plan.mentions(s) for s in SPLITS})
