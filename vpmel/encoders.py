@@ -52,8 +52,9 @@ class Features:
     def shapes(self) -> dict: return {f.name: tuple(getattr(self, f.name).shape) for f in fields(self)}
 
 # %% ../nbs/05_encoders.ipynb #aabae845
-import importlib.util, json, os, tempfile
+import importlib.util, json, os
 from pathlib import Path
+from .vpwiki import scratch_dir
 from typing import Callable, Sequence
 import open_clip
 import torch.nn as nn
@@ -126,7 +127,7 @@ def register_tiny_clips() -> list[str]:
     import open_clip
     missing = [k for k in TINY_CLIPS if k not in open_clip.list_models()]
     if missing:
-        d = Path(tempfile.mkdtemp(prefix='vpmel_clip_cfg_'))
+        d = scratch_dir('vpmel_clip_cfg_')
         for k in missing: (d/f'{k}.json').write_text(json.dumps(TINY_CLIPS[k]))
         open_clip.add_model_config(d)
     return list(TINY_CLIPS)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io, json, math, time
 from dataclasses import dataclass
 from pathlib import Path
+from .vpwiki import scratch_dir
 from typing import Callable, Sequence
 
 import numpy as np
@@ -335,8 +336,7 @@ def attention(self: PromptExplorer, row: int | None = None) -> dict:
 # %% ../nbs/16_explore.ipynb #0c9fb5ee
 def detective_answerer(model, processor, max_new_tokens: int = 32) -> Callable[[Image.Image, str], str]:
     "The explorer's `detective` from a Detective-VLM (chapter 11): its greedy answer for a prompted image and its caption."
-    import tempfile
-    f = Path(tempfile.mkdtemp(prefix='vpmel-detective-'))/'prompted.png'
+    f = scratch_dir('vpmel-detective-')/'prompted.png'
     def answer(img: Image.Image, sentence: str) -> str:
         img.save(f)      # the Detective's collate reads images from files (and zooms on the prompt itself)
         ex = DetectiveExample('explore', f, detective_prompt(sentence), '', '', '')
@@ -681,7 +681,8 @@ def cli_explore(argv: list[str]) -> int:
     a = p.parse_args(argv)
     try: trained_run(a.run)
     except ExplorerError as e: print(f'vpmel explore: {e}'); return 1
-    nb = Path(tempfile.mkdtemp(prefix='vpmel-explore-'))/'vpmel-explore.ipynb'
+    # the notebook Voilà serves lives as long as this command; one printed for later must outlive it
+    nb = (Path(tempfile.mkdtemp(prefix='vpmel-explore-')) if a.print_command else scratch_dir('vpmel-explore-'))/'vpmel-explore.ipynb'
     if a.detective and not Path(a.detective).is_dir(): print(f'vpmel explore: no Detective folder {a.detective}'); return 1
     nb.write_text(json.dumps(explorer_notebook(a.run, a.data, detective=a.detective)))
     cmd = [sys.executable, '-m', 'voila', str(nb), f'--port={a.port}', '--no-browser', '--Voila.ip=127.0.0.1']

@@ -11,9 +11,10 @@ from typing import Any, Iterable, Literal, Sequence
 
 # %% auto #0
 __all__ = ['SPLITS', 'KB_FILE', 'QID2ID_FILE', 'OnBadImage', 'ON_BAD_IMAGE', 'Severity', 'KBEntity', 'Mention', 'UnsafePathError',
-           'resolve_in_root', 'write_bytes_atomic', 'write_json_atomic', 'write_kb', 'write_split', 'read_kb',
-           'read_split', 'MELDataset', 'write_dataset', 'is_nil', 'load_dataset', 'is_blank_mention', 'dataset_kind',
-           'BadImageError', 'open_image', 'ImageReader', 'Problem', 'CheckReport', 'check_dataset', 'cli_check']
+           'resolve_in_root', 'scratch_dir', 'write_bytes_atomic', 'write_json_atomic', 'write_kb', 'write_split',
+           'read_kb', 'read_split', 'MELDataset', 'write_dataset', 'is_nil', 'load_dataset', 'is_blank_mention',
+           'dataset_kind', 'BadImageError', 'open_image', 'ImageReader', 'Problem', 'CheckReport', 'check_dataset',
+           'cli_check']
 
 # %% ../nbs/00_vpwiki.ipynb #05659151
 @dataclass(frozen=True)
@@ -71,6 +72,16 @@ def resolve_in_root(root: str | Path, rel: str) -> Path:
     p = (root / rel).resolve()
     if p != root and root not in p.parents: raise UnsafePathError(f'path {rel!r} leaves the data root')
     return p
+
+# %% ../nbs/00_vpwiki.ipynb #5c7a1d02
+import shutil
+from multiprocessing import util as _mp_util
+
+def scratch_dir(prefix: str = 'vpmel-') -> Path:
+    "A new empty temporary folder, removed with everything in it when this Python process ends."
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    _mp_util.Finalize(None, shutil.rmtree, args=(str(d),), kwargs={'ignore_errors': True}, exitpriority=0)
+    return d
 
 # %% ../nbs/00_vpwiki.ipynb #713de46a
 def write_bytes_atomic(path: str | Path, data: bytes):
