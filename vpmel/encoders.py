@@ -54,10 +54,10 @@ class Features:
 # %% ../nbs/05_encoders.ipynb #aabae845
 import importlib.util, json, os
 from pathlib import Path
-from .vpwiki import scratch_dir
 from typing import Callable, Sequence
 import open_clip
 import torch.nn as nn
+from .vpwiki import scratch_dir
 
 LayerSpec = str | Sequence[int]
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io, json, math, time
 from dataclasses import dataclass
 from pathlib import Path
-from .vpwiki import scratch_dir
 from typing import Callable, Sequence
 
 import numpy as np
@@ -15,7 +14,7 @@ import torch
 from PIL import Image
 from fastcore.basics import patch
 
-from .vpwiki import MELDataset
+from .vpwiki import MELDataset, scratch_dir, write_bytes_atomic
 from .prompts import PROMPT_STYLES, Box, validate_box, draw_prompt, find_prompt_box, box_iou
 from .loading import EntityDataset, MENTION_TEMPLATE, DETECTIVE_TEMPLATE, RAW_IMG
 from .units import index_cache
@@ -671,7 +670,7 @@ def explorer_notebook(run_dir, data=None, cwd=None, detective=None) -> dict:
 
 def cli_explore(argv: list[str]) -> int:
     "`vpmel explore RUN`: the prompt explorer as a web page (Voilà) on localhost, for people who do not read code."
-    import argparse, os, shlex, sys, tempfile, importlib.util
+    import argparse, os, shlex, sys, importlib.util
     p = argparse.ArgumentParser(prog='vpmel explore', description='Serve the prompt explorer of a trained run on http://127.0.0.1:PORT (Voilà).')
     p.add_argument('run', help='a run folder written by vpmel train')
     p.add_argument('--data', default=None, help="dataset folder (default: the run's)")
@@ -681,10 +680,9 @@ def cli_explore(argv: list[str]) -> int:
     a = p.parse_args(argv)
     try: trained_run(a.run)
     except ExplorerError as e: print(f'vpmel explore: {e}'); return 1
-    # the notebook Voilà serves lives as long as this command; one printed for later must outlive it
-    nb = (Path(tempfile.mkdtemp(prefix='vpmel-explore-')) if a.print_command else scratch_dir('vpmel-explore-'))/'vpmel-explore.ipynb'
+    nb = Path(a.run)/'vpmel-explore.ipynb'     # beside the run: Voilà (which this process becomes) and a printed command need it later
     if a.detective and not Path(a.detective).is_dir(): print(f'vpmel explore: no Detective folder {a.detective}'); return 1
-    nb.write_text(json.dumps(explorer_notebook(a.run, a.data, detective=a.detective)))
+    write_bytes_atomic(nb, json.dumps(explorer_notebook(a.run, a.data, detective=a.detective)).encode())
     cmd = [sys.executable, '-m', 'voila', str(nb), f'--port={a.port}', '--no-browser', '--Voila.ip=127.0.0.1']
     if a.print_command: print(shlex.join(cmd)); return 0
     if importlib.util.find_spec('voila') is None: print('vpmel explore needs Voilà: pip install voila'); return 1
