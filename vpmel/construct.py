@@ -22,7 +22,7 @@ __all__ = ['CONSTRUCT_FILE', 'GROUNDERS', 'ConstructConfig', 'prompt_width', 'So
            'candidates', 'read_proposals', 'propose_all', 'review_items', 'review_session', 'raw_scores',
            'centred_claims', 'exclusive_choices', 'decided_boxes', 'qa_boxes', 'assign_splits', 'mask_sentence',
            'write_vpmel', 'construct', 'show_construction', 'plot_construct_stats', 'kb_clip_dir', 'make_grounder',
-           'cli_construct', 'grounder_suite', 'grounding_table', 'bench_ground']
+           'cli_construct', 'grounder_suite', 'evaluate_exclusive', 'grounding_table', 'bench_ground']
 
 # %% ../nbs/21_construct.ipynb #eaf8d6c9
 @dataclass
@@ -447,12 +447,32 @@ def grounder_suite(source, names: Sequence[str] = GROUNDERS[:-1], clip: str | No
         else: out.append(make_grounder(n, source, clip, owlv2 if n == 'owlv2' else grounding_dino, seed, text_weight))
     return out
 
-def grounding_table(source, split: str = 'test', n: int | None = None, progress: bool = True, **kw) -> list[dict]:
-    "`evaluate_grounder` for every grounder of `grounder_suite(source, **kw)` on the depicted mentions of `split`."
-    from vpmel.grounding import evaluate_grounder
+def evaluate_exclusive(grounder, ds, split: str, true_boxes: dict, max_losses: Sequence[float] = (float('inf'), 0.1),
+                       overlap: float = 0.5, n: int | None = None, iou: float = 0.5, top_k: int = 10,
+                       progress: bool = False) -> list[dict]:
+    """`evaluate_grounder` for the mentions of an image grounded together (`exclusive_choices`), a row per `max_loss`:
+    every mention of the images is grounded (absent entities claim objects too) and the depicted ones are scored;
+    `n`: the images of the first `n` depicted mentions."""
+    from vpmel.grounding import ground_mentions, grounding_row
+    imgs = {m.img_path for m in [m for m in ds.splits[split] if m.id in true_boxes][:n]}
+    ms = [m for m in ds.splits[split] if m.img_path in imgs]
+    props, t = ground_mentions(grounder, ds, ms, progress)
+    props = {k: [Proposal.from_json(p.to_json()) for p in ps[:top_k]] for k, ps in props.items()}   # as construction reads them
+    cands = [Candidate(str(m.id), 0, m, split) for m in ms]
+    return [grounding_row(f'{grounder.name} + exclusive (max loss {ml:g})', props, true_boxes,
+                          exclusive_choices(cands, props, overlap, ml), t, iou) for ml in max_losses]
+
+def grounding_table(source, split: str = 'test', n: int | None = None, progress: bool = True,
+                    exclusive: Sequence[float] = (float('inf'), 0.1), **kw) -> list[dict]:
+    """`evaluate_grounder` for every grounder of `grounder_suite(source, **kw)` on the depicted mentions of `split`;
+    the KB-image grounder also with its mentions grounded together, at each max loss of `exclusive`."""
+    from vpmel.grounding import evaluate_grounder, KBImageGrounder
     from vpmel.vpwiki import load_dataset
-    ds, tb = load_dataset(source), read_true_boxes(source)
-    return [evaluate_grounder(g, ds, split, tb, n=n, progress=progress) for g in grounder_suite(source, **kw)]
+    ds, tb, rows = load_dataset(source), read_true_boxes(source), []
+    for g in grounder_suite(source, **kw):
+        rows.append(evaluate_grounder(g, ds, split, tb, n=n, progress=progress))
+        if isinstance(g, KBImageGrounder) and exclusive: rows += evaluate_exclusive(g, ds, split, tb, exclusive, n=n, progress=progress)
+    return rows
 
 def bench_ground(argv: list[str]) -> int:
     "`vpmel bench ground SRC`: the grounding table of a MiniVPWiki MEL source (JSON lines, then a markdown table)."
@@ -465,13 +485,15 @@ def bench_ground(argv: list[str]) -> int:
     ap.add_argument('--owlv2', default='tiny', help="'tiny' (offline, random) or a checkpoint name / folder")
     ap.add_argument('--grounding-dino', default='tiny', help="'tiny' (offline, random) or a checkpoint name / folder")
     ap.add_argument('--text-weight', type=float, default=0.5, help="kb-image: weight of the entity text's similarity")
+    ap.add_argument('--exclusive', type=float, nargs='*', default=[float('inf'), 0.1], metavar='MAX_LOSS',
+                    help='kb-image: also ground the mentions of an image together, a row per max loss (none: skip)')
     ap.add_argument('--threads', type=int, default=None)
     a = ap.parse_args(argv)
     if a.threads:
         import torch; torch.set_num_threads(a.threads)
-    rows = grounding_table(a.source, a.split, a.n, progress=True, names=a.grounders, clip=a.clip, owlv2=a.owlv2, grounding_dino=a.grounding_dino,
-                             text_weight=a.text_weight)
+    rows = grounding_table(a.source, a.split, a.n, progress=True, exclusive=a.exclusive, names=a.grounders, clip=a.clip,
+                           owlv2=a.owlv2, grounding_dino=a.grounding_dino, text_weight=a.text_weight)
     for r in rows: print(json.dumps(r))
-    print('\n| grounder | acc@IoU0.5 | mean IoU | any proposal @0.5 | ms / mention |\n|---|---|---|---|---|')
-    for r in rows: print(f"| {r['grounder']} | {r['acc@0.5']} | {r['mean_iou']} | {r['any@0.5']} | {r['ms_per_mention']} |")
+    print('\n| grounder | acc@IoU0.5 | mean IoU | any proposal @0.5 | kept | acc of kept | ms / mention |\n|---|---|---|---|---|---|---|')
+    for r in rows: print(f"| {r['grounder']} | {r['acc@0.5']} | {r['mean_iou']} | {r['any@0.5']} | {r['kept']} | {r['acc@0.5_of_kept']} | {r['ms_per_mention']} |")
     return 0

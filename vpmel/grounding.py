@@ -13,7 +13,8 @@ from .prompts import Box, validate_box, clip_box, box_iou, box_area
 
 # %% auto #0
 __all__ = ['Proposal', 'GroundingQuery', 'Grounder', 'region_proposals', 'CentreBox', 'LargestRegion', 'RandomWindow',
-           'RandomRegion', 'TrueBox', 'square_crop', 'KBImageGrounder', 'grounding_query', 'evaluate_grounder']
+           'RandomRegion', 'TrueBox', 'square_crop', 'KBImageGrounder', 'grounding_query', 'ground_mentions',
+           'grounding_row', 'evaluate_grounder']
 
 # %% ../nbs/18_grounding.ipynb #99ef6440
 @dataclass(frozen=True)
@@ -223,20 +224,31 @@ def grounding_query(ds, m) -> GroundingQuery:
     return GroundingQuery(img, m.mentions, m.sentence, e.type if e else '', e.entity_name if e else '', kb, str(m.id),
                           e.attr if e else '')
 
+def ground_mentions(grounder, ds, mentions, progress: bool = False) -> tuple[dict[str, list[Proposal]], float]:
+    "The grounder's proposals for each of `mentions` (records of `ds`), by mention id, and the seconds the grounder took."
+    import time
+    from tqdm.auto import tqdm
+    out, t = {}, 0.0
+    for m in tqdm(mentions, desc=f'grounding ({grounder.name})', disable=not progress, mininterval=1):
+        q = grounding_query(ds, m)
+        t0 = time.perf_counter(); out[str(m.id)] = grounder(q); t += time.perf_counter() - t0
+    return out, t
+
+def grounding_row(name: str, proposals: dict, true_boxes: dict, chosen: dict | None = None, seconds: float = 0.0,
+                  iou: float = 0.5) -> dict:
+    "Scores of the chosen proposal (default: the first; None: no box) of each mention of `proposals` that has a true box."
+    ids = [k for k in proposals if k in true_boxes]
+    pick = lambda k: (0 if proposals[k] else None) if chosen is None else chosen.get(k)
+    ious = {k: box_iou(proposals[k][pick(k)].box, true_boxes[k]) for k in ids if pick(k) is not None}
+    k, hit = max(1, len(ids)), sum(v >= iou for v in ious.values())
+    return {'grounder': name, 'mentions': len(ids), f'acc@{iou}': round(100 * hit / k, 1),
+            'mean_iou': round(sum(ious.values()) / k, 3),                 # no box: IoU 0
+            f'any@{iou}': round(100 * sum(any(box_iou(p.box, true_boxes[j]) >= iou for p in proposals[j]) for j in ids) / k, 1),
+            'kept': round(100 * len(ious) / k, 1), f'acc@{iou}_of_kept': round(100 * hit / max(1, len(ious)), 1),
+            'ms_per_mention': round(1000 * seconds / max(1, len(proposals)), 1)}
+
 def evaluate_grounder(grounder, ds, split: str, true_boxes: dict, n: int | None = None, iou: float = 0.5,
                       progress: bool = False) -> dict:
     "Accuracy at IoU >= `iou` and mean IoU of the first proposal, over the depicted mentions of `split` (first `n`)."
-    import time
-    from tqdm.auto import tqdm
-    ms = [m for m in ds.splits[split] if m.id in true_boxes][:n]
-    ious, recall, t = [], 0, 0.0
-    for m in tqdm(ms, desc=f'grounding ({grounder.name})', disable=not progress, mininterval=1):
-        q = grounding_query(ds, m)
-        t0 = time.perf_counter(); ps = grounder(q); t += time.perf_counter() - t0
-        gold = true_boxes[m.id]
-        ious.append(box_iou(ps[0].box, gold) if ps else 0.0)
-        recall += any(box_iou(p.box, gold) >= iou for p in ps)
-    k = max(1, len(ms))
-    return {'grounder': grounder.name, 'mentions': len(ms), f'acc@{iou}': round(100 * sum(v >= iou for v in ious) / k, 1),
-            'mean_iou': round(float(np.mean(ious)) if ious else 0.0, 3), f'any@{iou}': round(100 * recall / k, 1),
-            'ms_per_mention': round(1000 * t / k, 1)}
+    props, t = ground_mentions(grounder, ds, [m for m in ds.splits[split] if m.id in true_boxes][:n], progress)
+    return grounding_row(grounder.name, props, true_boxes, seconds=t, iou=iou)
