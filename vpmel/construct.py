@@ -43,7 +43,7 @@ class ConstructConfig:
     review: str = 'none'                       # 'none' (first proposal), 'uncertain' (below auto_accept), 'all'
     auto_accept: float = 0.9
     min_confidence: float = 0.0                # review 'none': drop mentions whose first proposal scores below this
-    exclusive: bool = True                     # review 'none': the mentions of one image claim different objects
+    exclusive: bool = True                     # the mentions of one image claim different objects (the box, or the suggested proposal)
     exclusive_overlap: float = 0.5             # ... two boxes are one object when their intersection covers this much of the smaller
     exclusive_max_loss: float = 0.1            # ... a mention whose best object went to another takes its best free box
                                                #     only if that scores within this of its best (raw scores); else dropped
@@ -137,8 +137,9 @@ def propose_all(cands: Sequence[Candidate], sources: Sequence[Source], grounder,
     return done
 
 # %% ../nbs/21_construct.ipynb #53358907
-def review_items(cands: Sequence[Candidate], sources: Sequence[Source], proposals: dict) -> list[ReviewItem]:
-    "Review-widget items (chapter 20) for candidates with proposals: the source image, the sentence, the entity and its KB images."
+def review_items(cands: Sequence[Candidate], sources: Sequence[Source], proposals: dict,
+                 suggested: dict[str, int | None] | None = None) -> list[ReviewItem]:
+    "Review-widget items (chapter 20) for candidates with proposals: the source image, the sentence, the entity and its KB images, the suggestion."
     out = []
     for c in cands:
         ps = proposals.get(c.id)
@@ -146,12 +147,13 @@ def review_items(cands: Sequence[Candidate], sources: Sequence[Source], proposal
         ds, m = sources[c.source].ds, c.mention
         e = ds.entity(m.answer) if m.answer in ds.qid2id else None
         out.append(ReviewItem(c.id, ds.path(m.img_path), m.sentence, m.mentions, e.entity_name if e else m.entities,
-                              [ds.path(p) for p in e.image_list] if e else [], ps))
+                              [ds.path(p) for p in e.image_list] if e else [], ps, 0 if suggested is None else suggested.get(c.id, 0)))
     return out
 
 def review_session(cands, sources, proposals, log_path, cfg: ConstructConfig) -> ReviewSession:
-    "The review of the candidates' proposals, auto-accepting at `cfg.auto_accept` in 'uncertain' mode."
-    return ReviewSession(review_items(cands, sources, proposals), log_path, cfg.auto_accept if cfg.review == 'uncertain' else None)
+    "The review of the candidates' proposals, suggesting `exclusive_choices` (with `cfg.exclusive`), auto-accepting at `cfg.auto_accept` in 'uncertain' mode."
+    sug = exclusive_choices(cands, proposals, cfg.exclusive_overlap, cfg.exclusive_max_loss) if cfg.exclusive else None
+    return ReviewSession(review_items(cands, sources, proposals, sug), log_path, cfg.auto_accept if cfg.review == 'uncertain' else None)
 
 def _same_object(a: Box, b: Box, overlap: float) -> bool:
     ix, iy = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
@@ -409,7 +411,7 @@ def cli_construct(argv: list[str] | None = None) -> int:
     ap.add_argument('--review', default='none', choices=('none', 'uncertain', 'all'))
     ap.add_argument('--auto-accept', type=float, default=0.9)
     ap.add_argument('--min-confidence', type=float, default=0.0, help='without review: drop mentions whose best proposal scores lower')
-    ap.add_argument('--not-exclusive', action='store_true', help='without review: ground each mention alone (default: the mentions of an image claim different objects)')
+    ap.add_argument('--not-exclusive', action='store_true', help='ground each mention alone (default: the mentions of an image claim different objects: the box without review, the suggested proposal with it)')
     ap.add_argument('--max-loss', type=float, default=0.1, help='exclusive: how far below its best a free box may score (raw score)')
     ap.add_argument('--style', default='rect', choices=PROMPT_STYLES)
     ap.add_argument('--width', type=int, default=None, help='prompt line width (default: scaled to the image)')

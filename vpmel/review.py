@@ -201,6 +201,7 @@ class ReviewItem:
     entity_name: str = ''
     kb_images: list = field(default_factory=list)          # the answer entity's images (paths or PIL images)
     proposals: list[Proposal] = field(default_factory=list)
+    suggested: int | None = 0                              # the proposal the machine suggests (None: none of them)
 
     def __post_init__(self):
         if isinstance(self.id, numbers.Integral) and not isinstance(self.id, bool): self.id = str(self.id)
@@ -209,11 +210,16 @@ class ReviewItem:
         scores = [p.score for p in self.proposals]
         if not all(_number(s) for s in scores): raise ValueError(f'mention {self.id}: proposal scores must be finite numbers, got {scores}')
         if any(a < b for a, b in zip(scores, scores[1:])): raise ValueError(f'mention {self.id}: proposals must come best first, got scores {scores}')
+        k = self.suggested                                 # 0 (the best) also stands when there are no proposals yet
+        if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral) or not (k == 0 or 0 <= k < len(self.proposals))):
+            raise ValueError(f'mention {self.id}: suggested is a proposal index 0..{len(self.proposals) - 1} or None, got {k!r}')
         self.kb_images = list(self.kb_images)
         self._size = None
 
     @property
     def best(self) -> Proposal | None: return self.proposals[0] if self.proposals else None
+    @property
+    def suggestion(self) -> Proposal | None: return None if self.suggested is None or not self.proposals else self.proposals[self.suggested]
 
     def load_image(self) -> Image.Image:
         "The image in RGB; `ReviewError` naming the file if it cannot be read."
@@ -289,11 +295,11 @@ class ReviewSession:
     def _auto_decisions(self) -> list[Decision]:
         out = []
         for it in self.items:
-            p = it.best
+            p = it.suggestion
             if it.id in self.log.seen or p is None or p.score < self.auto_accept: continue   # seen: decided, or undone by a person
             try: box = validate_box(p.box, it.size)
             except (TypeError, ValueError): continue     # outside the image, or an unreadable image: a person looks
-            out.append(Decision(it.id, 'accept', box, 0, None, True, float(p.score)))
+            out.append(Decision(it.id, 'accept', box, it.suggested, None, True, float(p.score)))
         return out
 
     def pending(self) -> list[ReviewItem]:
@@ -324,9 +330,12 @@ class ReviewSession:
         self._queue.remove(d.id); self._history.append(('decided', d.id))
         return d
 
-    def accept(self, k: int = 0) -> Decision:
-        "Accept the current mention's proposal `k` as it is."
+    def accept(self, k: int | None = None) -> Decision:
+        "Accept the current mention's proposal `k` as it is (default: the suggested one)."
         it = self._item()
+        if k is None and it.proposals and it.suggested is None:
+            raise ReviewError(f'mention {it.id}: no proposal is suggested (other mentions of the image claim them): choose one, draw the box, or reject it')
+        k = it.suggested if k is None else k
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 <= k < len(it.proposals):
             raise ReviewError(f'mention {it.id} has no proposals: draw the box, or reject it' if not it.proposals else
                               f'mention {it.id} has proposals 0..{len(it.proposals) - 1}, not {k!r}')
@@ -389,7 +398,7 @@ _KEYS = ('<details><summary>keys and mouse</summary><small>Drag on the image: dr
          '<b>Tab</b> / <b>Shift+Tab</b>: next / previous box. Selected box: <b>W A S D</b> move, <b>Q E</b> narrower / wider, '
          '<b>F R</b> shorter / taller (<b>Shift</b>: 10 px), <b>Delete</b> remove. <b>Enter</b>: Accept, <b>Space</b>: Skip '
          '(when the image has the keyboard: click beside it, or draw). <b>Esc</b>: leave the image. Accept saves the selected box; '
-         'with none selected, the box you drew; else proposal 1. A proposal as shown is saved as <i>accept</i>, a box you drew '
+         'with none selected, the box you drew; else the suggested proposal (1 unless it says otherwise). A proposal as shown is saved as <i>accept</i>, a box you drew '
          'or changed as <i>redraw</i>. Reject and Undo have no key, on purpose.</small></details>')
 
 class ReviewApp:
@@ -460,8 +469,11 @@ class ReviewApp:
             self.title.value = f'<b>All {len(s.items)} mentions are decided.</b> The decisions are in <code>{html.escape(str(s.log.path))}</code>.'
             self.sentence.value = self.kb.value = ''
             return
+        why = '' if it.suggested == 0 or not it.proposals else '<br><small>(' + (
+            'none suggested: other mentions of this image claim these boxes' if it.suggested is None else
+            f'proposal {it.suggested + 1} suggested: another mention of this image claims proposal 1') + ')</small>'
         self.title.value = (f'<b>mention {html.escape(it.id)}</b>: where is <b>{html.escape(it.entity_name or it.mention)}</b>? '
-                            f'<small>({len(s.pending())} to review)</small>')
+                            f'<small>({len(s.pending())} to review)</small>{why}')
         note = '' if not it.mention.strip() or it.mention.strip().lower() in it.sentence.lower() else \
                f'<br><small>(the mention words <i>{html.escape(it.mention)}</i> are not in the sentence)</small>'
         self.sentence.value = f'<p class="vpmel-sentence">{mark_mention(it.sentence, it.mention)}{note}</p>'
@@ -476,15 +488,16 @@ class ReviewApp:
         else: self.scale = float(max(1, self.display_side // max(w, h)))
         shown = img if self.scale == 1 else img.resize((max(1, round(w * self.scale)), max(1, round(h * self.scale))),
                                                         Image.NEAREST if self.scale > 1 else Image.BILINEAR)
-        self.bbox.classes = [DRAWN] + [self._label(k, p) for k, p in enumerate(it.proposals)]   # one colour each
+        self.bbox.classes = [DRAWN] + [self._label(k, p, it.suggested) for k, p in enumerate(it.proposals)]   # one colour each
         self.bbox.label = DRAWN
         self.bbox.image_bytes = _png(shown)
-        self._shown = [self._widget_box(p.box, self._label(k, p)) for k, p in enumerate(it.proposals)]
+        self._shown = [self._widget_box(p.box, self._label(k, p, it.suggested)) for k, p in enumerate(it.proposals)]
         self.bbox.bboxes = [dict(b) for b in self._shown]
         self.message()
 
     @staticmethod
-    def _label(k: int, p: Proposal) -> str: return f'{k + 1}: {p.score:.2f}'
+    def _label(k: int, p: Proposal, suggested: int | None = 0) -> str:
+        return f'{k + 1}: {p.score:.2f}' + (' suggested' if k == suggested and k != 0 else '')
 
     def _widget_box(self, box, label: str) -> dict:
         s = self.scale
@@ -517,7 +530,8 @@ class ReviewApp:
 
     def choice(self) -> tuple[str, object]:
         """What Accept saves now: `('accept', k)` for proposal `k` as shown, or `('redraw', box)` for a box drawn or
-        changed: the selected box; with none selected, the last box drawn; else the first proposal still shown."""
+        changed: the selected box; with none selected, the last box drawn; else the suggested proposal if it is still
+        shown, else the first one still shown."""
         if self.s.current is None: raise ReviewError('nothing left to review')
         self.s.current.size                       # an unreadable image: its ReviewError says so
         shown = {}
@@ -534,7 +548,7 @@ class ReviewApp:
         drawn = [c for c in map(what, boxes) if c is not None and c[0] == 'redraw']
         if drawn: return drawn[-1]
         kept = sorted(shown[self._geo(b)] for b in boxes if self._geo(b) in shown)
-        if kept: return 'accept', kept[0]
+        if kept: return 'accept', self.s.current.suggested if self.s.current.suggested in kept else kept[0]
         raise ReviewError('no box to accept: draw one around the mention, or reject it')
 
     def _update_choice(self):
