@@ -21,8 +21,8 @@ from .review import Decision, DecisionLog, ReviewItem, ReviewSession
 __all__ = ['CONSTRUCT_FILE', 'GROUNDERS', 'ConstructConfig', 'prompt_width', 'Source', 'open_sources', 'merged_kb', 'Candidate',
            'candidates', 'read_proposals', 'propose_all', 'review_items', 'review_session', 'raw_scores',
            'centred_claims', 'exclusive_choices', 'decided_boxes', 'qa_boxes', 'assign_splits', 'mask_sentence',
-           'write_vpmel', 'construct', 'show_construction', 'plot_construct_stats', 'kb_clip_dir', 'make_grounder',
-           'cli_construct', 'grounder_suite', 'evaluate_exclusive', 'grounding_table', 'bench_ground']
+           'write_vpmel', 'construct', 'show_construction', 'open_review', 'plot_construct_stats', 'kb_clip_dir',
+           'make_grounder', 'cli_construct', 'grounder_suite', 'evaluate_exclusive', 'grounding_table', 'bench_ground']
 
 # %% ../nbs/21_construct.ipynb #eaf8d6c9
 @dataclass
@@ -301,7 +301,7 @@ def construct(sources: Sequence, out, grounder, cfg: ConstructConfig | None = No
         session = review_session([c for c in cands if c.split not in cfg.true_box_splits], srcs, proposals, out/'work'/'decisions.jsonl', cfg)
         log = session.log
     boxes, dropped, waiting = decided_boxes(cands, proposals, cfg, log, true_boxes)
-    summary = {'sources': [str(s.ds.root) for s in srcs], 'prefixes': [s.prefix for s in srcs], 'grounder': grounder.name,
+    summary = {'sources': [str(Path(s.ds.root).resolve()) for s in srcs], 'prefixes': [s.prefix for s in srcs], 'grounder': grounder.name,
                'config': json.loads(json.dumps(asdict(cfg))), 'candidates': len(cands),
                'nil_dropped': sum(sum(s.ds.n_nil.values()) for s in srcs)}
     if waiting:
@@ -348,6 +348,19 @@ def show_construction(out, ids: Sequence[str] | None = None, n: int = 4, top: in
     axs[0, 0].set_ylabel(f'proposals ({s["grounder"]})', fontsize=8); axs[1, 0].set_ylabel('VP-MEL mention', fontsize=8)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/21_construct.ipynb #6a0e7b02
+def open_review(out) -> ReviewSession:
+    "The review session of the construction in `out` (a `vpmel construct --review uncertain|all` run), for `ReviewApp`."
+    out = Path(out)
+    f = next((p for p in (out/'work'/'status.json', out/CONSTRUCT_FILE) if p.exists()), None)
+    if f is None: raise FileNotFoundError(f'{out} holds no construction (no work/status.json or {CONSTRUCT_FILE}): run vpmel construct first')
+    s = json.loads(f.read_text())
+    cfg = ConstructConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in s['config'].items()})
+    if cfg.review == 'none': raise ValueError(f'{out} was constructed without review (--review none): nothing to review')
+    srcs = open_sources(s['sources'], s['prefixes'])
+    cands = [c for c in candidates(srcs) if c.split not in cfg.true_box_splits]
+    return review_session(cands, srcs, read_proposals(out/'work'/'proposals.jsonl'), out/'work'/'decisions.jsonl', cfg)
 
 # %% ../nbs/21_construct.ipynb #f0a4917e
 def plot_construct_stats(out):
@@ -431,8 +444,9 @@ def cli_construct(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f'vpmel construct: {e}', file=sys.stderr); return 1
     if not s['written']:
-        print(f"{s['waiting_for_review']} mentions wait for review: open the review widget on {a.out} (chapter 21: "
-              f"`ReviewApp(review_session(...))`), then run this command again"); return 0
+        print(f"{s['waiting_for_review']} mentions wait for review. In a notebook (JupyterLab or Colab): "
+              f"`from vpmel.review import ReviewApp; from vpmel.construct import open_review; ReviewApp(open_review({str(a.out)!r}))`; "
+              f"then run this command again"); return 0
     print(json.dumps({k: s[k] for k in ('mentions', 'dropped', 'nil_dropped', 'moved_to_keep_images_in_one_split', 'auto_accepted', 'check', 'seconds')}))
     return 0 if s.get('check') == 'ok' else 1
 
