@@ -9,7 +9,7 @@ Without --run, a tiny IIER is trained on MiniVPWiki `tiny` in a temporary folder
    that no cell printed a traceback.
 2. `vpmel explore RUN` (Voilà on 127.0.0.1): the same drag on the served page.
 Screenshots go to --shots (default /tmp/vpmel-browser): explore-lab-before/after.png, explore-voila.png."""
-import argparse, json, os, re, secrets, shutil, subprocess, sys, tempfile, time, urllib.request
+import argparse, contextlib, json, os, re, secrets, shutil, subprocess, sys, tempfile, time, urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -114,34 +114,42 @@ def lab_page(browser, work: Path, code: str, shots: Path, box, size) -> list[str
         return problems
     finally: lab.terminate(); lab.wait(timeout=30)
 
-def voila_page(browser, run: Path, data, shots: Path, index: int, box, size) -> list[str]:
-    port = free_port()
-    cmd = [str(Path(sys.executable).parent/'vpmel'), 'explore', str(run), '--port', str(port)] + (['--data', str(data)] if data else [])
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)   # becomes Voilà (it execs)
+@contextlib.contextmanager
+def voila_server(cmd: list[str], port: int):
+    "Run a `vpmel explore|review` command (it execs into Voilà) until the block ends; TimeoutError if its page never answers."
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(120):
             try:
                 with urllib.request.urlopen(f'http://127.0.0.1:{port}/', timeout=5) as r:
                     if r.status == 200: break
             except OSError: time.sleep(0.5)
-        else: return ['voila: the server did not answer']
-        page = browser.new_page(viewport={'width': 1400, 'height': 1700})
-        t0 = time.time()
-        page.goto(f'http://127.0.0.1:{port}/', timeout=180_000)
-        page.wait_for_selector('.vpmel-bbox img', timeout=180_000)
-        # Voilà shows mention 0 of test: pick the chosen one through the widgets, as a person would
-        page.locator('.widget-inline-hbox:has(label:text("mention")) input').first.fill(str(index))
-        page.keyboard.press('Enter')
-        page.wait_for_timeout(1500)
-        problems = check_drag(page, box, size, 'voila', shots)
-        page.screenshot(path=str(shots/'explore-voila.png'), full_page=True)
-        print(f'voila: {time.time() - t0:.1f} s', flush=True)
-        page.close()
-        return problems
+        else: raise TimeoutError('voila: the server did not answer')
+        yield proc
     finally:
         proc.terminate()          # Voilà shuts its kernels down on SIGTERM
         try: proc.wait(timeout=30)
         except subprocess.TimeoutExpired: proc.kill()
+
+def voila_page(browser, run: Path, data, shots: Path, index: int, box, size) -> list[str]:
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent/'vpmel'), 'explore', str(run), '--port', str(port)] + (['--data', str(data)] if data else [])
+    try:
+        with voila_server(cmd, port):
+            page = browser.new_page(viewport={'width': 1400, 'height': 1700})
+            t0 = time.time()
+            page.goto(f'http://127.0.0.1:{port}/', timeout=180_000)
+            page.wait_for_selector('.vpmel-bbox img', timeout=180_000)
+            # Voilà shows mention 0 of test: pick the chosen one through the widgets, as a person would
+            page.locator('.widget-inline-hbox:has(label:text("mention")) input').first.fill(str(index))
+            page.keyboard.press('Enter')
+            page.wait_for_timeout(1500)
+            problems = check_drag(page, box, size, 'voila', shots)
+            page.screenshot(path=str(shots/'explore-voila.png'), full_page=True)
+            print(f'voila: {time.time() - t0:.1f} s', flush=True)
+            page.close()
+            return problems
+    except TimeoutError as e: return [str(e)]
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -10,13 +10,15 @@ a token) runs it; then, as a person would:
 2. click Accept on the second mention, leaving its proposals as they are.
 The log must then hold a `redraw` of the first mention with the drawn box (within 3 image pixels) and an `accept` of
 the second one's proposal 0; the progress must read 2 of 3 decided, and no cell may show a traceback or the app a red
-message. Screenshots go to --shots (default /tmp/vpmel-browser): review-before.png, review-after.png."""
+message. Then `vpmel review OUT` (Voilà) on a construction of chapter 17's tiny MEL source waiting for review: a click
+on Accept must write the first pending mention's suggested proposal to OUT's log (auto false). Screenshots go to --shots
+(default /tmp/vpmel-browser): review-before.png, review-after.png, review-voila.png."""
 import argparse, json, secrets, shutil, sys, tempfile, time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from browser_run_all import free_port, start_lab, open_and_run_all  # noqa: E402
-from browser_explore import drag_box  # noqa: E402
+from browser_explore import drag_box, voila_server  # noqa: E402
 
 NOTEBOOK_CODE = """\
 from vpmel.review import ReviewApp, ReviewSession, DecisionLog, dataset_items, stand_in_proposals
@@ -81,6 +83,38 @@ def review(page, log: Path, items: list[dict], shots: Path) -> list[str]:
     if len(read_log(log)) != 2: problems.append(f'the log holds {len(read_log(log))} lines, not 2: {read_log(log)}')
     return problems
 
+def voila_review(browser, work: Path, shots: Path) -> list[str]:
+    "`vpmel review OUT` served by Voilà: Accept on the first pending mention; what went wrong (empty: nothing)."
+    from vpmel.mel import build_mel_source
+    from vpmel.construct import construct, ConstructConfig, open_review
+    from vpmel.grounding import LargestRegion
+    src = build_mel_source(work/'mel', preset='tiny', workers=1, progress=False)
+    out = work/'vp'
+    construct([src], out, LargestRegion(), ConstructConfig(review='uncertain'), progress=False)
+    log, cur = out/'work'/'decisions.jsonl', open_review(out).current
+    k = 0 if cur.suggested is None else cur.suggested
+    want = {'id': cur.id, 'decision': 'accept', 'box': list(cur.proposals[k].box), 'proposal': k, 'reason': None,
+            'auto': False, 'score': cur.proposals[k].score}
+    n0, port, t0 = len(read_log(log)), free_port(), time.time()
+    try:
+        with voila_server([str(Path(sys.executable).parent/'vpmel'), 'review', str(out), '--port', str(port)], port):
+            page = browser.new_page(viewport={'width': 1400, 'height': 1400})
+            page.goto(f'http://127.0.0.1:{port}/', timeout=180_000)
+            page.wait_for_selector('.vpmel-review .vpmel-bbox img', timeout=180_000)
+            if not wait_for(lambda: f'mention {cur.id}' in text(page, '.vpmel-review') and 'Accept saves proposal' in text(page, '.vpmel-choice'), 60):
+                return [f'voila: mention {cur.id} with a proposal to accept was not shown: {text(page, ".vpmel-review")[:300]!r}']
+            page.locator('.vpmel-review button.vpmel-accept').first.click()
+            problems = []
+            if not wait_for(lambda: len(read_log(log)) > n0): problems.append('voila: clicking Accept saved nothing')
+            elif read_log(log)[-1] != want: problems.append(f'voila: expected {want}, the log holds {read_log(log)[-1]}')
+            else: print(f'voila: Accept saved {read_log(log)[-1]} ({time.time() - t0:.1f} s)', flush=True)
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(shots/'review-voila.png'), full_page=True)
+            if text(page, '.vpmel-error'): problems.append(f'voila: the app shows an error: {text(page, ".vpmel-error")}')
+            page.close()
+            return problems
+    except TimeoutError as e: return [str(e)]
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--shots', default='/tmp/vpmel-browser')
@@ -115,6 +149,7 @@ def main() -> int:
                     if tb: problems.append('a traceback: ' + tb[0][:300])
                 page.evaluate("() => window.jupyterapp.commands.execute('kernelmenu:shutdown')")
                 page.wait_for_timeout(500)
+                problems += voila_review(browser, work, shots)
                 browser.close()
         finally:
             lab.terminate(); lab.wait(timeout=30)

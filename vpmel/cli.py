@@ -21,6 +21,7 @@ COMMANDS = {  # command: (module, function(argv) -> int, one-line help)
     'explore':       ('vpmel.explore', 'cli_explore', 'the prompt explorer of a trained run as a web page (Voilà, localhost)'),
     'mel':           ('vpmel.mel', 'cli_mel', 'write MiniVPWiki as a MEL source (mention words, no prompt, true boxes aside)'),
     'construct':     ('vpmel.construct', 'cli_construct', 'build VP-MEL data from MEL source(s): ground, review, QA, draw the prompt'),
+    'review':        ('vpmel.construct', 'cli_review', 'the review widget of a construction waiting for review as a web page (Voilà, localhost)'),
     'bench':         ('vpmel.cli', 'cli_bench', 'benchmarks: `bench rank` (full-KB ranking), `bench train` (steps/s), `bench explore` (latency)'),
 }
 

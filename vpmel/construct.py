@@ -21,8 +21,9 @@ from .review import Decision, DecisionLog, ReviewItem, ReviewSession
 __all__ = ['CONSTRUCT_FILE', 'GROUNDERS', 'ConstructConfig', 'prompt_width', 'Source', 'open_sources', 'merged_kb', 'Candidate',
            'candidates', 'read_proposals', 'propose_all', 'review_items', 'review_session', 'raw_scores',
            'centred_claims', 'exclusive_choices', 'decided_boxes', 'qa_boxes', 'assign_splits', 'mask_sentence',
-           'write_vpmel', 'construct', 'show_construction', 'open_review', 'plot_construct_stats', 'kb_clip_dir',
-           'make_grounder', 'cli_construct', 'grounder_suite', 'evaluate_exclusive', 'grounding_table', 'bench_ground']
+           'write_vpmel', 'construct', 'show_construction', 'open_review', 'review_notebook', 'cli_review',
+           'plot_construct_stats', 'kb_clip_dir', 'make_grounder', 'cli_construct', 'grounder_suite',
+           'evaluate_exclusive', 'grounding_table', 'bench_ground']
 
 # %% ../nbs/21_construct.ipynb #eaf8d6c9
 @dataclass
@@ -362,6 +363,26 @@ def open_review(out) -> ReviewSession:
     cands = [c for c in candidates(srcs) if c.split not in cfg.true_box_splits]
     return review_session(cands, srcs, read_proposals(out/'work'/'proposals.jsonl'), out/'work'/'decisions.jsonl', cfg)
 
+# %% ../nbs/21_construct.ipynb #6a0e7b07
+def review_notebook(out) -> dict:
+    "A one-cell notebook with the review widget of the construction in `out` (what `vpmel review` serves)."
+    from vpmel.explore import one_cell_notebook
+    return one_cell_notebook('from vpmel.review import ReviewApp\nfrom vpmel.construct import open_review\n'
+                             f'ReviewApp(open_review({str(Path(out).resolve())!r})).widget', 'review')
+
+def cli_review(argv: list[str] | None = None) -> int:
+    "`vpmel review OUT`: the review widget of a construction waiting for review, as a web page (Voilà) on localhost."
+    from vpmel.explore import serve_notebook
+    ap = argparse.ArgumentParser(prog='vpmel review', description='Serve the review widget of a vpmel construct --review run on http://127.0.0.1:PORT (Voilà).')
+    ap.add_argument('out', help='the --out folder of vpmel construct --review uncertain|all')
+    ap.add_argument('--port', type=int, default=8867)
+    ap.add_argument('--print-command', action='store_true', help='print the Voilà command instead of running it')
+    a = ap.parse_args(argv)
+    try: n = len(open_review(a.out).pending())
+    except (ValueError, FileNotFoundError) as e: print(f'vpmel review: {e}', file=sys.stderr); return 1
+    return serve_notebook(Path(a.out)/'work'/'vpmel-review.ipynb', review_notebook(a.out), a.port, a.print_command,
+                          'vpmel review', f'{a.out} ({n} mentions to review)')
+
 # %% ../nbs/21_construct.ipynb #f0a4917e
 def plot_construct_stats(out):
     "Figure: mentions per source and split, drop reasons, box sizes, entity types of a constructed dataset."
@@ -444,7 +465,7 @@ def cli_construct(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f'vpmel construct: {e}', file=sys.stderr); return 1
     if not s['written']:
-        print(f"{s['waiting_for_review']} mentions wait for review. In a notebook (JupyterLab or Colab): "
+        print(f"{s['waiting_for_review']} mentions wait for review: `vpmel review {a.out}` (a web page), or in a notebook "
               f"`from vpmel.review import ReviewApp; from vpmel.construct import open_review; ReviewApp(open_review({str(a.out)!r}))`; "
               f"then run this command again"); return 0
     print(json.dumps({k: s[k] for k in ('mentions', 'dropped', 'nil_dropped', 'moved_to_keep_images_in_one_split', 'auto_accepted', 'check', 'seconds')}))

@@ -28,7 +28,7 @@ from .runs import RunConfig, ensure_data, text_inputs, entity_index
 __all__ = ['MAX_PIXELS', 'MAX_SIDE', 'EXACT_UP_TO', 'UNIT_NAMES', 'ExplorerError', 'read_image', 'MentionItem', 'Ranking',
            'box_from_widget', 'moved_box', 'trained_run', 'PromptExplorer', 'detective_answerer', 'other_object_boxes',
            'gold_vs_other_box', 'ranking_html', 'plot_box_map', 'plot_styles', 'plot_attention', 'ExplorerApp',
-           'bench_explore', 'explorer_notebook', 'cli_explore']
+           'bench_explore', 'one_cell_notebook', 'serve_notebook', 'explorer_notebook', 'cli_explore']
 
 # %% ../nbs/16_explore.ipynb #784681b5
 MAX_PIXELS = 40_000_000   # larger uploads are refused (a decompression bomb, or a raw photo by mistake)
@@ -655,22 +655,36 @@ def bench_explore(argv: list[str]) -> int:
     return 0
 
 # %% ../nbs/16_explore.ipynb #e19c3583
-def explorer_notebook(run_dir, data=None, cwd=None, detective=None) -> dict:
-    "A one-cell notebook that shows the explorer over `run_dir` (what `vpmel explore` serves with Voilà)."
-    det = 'None' if detective is None else f'detective_answerer(*load_detective({str(Path(detective).resolve())!r}))'
-    code = ('import os\n'
-            f'os.chdir({str(Path(cwd or Path.cwd()).resolve())!r})  # where relative dataset paths of the run resolve\n'
-            'from transformers.utils import logging; logging.disable_progress_bar()\n'
-            'from vpmel.explore import PromptExplorer, ExplorerApp, detective_answerer, load_detective\n'
-            f'ExplorerApp(PromptExplorer.from_run({str(Path(run_dir).resolve())!r}, {None if data is None else str(data)!r}, detective={det})).widget')
-    return {'cells': [{'cell_type': 'code', 'execution_count': None, 'id': 'explore', 'metadata': {}, 'outputs': [],
-                       'source': code}],
+def one_cell_notebook(code: str, cell_id: str = 'app') -> dict:
+    "A notebook (nbformat 4) of one code cell, for Voilà to run and show."
+    return {'cells': [{'cell_type': 'code', 'execution_count': None, 'id': cell_id, 'metadata': {}, 'outputs': [], 'source': code}],
             'metadata': {'kernelspec': {'display_name': 'Python 3', 'language': 'python', 'name': 'python3'}},
             'nbformat': 4, 'nbformat_minor': 5}
 
+def serve_notebook(path, nb: dict, port: int, print_command: bool, prog: str, what: str) -> int:
+    """Write `nb` to `path` (atomic) and serve it with Voilà on 127.0.0.1:`port`; this process *becomes* Voilà, so a
+    signal that stops it reaches Voilà, which shuts its kernels down. `print_command`: print the command instead."""
+    import os, shlex, sys, importlib.util
+    write_bytes_atomic(path, json.dumps(nb).encode())
+    cmd = [sys.executable, '-m', 'voila', str(path), f'--port={port}', '--no-browser', '--Voila.ip=127.0.0.1']
+    if print_command: print(shlex.join(cmd)); return 0
+    if importlib.util.find_spec('voila') is None: print(f'{prog} needs Voilà: pip install voila'); return 1
+    print(f'{prog}: serving {what} on http://127.0.0.1:{port}/ (Ctrl-C stops it)', flush=True)
+    os.execv(cmd[0], cmd)
+
+def explorer_notebook(run_dir, data=None, cwd=None, detective=None) -> dict:
+    "A one-cell notebook that shows the explorer over `run_dir` (what `vpmel explore` serves with Voilà)."
+    det = 'None' if detective is None else f'detective_answerer(*load_detective({str(Path(detective).resolve())!r}))'
+    return one_cell_notebook('import os\n'
+            f'os.chdir({str(Path(cwd or Path.cwd()).resolve())!r})  # where relative dataset paths of the run resolve\n'
+            'from transformers.utils import logging; logging.disable_progress_bar()\n'
+            'from vpmel.explore import PromptExplorer, ExplorerApp, detective_answerer, load_detective\n'
+            f'ExplorerApp(PromptExplorer.from_run({str(Path(run_dir).resolve())!r}, {None if data is None else str(data)!r}, detective={det})).widget',
+            'explore')
+
 def cli_explore(argv: list[str]) -> int:
     "`vpmel explore RUN`: the prompt explorer as a web page (Voilà) on localhost, for people who do not read code."
-    import argparse, os, shlex, sys, importlib.util
+    import argparse
     p = argparse.ArgumentParser(prog='vpmel explore', description='Serve the prompt explorer of a trained run on http://127.0.0.1:PORT (Voilà).')
     p.add_argument('run', help='a run folder written by vpmel train')
     p.add_argument('--data', default=None, help="dataset folder (default: the run's)")
@@ -680,11 +694,7 @@ def cli_explore(argv: list[str]) -> int:
     a = p.parse_args(argv)
     try: trained_run(a.run)
     except ExplorerError as e: print(f'vpmel explore: {e}'); return 1
-    nb = Path(a.run)/'vpmel-explore.ipynb'     # beside the run: Voilà (which this process becomes) and a printed command need it later
     if a.detective and not Path(a.detective).is_dir(): print(f'vpmel explore: no Detective folder {a.detective}'); return 1
-    write_bytes_atomic(nb, json.dumps(explorer_notebook(a.run, a.data, detective=a.detective)).encode())
-    cmd = [sys.executable, '-m', 'voila', str(nb), f'--port={a.port}', '--no-browser', '--Voila.ip=127.0.0.1']
-    if a.print_command: print(shlex.join(cmd)); return 0
-    if importlib.util.find_spec('voila') is None: print('vpmel explore needs Voilà: pip install voila'); return 1
-    print(f'vpmel explore: serving {a.run} on http://127.0.0.1:{a.port}/ (Ctrl-C stops it)', flush=True)
-    os.execv(cmd[0], cmd)   # this process becomes Voilà: a signal that stops it reaches Voilà, which shuts its kernels down
+    # the notebook lives beside the run: Voilà (which this process becomes) and a printed command need it later
+    return serve_notebook(Path(a.run)/'vpmel-explore.ipynb', explorer_notebook(a.run, a.data, detective=a.detective),
+                          a.port, a.print_command, 'vpmel explore', a.run)
