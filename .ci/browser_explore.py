@@ -9,7 +9,7 @@ Without --run, a tiny IIER is trained on MiniVPWiki `tiny` in a temporary folder
    that no cell printed a traceback.
 2. `vpmel explore RUN` (Voilà on 127.0.0.1): the same drag on the served page.
 Screenshots go to --shots (default /tmp/vpmel-browser): explore-lab-before/after.png, explore-voila.png."""
-import argparse, contextlib, json, os, re, secrets, shutil, subprocess, sys, tempfile, time, urllib.request
+import argparse, contextlib, json, re, secrets, shutil, subprocess, sys, tempfile, time, urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -7,7 +7,7 @@ A copy of the repository (without .git, .venv, data and runs) is served by Jupyt
 the browser never saves outputs into the real notebooks. For each chapter: open it in a fresh workspace, wait for the
 kernel, run all cells, wait until no cell is running, and fail on any error output or a "Select Kernel" dialog.
 Prints seconds per chapter and writes a screenshot of each under --shots (default /tmp/vpmel-browser)."""
-import argparse, json, os, secrets, shutil, socket, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, secrets, shutil, socket, subprocess, sys, tempfile, time, urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,7 +19,7 @@ from .review import Decision, DecisionLog, ReviewItem, ReviewSession
 
 # %% auto #0
 __all__ = ['CONSTRUCT_FILE', 'GROUNDERS', 'ConstructConfig', 'prompt_width', 'Source', 'open_sources', 'merged_kb', 'Candidate',
-           'candidates', 'read_proposals', 'propose_all', 'review_items', 'review_session', 'raw_scores',
+           'candidates', 'to_ground', 'read_proposals', 'propose_all', 'review_items', 'review_session', 'raw_scores',
            'centred_claims', 'exclusive_choices', 'decided_boxes', 'qa_boxes', 'assign_splits', 'mask_sentence',
            'write_vpmel', 'construct', 'show_construction', 'open_review', 'review_notebook', 'cli_review',
            'plot_construct_stats', 'kb_clip_dir', 'make_grounder', 'cli_construct', 'grounder_suite',
@@ -104,6 +104,10 @@ def candidates(sources: Sequence[Source]) -> list[Candidate]:
     "Every non-nil mention of every source (nil ones are dropped by the loader and counted in `ds.n_nil`)."
     return [Candidate(s.prefix + m.id, k, m, split) for k, s in enumerate(sources) for split in SPLITS
             for m in s.ds.splits.get(split, [])]
+
+def to_ground(cands: Sequence[Candidate], cfg: ConstructConfig) -> list[Candidate]:
+    "The candidates a grounder boxes: all but those of `cfg.true_box_splits` (drawn around the true boxes, to measure)."
+    return [c for c in cands if c.split not in cfg.true_box_splits]
 
 def read_proposals(path) -> dict[str, list[Proposal] | str]:
     "`work/proposals.jsonl`: mention id -> proposals, or the error text of an unreadable image (a torn last line is ignored)."
@@ -191,7 +195,7 @@ def decided_boxes(cands: Sequence[Candidate], proposals: dict, cfg: ConstructCon
                   true_boxes: dict | None = None) -> tuple[dict[str, Box], dict[str, str], list[str]]:
     "Per candidate: the box (first proposal, or the review's decision), or a drop reason, or 'waiting for review'."
     boxes, dropped, waiting = {}, {}, []
-    excl = exclusive_choices([c for c in cands if c.split not in cfg.true_box_splits], proposals, cfg.exclusive_overlap,
+    excl = exclusive_choices(to_ground(cands, cfg), proposals, cfg.exclusive_overlap,
                              cfg.exclusive_max_loss) if cfg.review == 'none' and cfg.exclusive else {}
     for c in cands:
         if c.split in cfg.true_box_splits:
@@ -296,10 +300,10 @@ def construct(sources: Sequence, out, grounder, cfg: ConstructConfig | None = No
         if len(srcs) != 1: raise ValueError('true_box_splits needs true_boxes when there are several sources')
         true_boxes = read_true_boxes(srcs[0].ds.root)
     cands = candidates(srcs)
-    proposals = propose_all([c for c in cands if c.split not in cfg.true_box_splits], srcs, grounder, out/'work'/'proposals.jsonl', progress)
+    proposals = propose_all(to_ground(cands, cfg), srcs, grounder, out/'work'/'proposals.jsonl', progress)
     log = None
     if cfg.review != 'none':
-        session = review_session([c for c in cands if c.split not in cfg.true_box_splits], srcs, proposals, out/'work'/'decisions.jsonl', cfg)
+        session = review_session(to_ground(cands, cfg), srcs, proposals, out/'work'/'decisions.jsonl', cfg)
         log = session.log
     boxes, dropped, waiting = decided_boxes(cands, proposals, cfg, log, true_boxes)
     summary = {'sources': [str(Path(s.ds.root).resolve()) for s in srcs], 'prefixes': [s.prefix for s in srcs], 'grounder': grounder.name,
@@ -360,8 +364,7 @@ def open_review(out) -> ReviewSession:
     cfg = ConstructConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in s['config'].items()})
     if cfg.review == 'none': raise ValueError(f'{out} was constructed without review (--review none): nothing to review')
     srcs = open_sources(s['sources'], s['prefixes'])
-    cands = [c for c in candidates(srcs) if c.split not in cfg.true_box_splits]
-    return review_session(cands, srcs, read_proposals(out/'work'/'proposals.jsonl'), out/'work'/'decisions.jsonl', cfg)
+    return review_session(to_ground(candidates(srcs), cfg), srcs, read_proposals(out/'work'/'proposals.jsonl'), out/'work'/'decisions.jsonl', cfg)
 
 # %% ../nbs/21_construct.ipynb #6a0e7b07
 def review_notebook(out) -> dict:

@@ -488,10 +488,11 @@ class ReviewApp:
         else: self.scale = float(max(1, self.display_side // max(w, h)))
         shown = img if self.scale == 1 else img.resize((max(1, round(w * self.scale)), max(1, round(h * self.scale))),
                                                         Image.NEAREST if self.scale > 1 else Image.BILINEAR)
-        self.bbox.classes = [DRAWN] + [self._label(k, p, it.suggested) for k, p in enumerate(it.proposals)]   # one colour each
+        labels = [self._label(k, p, it.suggested) for k, p in enumerate(it.proposals)]
+        self.bbox.classes = [DRAWN] + labels                     # one colour each
         self.bbox.label = DRAWN
         self.bbox.image_bytes = _png(shown)
-        self._shown = [self._widget_box(p.box, self._label(k, p, it.suggested)) for k, p in enumerate(it.proposals)]
+        self._shown = [self._widget_box(p.box, label) for p, label in zip(it.proposals, labels)]
         self.bbox.bboxes = [dict(b) for b in self._shown]
         self.message()
 
