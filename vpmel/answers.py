@@ -11,7 +11,8 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .vpwiki import MELDataset, load_dataset, open_image, write_bytes_atomic, write_json_atomic
+from .vpwiki import MELDataset, load_dataset, open_image
+from .files import write_bytes_atomic, write_json_atomic
 from .detective import (DETECTIVE_PRESETS, PROMPT_VIEWS, TINY_BACKENDS, DetectiveExample, DetectiveTrainConfig, add_lora,
                         build_tiny_detective, detective_corpus, detective_examples, detective_kb_examples, detective_target,
                         generate_answers, load_detective, save_detective, train_detective)

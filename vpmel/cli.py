@@ -4,10 +4,12 @@
 
 # %% ../nbs/14_cli.ipynb #75be127d
 from __future__ import annotations
-import importlib, sys
+import importlib, os, sys
+
+from .files import VpmelError
 
 # %% auto #0
-__all__ = ['COMMANDS', 'BENCH_COMMANDS', 'dispatch', 'cli_bench', 'main']
+__all__ = ['COMMANDS', 'BENCH_COMMANDS', 'one_line', 'dispatch', 'cli_bench', 'main']
 
 # %% ../nbs/14_cli.ipynb #f0e9e458
 COMMANDS = {  # command: (module, function(argv) -> int, one-line help)
@@ -33,8 +35,14 @@ BENCH_COMMANDS = {  # benchmark: (module, function(argv) -> int, one-line help)
 }
 
 # %% ../nbs/14_cli.ipynb #f0e9e459
+def one_line(e: BaseException) -> str:
+    "An exception's message on one line (its own lines joined with ' | ')."
+    return ' | '.join(l.strip() for l in str(e).splitlines() if l.strip()) or type(e).__name__
+
 def dispatch(table: dict, argv: list[str], prog: str) -> int:
-    "Run the command `argv[0]` of `table` with the rest of `argv`; help and unknown commands are answered here."
+    """Run the command `argv[0]` of `table` with the rest of `argv`; help and unknown commands are answered here.
+    A `VpmelError` (bad input, a folder made by another config, weights to supply) becomes one line on stderr and
+    exit status 1; any other exception too, marked unexpected, unless `VPMEL_DEBUG=1` asks for the traceback."""
     if not argv or argv[0] in ('-h', '--help'):
         print(f'usage: {prog} <command> [options]\n\ncommands:')
         for k, (_, _, h) in table.items(): print(f'  {k:<14} {h}')
@@ -47,9 +55,12 @@ def dispatch(table: dict, argv: list[str], prog: str) -> int:
     mod, fn, _ = table[cmd]
     try: return int(getattr(importlib.import_module(mod), fn)(rest) or 0)
     except SystemExit as e: return e.code if isinstance(e.code, int) else 1
-    except Exception as e:      # weights that cannot be had offline: one line that says how to supply them, no traceback
-        if type(e).__name__ != 'MissingWeights': raise
-        print(f'{prog} {cmd}: {e}', file=sys.stderr)
+    except KeyboardInterrupt: print(f'{prog} {cmd}: interrupted', file=sys.stderr); return 130
+    except VpmelError as e: print(f'{prog} {cmd}: {one_line(e)}', file=sys.stderr); return 1
+    except Exception as e:
+        if os.environ.get('VPMEL_DEBUG'): raise
+        print(f'{prog} {cmd}: unexpected {type(e).__name__}: {one_line(e)} (VPMEL_DEBUG=1 shows the traceback)',
+              file=sys.stderr)
         return 1
 
 def cli_bench(argv: list[str]) -> int:

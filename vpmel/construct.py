@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 from PIL import Image
 from .prompts import Box, validate_box, box_area, draw_prompt, PROMPT_STYLES
-from .vpwiki import (SPLITS, KBEntity, Mention, MELDataset, check_dataset, write_dataset, write_json_atomic,
-                          write_bytes_atomic, open_image, BadImageError)
+from .vpwiki import SPLITS, KBEntity, Mention, MELDataset, check_dataset, write_dataset, open_image, BadImageError
+from .files import write_json_atomic, write_bytes_atomic
 from .mel import read_mel, mention_in_sentence, read_true_boxes
 from .grounding import Proposal, grounding_query
 from .review import Decision, DecisionLog, ReviewItem, ReviewSession

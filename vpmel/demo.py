@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .vpwiki import write_json_atomic
+from .files import write_json_atomic
 from .train import read_metrics
 from .runs import preset, ablate, train_run, ABLATIONS
 from .detective import DETECTIVE_PRESETS

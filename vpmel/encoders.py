@@ -6,7 +6,8 @@
 from __future__ import annotations
 from dataclasses import dataclass, fields, asdict
 import torch
-from .vpwiki import write_json_atomic
+from .files import write_json_atomic
+from .files import VpmelError
 
 # %% auto #0
 __all__ = ['LayerSpec', 'TINY_CLIPS', 'Features', 'resolve_layers', 'EncoderConfig', 'tiny_clip_config', 'register_tiny_clips',
@@ -57,7 +58,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 import open_clip
 import torch.nn as nn
-from .vpwiki import scratch_dir
+from .files import scratch_dir
 
 LayerSpec = str | Sequence[int]
 
@@ -138,7 +139,7 @@ def _clip_id(name: str) -> tuple[str, bool]:
     if Path(name).is_dir(): return 'local-dir:' + str(Path(name).resolve()), True
     return name, False
 
-class MissingWeights(RuntimeError):
+class MissingWeights(VpmelError, RuntimeError):
     "Pretrained weights that can be neither downloaded (no network) nor found locally; the message says how to supply them."
 
 def hub_reachable(host: str = 'huggingface.co', timeout: float = 3.0) -> bool:

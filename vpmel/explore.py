@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 from fastcore.basics import patch
 
-from .vpwiki import MELDataset, scratch_dir, write_bytes_atomic
+from .vpwiki import MELDataset
+from .files import scratch_dir, write_bytes_atomic
 from .prompts import PROMPT_STYLES, Box, validate_box, draw_prompt, find_prompt_box, box_iou
 from .loading import EntityDataset, MENTION_TEMPLATE, DETECTIVE_TEMPLATE, RAW_IMG
 from .units import index_cache
@@ -23,6 +24,7 @@ from .iier import IIER
 from .answers import compact_answer
 from .detective import DetectiveExample, detective_prompt, generate_answers, load_detective
 from .runs import RunConfig, ensure_data, text_inputs, entity_index
+from .files import VpmelError
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'MAX_SIDE', 'EXACT_UP_TO', 'UNIT_NAMES', 'ExplorerError', 'read_image', 'MentionItem', 'Ranking',
@@ -35,7 +37,7 @@ MAX_PIXELS = 40_000_000   # larger uploads are refused (a decompression bomb, or
 MAX_SIDE = 1024           # larger images are shrunk to this side first (the model sees 64-224 px anyway)
 EXACT_UP_TO = 20_000      # KBs up to this size are scored whole at every change; larger ones in two stages
 
-class ExplorerError(ValueError):
+class ExplorerError(VpmelError, ValueError):
     "A bad input to the explorer; its message is meant for the person who gave it."
 
 def read_image(data, name: str = 'the image') -> Image.Image:

@@ -14,7 +14,7 @@ from torch import nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save as st_save
 
-from .vpwiki import write_json_atomic, write_bytes_atomic
+from .files import write_json_atomic, write_bytes_atomic
 from .encoders import EncoderConfig, MultimodalEncoder, Features
 from .units import IIERMatcher, UNITS, index_features, iier_loss
 

@@ -11,10 +11,11 @@ from typing import Sequence
 from PIL import Image
 from .prompts import Box
 from .vpwiki import (SPLITS, KBEntity, Mention, MELDataset, CheckReport, check_dataset, load_dataset, read_split,
-                          write_dataset, write_json_atomic, write_bytes_atomic, is_nil, resolve_in_root,
-                          is_blank_mention, dataset_kind)
+                           write_dataset, is_nil, resolve_in_root, is_blank_mention, dataset_kind)
+from .files import write_json_atomic, write_bytes_atomic
 from .world import glyph_box
 from .synth import PRESETS, SynthConfig, Plan, make_plan, render_scene, render_all, _png, _render_task, _tasks
+from .files import VpmelError
 
 # %% auto #0
 __all__ = ['MEL_FORMAT', 'BOXES_FILE', 'SOURCE_FILE', 'mention_spans', 'mention_in_sentence', 'check_mel', 'MELSourceError',
@@ -51,7 +52,7 @@ def check_mel(path, images: bool = True, progress: bool = False) -> CheckReport:
                 rep.add('warning', f.name, rec, 'mentions', f'{d["mentions"]!r} does not occur in the sentence')
     return rep
 
-class MELSourceError(ValueError):
+class MELSourceError(VpmelError, ValueError):
     "A folder that is not a usable MEL source (the message lists the first problems)."
 
 def read_mel(path, images: bool = True) -> MELDataset:

@@ -13,7 +13,8 @@ import open_clip
 import torch
 import torch.nn as nn, torch.nn.functional as F
 
-from .vpwiki import write_json_atomic, write_bytes_atomic, load_dataset, MELDataset, SPLITS
+from .vpwiki import load_dataset, MELDataset, SPLITS
+from .files import write_json_atomic, write_bytes_atomic
 from .encoders import tiny_clip_config, clip_image_transform
 from .units import contrastive_loss
 from .train import TrainConfig, DrawnBatches, fit

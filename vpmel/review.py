@@ -17,6 +17,7 @@ from .vpwiki import Mention, BadImageError, open_image, load_dataset
 from .loading import RAW_IMG
 from .mel import mention_spans
 from .explore import box_from_widget, moved_box, _png
+from .files import VpmelError
 
 # %% auto #0
 __all__ = ['DECISIONS', 'UNDO', 'REJECT_REASONS', 'DRAWN', 'ReviewError', 'Decision', 'DecisionLogError', 'read_decisions',
@@ -27,7 +28,7 @@ __all__ = ['DECISIONS', 'UNDO', 'REJECT_REASONS', 'DRAWN', 'ReviewError', 'Decis
 DECISIONS = ('accept', 'redraw', 'reject')   # what a person (or the auto-accept threshold) decides for a mention
 UNDO = 'undo'                                # a log line that withdraws the mention's earlier decision
 
-class ReviewError(ValueError):
+class ReviewError(VpmelError, ValueError):
     "A review action that cannot be done; the message is meant for the reviewer."
 
 def _number(v) -> bool: return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
@@ -78,7 +79,7 @@ class Decision:
         return cls(d['id'], d['decision'], d.get('box'), d.get('proposal'), d.get('reason'), d.get('auto', False), d.get('score'))
 
 # %% ../nbs/20_review.ipynb #504df4ee
-class DecisionLogError(ValueError):
+class DecisionLogError(VpmelError, ValueError):
     "A decisions log that cannot be read; the message names the file and the line."
 
 def _parse_line(raw: bytes) -> Decision:

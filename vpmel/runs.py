@@ -15,7 +15,8 @@ import torch
 from tqdm.auto import tqdm
 from safetensors.torch import load_file, save as st_save
 
-from .vpwiki import load_dataset, MELDataset, write_json_atomic, write_bytes_atomic, dataset_kind
+from .vpwiki import load_dataset, MELDataset, dataset_kind
+from .files import write_json_atomic, write_bytes_atomic
 from .prompts import draw_prompt
 from .synth import build_minivpwiki
 from .loading import MentionDataset, EntityDataset, PairDataset, PairCollate, TextImageCollate

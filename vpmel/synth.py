@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from PIL import Image
-from .vpwiki import KBEntity, Mention, SPLITS, write_dataset, write_bytes_atomic, write_json_atomic
+from .vpwiki import KBEntity, Mention, SPLITS, write_dataset
+from .files import write_bytes_atomic, write_json_atomic
 from .prompts import draw_prompt, box_area
 from .world import (PALETTE, PATTERNS, MARKS, GLYPHS, TYPES, Look, Pose, auto_ink, glyph_box, draw_glyph, background,
                          make_name, _word, place_glyphs, random_clutter, draw_clutter)

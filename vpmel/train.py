@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from safetensors.torch import save_file, load_file
 
-from .vpwiki import write_bytes_atomic, write_json_atomic
+from .files import write_bytes_atomic, write_json_atomic
 
 # %% auto #0
 __all__ = ['set_seed', 'param_groups', 'lr_factor', 'TrainConfig', 'LoopState', 'save_checkpoint', 'load_weights',

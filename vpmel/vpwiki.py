@@ -4,17 +4,18 @@
 
 # %% ../nbs/00_vpwiki.ipynb #51820859
 from __future__ import annotations
-import json, os, tempfile
-from dataclasses import dataclass, field, asdict
+import json, os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Iterable, Literal, Sequence
+
+from .files import VpmelError, write_json_atomic
 
 # %% auto #0
 __all__ = ['SPLITS', 'KB_FILE', 'QID2ID_FILE', 'OnBadImage', 'ON_BAD_IMAGE', 'Severity', 'KBEntity', 'Mention', 'UnsafePathError',
-           'resolve_in_root', 'scratch_dir', 'write_bytes_atomic', 'write_json_atomic', 'write_kb', 'write_split',
-           'read_kb', 'read_split', 'MELDataset', 'write_dataset', 'is_nil', 'load_dataset', 'is_blank_mention',
-           'dataset_kind', 'BadImageError', 'open_image', 'ImageReader', 'Problem', 'CheckReport', 'check_dataset',
-           'cli_check']
+           'resolve_in_root', 'write_kb', 'write_split', 'read_kb', 'read_split', 'MELDataset', 'write_dataset',
+           'is_nil', 'load_dataset', 'is_blank_mention', 'dataset_kind', 'BadImageError', 'open_image', 'ImageReader',
+           'Problem', 'CheckReport', 'check_dataset', 'cli_check']
 
 # %% ../nbs/00_vpwiki.ipynb #05659151
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class Mention:
                    answer=d['answer'], img_path=d['imgPath'], bbox=tuple(int(v) for v in bbox) if bbox is not None else None)
 
 # %% ../nbs/00_vpwiki.ipynb #cfc50b23
-class UnsafePathError(ValueError):
+class UnsafePathError(VpmelError, ValueError):
     "A path in a dataset record leaves the data root."
 
 def resolve_in_root(root: str | Path, rel: str) -> Path:
@@ -72,32 +73,6 @@ def resolve_in_root(root: str | Path, rel: str) -> Path:
     p = (root / rel).resolve()
     if p != root and root not in p.parents: raise UnsafePathError(f'path {rel!r} leaves the data root')
     return p
-
-# %% ../nbs/00_vpwiki.ipynb #5c7a1d02
-import shutil
-from multiprocessing import util as _mp_util
-
-def scratch_dir(prefix: str = 'vpmel-') -> Path:
-    "A new empty temporary folder, removed with everything in it when this Python process ends."
-    d = Path(tempfile.mkdtemp(prefix=prefix))
-    _mp_util.Finalize(None, shutil.rmtree, args=(str(d),), kwargs={'ignore_errors': True}, exitpriority=0)
-    return d
-
-# %% ../nbs/00_vpwiki.ipynb #713de46a
-def write_bytes_atomic(path: str | Path, data: bytes):
-    "Write `data` to `path` through a temporary file and a rename, so readers never see a partial file."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f: f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
-
-def write_json_atomic(path: str | Path, obj: Any, indent: int | None = None):
-    "Deterministic JSON (same object, same bytes) written atomically."
-    write_bytes_atomic(path, json.dumps(obj, ensure_ascii=False, indent=indent).encode('utf-8'))
 
 # %% ../nbs/00_vpwiki.ipynb #98d55652
 SPLITS = ('train', 'dev', 'test')
@@ -175,7 +150,7 @@ import warnings
 OnBadImage = Literal['raise', 'blank']
 ON_BAD_IMAGE = ('raise', 'blank')
 
-class BadImageError(OSError):
+class BadImageError(VpmelError, OSError):
     "An image file that is missing, unreadable or truncated."
 
 def open_image(path: str | Path, mode: str = 'RGB') -> Image.Image:
