@@ -11,7 +11,8 @@ from typing import Sequence
 from PIL import Image
 from .prompts import Box
 from .vpwiki import (SPLITS, KBEntity, Mention, MELDataset, CheckReport, check_dataset, load_dataset, read_split,
-                           write_dataset, is_nil, resolve_in_root, is_blank_mention, dataset_kind)
+                           write_dataset, is_nil, resolve_in_root, is_blank_mention, dataset_kind,
+                           released_vpwiki_test, VPWIKI_TEST_HOWTO)
 from .files import write_json_atomic, write_bytes_atomic
 from .world import glyph_box
 from .synth import PRESETS, SynthConfig, Plan, make_plan, render_scene, render_all, _png, _render_task, _tasks

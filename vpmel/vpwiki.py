@@ -12,10 +12,10 @@ from typing import Iterable, Literal, Sequence
 from .files import VpmelError, write_json_atomic
 
 # %% auto #0
-__all__ = ['SPLITS', 'KB_FILE', 'QID2ID_FILE', 'OnBadImage', 'ON_BAD_IMAGE', 'Severity', 'KBEntity', 'Mention', 'UnsafePathError',
-           'resolve_in_root', 'write_kb', 'write_split', 'read_kb', 'read_split', 'MELDataset', 'write_dataset',
-           'is_nil', 'load_dataset', 'is_blank_mention', 'dataset_kind', 'BadImageError', 'open_image', 'ImageReader',
-           'Problem', 'CheckReport', 'check_dataset', 'cli_check']
+__all__ = ['SPLITS', 'KB_FILE', 'QID2ID_FILE', 'OnBadImage', 'ON_BAD_IMAGE', 'Severity', 'VPWIKI_TEST_HOWTO', 'KBEntity',
+           'Mention', 'UnsafePathError', 'resolve_in_root', 'write_kb', 'write_split', 'read_kb', 'read_split',
+           'MELDataset', 'write_dataset', 'is_nil', 'load_dataset', 'is_blank_mention', 'dataset_kind', 'BadImageError',
+           'open_image', 'ImageReader', 'Problem', 'CheckReport', 'check_dataset', 'cli_check', 'released_vpwiki_test']
 
 # %% ../nbs/00_vpwiki.ipynb #05659151
 @dataclass(frozen=True)
@@ -445,3 +445,18 @@ def cli_check(argv: list[str] | None = None) -> int:
     rep.max_shown = args.max_problems
     print(rep)
     return 0 if rep.ok else 1
+
+# %% ../nbs/00_vpwiki.ipynb #5a5f5ba1
+def released_vpwiki_test() -> Path | None:
+    """The released VPWiki test split on this machine: `$VPWIKI_TEST_JSON`, else `data/vpwiki/test.json`, else
+    `shared/vpwiki/test.json` in a folder above the repository or the working folder; None when there is none."""
+    if os.environ.get('VPWIKI_TEST_JSON'): return Path(os.environ['VPWIKI_TEST_JSON'])
+    repo, here = Path(__file__).resolve().parents[1], Path.cwd().resolve()
+    for base in (repo, here, *here.parents):
+        if (base/'data/vpwiki/test.json').is_file(): return base/'data/vpwiki/test.json'
+    for base in (repo, *repo.parents, *here.parents):
+        if (base/'shared/vpwiki/test.json').is_file(): return base/'shared/vpwiki/test.json'
+    return None
+
+VPWIKI_TEST_HOWTO = ('the released VPWiki test split was not found: put dataset/VPWiki/test.json of the official '
+                     'repository (MiHongze-tju/VP-MEL) at data/vpwiki/test.json, or set VPWIKI_TEST_JSON to its path')
