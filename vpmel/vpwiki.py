@@ -451,7 +451,8 @@ def released_vpwiki_test() -> Path | None:
     """The released VPWiki test split on this machine: `$VPWIKI_TEST_JSON`, else `data/vpwiki/test.json`, else
     `shared/vpwiki/test.json` in a folder above the repository or the working folder; None when there is none."""
     if os.environ.get('VPWIKI_TEST_JSON'): return Path(os.environ['VPWIKI_TEST_JSON'])
-    repo, here = Path(__file__).resolve().parents[1], Path.cwd().resolve()
+    import vpmel
+    repo, here = Path(vpmel.__file__).resolve().parents[1], Path.cwd().resolve()
     for base in (repo, here, *here.parents):
         if (base/'data/vpwiki/test.json').is_file(): return base/'data/vpwiki/test.json'
     for base in (repo, *repo.parents, *here.parents):
