@@ -9,9 +9,16 @@ import importlib, os, sys
 from .files import VpmelError
 
 # %% auto #0
-__all__ = ['COMMANDS', 'BENCH_COMMANDS', 'one_line', 'dispatch', 'cli_bench', 'main']
+__all__ = ['BENCH_COMMANDS', 'COMMANDS', 'one_line', 'dispatch', 'cli_bench', 'main']
 
 # %% ../nbs/14_cli.ipynb #f0e9e458
+BENCH_COMMANDS = {  # benchmark: (module, function(argv) -> int, one-line help)
+    'rank':  ('vpmel.rank', 'bench_rank', 'time full-KB ranking, optionally against the official algorithm'),
+    'train': ('vpmel.runs', 'bench_train', 'time IIER training steps'),
+    'explore': ('vpmel.explore', 'bench_explore', 'time the prompt explorer: a box change -> the whole-KB top-k'),
+    'ground': ('vpmel.construct', 'bench_ground', 'grounding accuracy (IoU >= 0.5) of every grounder on a MEL source'),
+}
+
 COMMANDS = {  # command: (module, function(argv) -> int, one-line help)
     'demo':          ('vpmel.demo', 'cli_demo', 'the main job: build MiniVPWiki, train IIER and ablations, print results'),
     'check':         ('vpmel.vpwiki', 'cli_check', 'validate a VPWiki-format dataset folder or split file'),
@@ -24,14 +31,7 @@ COMMANDS = {  # command: (module, function(argv) -> int, one-line help)
     'mel':           ('vpmel.mel', 'cli_mel', 'write MiniVPWiki as a MEL source (mention words, no prompt, true boxes aside)'),
     'construct':     ('vpmel.construct', 'cli_construct', 'build VP-MEL data from MEL source(s): ground, review, QA, draw the prompt'),
     'review':        ('vpmel.construct', 'cli_review', 'the review widget of a construction waiting for review as a web page (Voilà, localhost)'),
-    'bench':         ('vpmel.cli', 'cli_bench', 'benchmarks: `bench rank` (full-KB ranking), `bench train` (steps/s), `bench explore` (latency)'),
-}
-
-BENCH_COMMANDS = {  # benchmark: (module, function(argv) -> int, one-line help)
-    'rank':  ('vpmel.rank', 'bench_rank', 'time full-KB ranking, optionally against the official algorithm'),
-    'train': ('vpmel.runs', 'bench_train', 'time IIER training steps'),
-    'explore': ('vpmel.explore', 'bench_explore', 'time the prompt explorer: a box change -> the whole-KB top-k'),
-    'ground': ('vpmel.construct', 'bench_ground', 'grounding accuracy (IoU >= 0.5) of every grounder on a MEL source'),
+    'bench':         ('vpmel.cli', 'cli_bench', 'benchmarks: ' + ', '.join(f'`bench {k}`' for k in BENCH_COMMANDS)),
 }
 
 # %% ../nbs/14_cli.ipynb #f0e9e459

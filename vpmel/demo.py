@@ -12,7 +12,7 @@ import numpy as np
 
 from .files import write_json_atomic
 from .train import read_metrics
-from .runs import preset, ablate, train_run, ABLATIONS
+from .runs import preset, ablate, train_run, run_name, ABLATIONS, PRESETS
 from .detective import DETECTIVE_PRESETS
 
 # %% auto #0
@@ -35,7 +35,7 @@ def run_demo(out_root='runs', preset_name: str = 'cpu', seeds: Sequence[int] = (
             cfg = ablate(preset(preset_name, **overrides), ab)
             cfg.train.seed = seed
             if epochs is not None: cfg.train.epochs = epochs
-            cfg.name = f'{cfg.name}-seed{seed}'
+            cfg.name = run_name(cfg, preset_name, ab)
             if progress: print(f'== {cfg.name}')
             runs[(ab, seed)] = train_run(cfg, out_root, progress=progress)
     table = summarise(runs)
@@ -92,7 +92,7 @@ def _in_notebook() -> bool:
 def cli_demo(argv: list[str]) -> int:
     "`vpmel demo`: the main job (README's first command)."
     p = argparse.ArgumentParser(prog='vpmel demo', description='Build MiniVPWiki, train IIER and ablations, print a results table.')
-    p.add_argument('--preset', default='cpu')
+    p.add_argument('--preset', default='cpu', choices=sorted(PRESETS))
     p.add_argument('--seeds', type=int, nargs='+', default=[0])
     p.add_argument('--ablations', nargs='+', default=None, choices=sorted(ABLATIONS),
                    help=f"default: {' '.join(DEFAULT_ABLATIONS)}; with --detective: {' '.join(DETECTIVE_ABLATIONS)}")

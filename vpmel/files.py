@@ -11,7 +11,7 @@ from typing import Any, Iterable
 
 # %% auto #0
 __all__ = ['RECORD_FILE', 'scratch_dir', 'write_bytes_atomic', 'write_json_atomic', 'VpmelError', 'FolderConflict', 'fingerprint',
-           'files_fingerprint', 'record_diff', 'read_record', 'claim_folder']
+           'files_fingerprint', 'flat_record', 'record_diff', 'read_record', 'claim_folder', 'repo_root', 'needs']
 
 # %% ../nbs/00_files.ipynb #5c7a1d02
 def scratch_dir(prefix: str = 'vpmel-') -> Path:
@@ -57,15 +57,16 @@ def files_fingerprint(paths: Iterable) -> str:
     return h.hexdigest()[:16]
 
 # %% ../nbs/00_files.ipynb #41cfc720
-def _flat(d, prefix: str = '') -> dict:
+def flat_record(d, prefix: str = '') -> dict:
+    "A nested record as one level of dotted keys: `{'train': {'seed': 0}}` -> `{'train.seed': 0}`."
     if not isinstance(d, dict): return {prefix.rstrip('.') or '(value)': d}
     out = {}
-    for k, v in d.items(): out.update(_flat(v, f'{prefix}{k}.') if isinstance(v, dict) and v else {f'{prefix}{k}': v})
+    for k, v in d.items(): out.update(flat_record(v, f'{prefix}{k}.') if isinstance(v, dict) and v else {f'{prefix}{k}': v})
     return out
 
 def record_diff(old: dict, new: dict, limit: int = 4) -> str:
     "What differs between two records, e.g. `'train.seed: 0 -> 7, prompt: dataset -> ellipse'`."
-    a, b = _flat(old), _flat(new)
+    a, b = flat_record(old), flat_record(new)
     keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k, '(unset)') != b.get(k, '(unset)')]
     short = lambda v: (s if len(s := json.dumps(v, default=str)) <= 40 else s[:37] + '...')
     parts = [f"{k}: {short(a.get(k, '(unset)'))} -> {short(b.get(k, '(unset)'))}" for k in keys[:limit]]
@@ -104,3 +105,17 @@ def claim_folder(folder, kind: str, made_by: dict, fresh: bool = False, known: I
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder/RECORD_FILE, rec, indent=1)
     return folder
+
+# %% ../nbs/00_files.ipynb #d6135e63
+def repo_root(start=None) -> Path:
+    "The repository the book runs in: the first folder from `start` (the working folder) upward holding `settings.ini`."
+    here = Path(start or Path.cwd()).resolve()
+    return next((d for d in (here, *here.parents) if (d/'settings.ini').is_file()), here)
+
+def needs(rel: str, command: str, start=None) -> Path | None:
+    """`rel`, a path relative to the repository root that `command` writes, as seen from here; None when it is missing,
+    after printing the command that makes it."""
+    p = repo_root(start)/rel
+    if p.exists(): return p
+    print(f'Skipped: {rel} is not there yet; make it first, from the repository root:\n    {command}')
+    return None

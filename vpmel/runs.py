@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_runs.ipynb #cb7ac8a1
 from __future__ import annotations
-import argparse, contextlib, copy, hashlib, json, os, random, time
+import argparse, contextlib, copy, hashlib, json, os, random, re, shutil, time
 from dataclasses import dataclass, asdict, field
 from functools import partial
 from pathlib import Path
@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 from safetensors.torch import load_file, save as st_save
 
 from .vpwiki import load_dataset, MELDataset, dataset_kind
-from .files import write_json_atomic, write_bytes_atomic
+from .files import (VpmelError, write_json_atomic, write_bytes_atomic, claim_folder, fingerprint, files_fingerprint,
+                         flat_record)
 from .prompts import draw_prompt
 from .synth import build_minivpwiki
 from .loading import MentionDataset, EntityDataset, PairDataset, PairCollate, TextImageCollate
@@ -29,11 +30,12 @@ from .pretrain import pretrain_tiny_clip, default_clip_dir
 from .answers import answers_for_mentions
 
 # %% auto #0
-__all__ = ['PRESETS', 'ABLATIONS', 'INDEX_PREFIX', 'OFFICIAL_CLS_LAYERS', 'RunConfig', 'preset', 'ablate', 'ensure_data',
-           'build_model', 'tiny_clip_dir', 'detective_answers', 'mention_sets', 'first_mentions', 'text_inputs',
-           'KBImages', 'image_inputs', 'CachedPairs', 'collate_cached', 'cache_training_pairs', 'encode_dataset',
-           'encode_inputs', 'LinkingEvaluator', 'model_fingerprint', 'kb_fingerprint', 'load_cache_mmap',
-           'entity_index', 'two_stage_report', 'main_process_first', 'train_run', 'run_config_from_args',
+__all__ = ['PRESETS', 'ABLATIONS', 'INDEX_PREFIX', 'RUN_FILES', 'OFFICIAL_CLS_LAYERS', 'RunConfig', 'preset', 'ablate',
+           'RunError', 'ensure_data', 'build_model', 'tiny_clip_dir', 'detective_answers', 'mention_sets',
+           'first_mentions', 'text_inputs', 'KBImages', 'image_inputs', 'CachedPairs', 'collate_cached',
+           'cache_training_pairs', 'encode_dataset', 'encode_inputs', 'LinkingEvaluator', 'model_fingerprint',
+           'kb_fingerprint', 'load_cache_mmap', 'entity_index', 'two_stage_report', 'effective_config',
+           'data_fingerprint', 'run_record', 'run_name', 'main_process_first', 'train_run', 'run_config_from_args',
            'add_run_args', 'cli_train', 'cli_eval', 'bench_train', 'official_clip_config', 'official_clip_config_of',
            'OfficialEncoder', 'OfficialMatcher', 'OfficialIIER', 'official_optimizer', 'official_train_step']
 
@@ -123,6 +125,10 @@ def ablate(cfg: RunConfig, name: str) -> RunConfig:
     if name != 'iier': c.name = f'{cfg.name}-{name}'
     return c
 
+# %% ../nbs/13_runs.ipynb #fcc02226
+class RunError(VpmelError):
+    "A run that cannot start: no data where the config says, or a run folder made by another config."
+
 # %% ../nbs/13_runs.ipynb #db4acb9e
 def ensure_data(cfg: RunConfig) -> MELDataset:
     """Load the run's dataset. With `cfg.synth_preset`, MiniVPWiki is built first if the folder is missing, and a
@@ -131,7 +137,7 @@ def ensure_data(cfg: RunConfig) -> MELDataset:
     if cfg.synth_preset is not None and ((root/'meta.json').exists() or not (root/'kb_entity.json').exists()):
         build_minivpwiki(root, preset=cfg.synth_preset, seed=cfg.synth_seed)
     if not (root/'kb_entity.json').exists():
-        raise FileNotFoundError(f'{root} holds no dataset (kb_entity.json); see data/README.md for where VPWiki goes')
+        raise RunError(f'{root} holds no dataset (no kb_entity.json): put VPWiki there (data/README.md) or pass --data DIR')
     return load_dataset(root)
 
 def build_model(cfg: RunConfig, ds: MELDataset, progress: bool = True) -> IIER:
@@ -415,6 +421,47 @@ def two_stage_report(model: IIER, ds: MELDataset, mentions: MentionDataset, inde
         out[f'two_stage@{k}'] = {**mel_metrics(r.ranks), 'top1_equal_exact': float((r.topk_indices[:, 0] == exact.topk_indices[:, 0]).float().mean() * 100)}
     return out
 
+# %% ../nbs/13_runs.ipynb #435a9eec
+RUN_FILES = ('best', 'checkpoint', 'index', 'metrics.json', 'metrics.jsonl', 'model', 'run_config.json',
+             'train_config.json', 'vpmel-explore.ipynb')   # what a run folder holds: `--fresh` clears only these
+_DETECTIVE_FIELDS = ('detective_preset', 'detective_full_model', 'detective_shuffle', 'detective_format')
+
+def effective_config(cfg: RunConfig) -> dict:
+    "The fields of `cfg` that determine what its run computes (see above), as JSON."
+    d = cfg.to_json(); d.pop('name')
+    d['train'] = {k: v for k, v in d['train'].items() if k not in ('max_steps', 'num_workers')}
+    if not cfg.detective:
+        for k in _DETECTIVE_FIELDS: d.pop(k)
+    if cfg.dev_ranking == 'exact': d.pop('dev_candidates')
+    return d
+
+def data_fingerprint(root) -> str:
+    "A fingerprint of a dataset's JSON files (KB, ids, splits): what a run reads besides the images."
+    return files_fingerprint(Path(root)/f for f in ('kb_entity.json', 'qid2id.json', 'train.json', 'dev.json', 'test.json'))
+
+def run_record(cfg: RunConfig, ds: MELDataset) -> dict:
+    "What `train_run` records in its folder: the effective config, the data's fingerprint and the answers' if given as files."
+    rec = {'config': effective_config(cfg), 'data': data_fingerprint(ds.root)}
+    if cfg.detective and cfg.detective != 'auto':
+        d = Path(cfg.detective)
+        rec['detective_answers'] = files_fingerprint(sorted(d.glob('answers_*.jsonl')) if d.is_dir() else [d])
+    return rec
+
+# %% ../nbs/13_runs.ipynb #a9d8826e
+def _name_part(key: str, v) -> str:
+    leaf, s = key.rsplit('.', 1)[-1], str(v)
+    return f'{leaf}-{s}' if re.fullmatch(r'[A-Za-z0-9._]{1,24}', s) else f'{leaf}-{fingerprint(v)[:6]}'
+
+def run_name(cfg: RunConfig, preset_name: str, ablation: str = 'iier') -> str:
+    """The folder name of a run that its command names itself: `<preset>[-<ablation>]-seed<S>`, then each field that
+    `cfg` changes from that preset and ablation (`-epochs-12`, `-prompt-ellipse`, `-data-3fa2c1` for a path)."""
+    base = ablate(preset(preset_name), ablation)
+    mine, ref = flat_record(effective_config(cfg)), flat_record(effective_config(base))
+    parts = [_name_part(k, v) for k, v in mine.items() if k != 'train.seed' and ref.get(k, '(unset)') != v]
+    parts += [f"{k.rsplit('.', 1)[-1]}-unset" for k in ref if k not in mine]
+    name = '-'.join([base.name, f'seed{cfg.train.seed}', *parts])
+    return name if len(name) <= 100 else f'{base.name}-seed{cfg.train.seed}-{fingerprint(parts)[:8]}'
+
 # %% ../nbs/13_runs.ipynb #cf047517
 def main_process_first():
     "Under `accelerate launch` (several processes) a context in which the main process goes first; otherwise nothing."
@@ -424,15 +471,21 @@ def main_process_first():
     return contextlib.nullcontext()
 
 def train_run(cfg: RunConfig, out_root='runs', resume: bool = True, progress: bool = True) -> dict:
-    "Train `cfg` (building data and the tiny CLIP if needed), evaluate the best epoch on test, save everything."
+    """Train `cfg` (building data and the tiny CLIP if needed), evaluate the best epoch on test, save everything in
+    `out_root/cfg.name`, a folder of this config only (`resume=False`: trained again from scratch, `--fresh`)."""
     t0 = time.time()
-    out = Path(out_root)/cfg.name
-    out.mkdir(parents=True, exist_ok=True)
+    out, (rank, _) = Path(out_root)/cfg.name, dist_rank_world()
     with main_process_first():                        # several processes: data, tiny CLIP, answers built once
         ds = ensure_data(cfg)
-        model = build_model(cfg, ds, progress)
+        new = not out.exists()
+        if rank == 0:
+            claim_folder(out, 'iier-run', run_record(cfg, ds), fresh=not resume, known=RUN_FILES,
+                         way_out='pass --fresh to train it again from scratch, or choose another --name or --out')
+        try: model = build_model(cfg, ds, progress)
+        except BaseException:                         # e.g. weights to supply: leave no empty run folder behind
+            if new and rank == 0: shutil.rmtree(out, ignore_errors=True)
+            raise
     if torch.cuda.is_available(): model.to(f"cuda:{os.environ.get('LOCAL_RANK', 0)}")   # caches and evaluation run where training runs
-    rank, _ = dist_rank_world()
     if rank == 0: write_json_atomic(out/'run_config.json', cfg.to_json(), indent=1)
     with main_process_first(): men = mention_sets(cfg, ds, model, progress)
     enc = model.cfg.encoder
@@ -446,7 +499,7 @@ def train_run(cfg: RunConfig, out_root='runs', resume: bool = True, progress: bo
     dev = LinkingEvaluator(model, ds, first_mentions(men['dev'], cfg.dev_mentions), cfg.eval_batch_size, cache, progress, ds.root/'cache', kb,
                            cfg.dev_ranking, cfg.dev_candidates)
     res = fit(model, SeededBatches(train_set, collate, cfg.train.batch_size, cfg.train.seed, cfg.train.num_workers), cfg.train, out,
-              evaluate=dev, resume=resume, progress=progress)
+              evaluate=dev, resume=True, progress=progress)   # a folder claimed afresh holds no checkpoint
     if res['stopped'] == 'max_steps': return res
     if rank != 0: return {'name': cfg.name, 'rank': rank, 'stopped': res['stopped']}   # the main process tests and saves
     load_weights(model, out/'best')
@@ -483,7 +536,7 @@ def run_config_from_args(a) -> RunConfig:
     if getattr(a, 'text_model', None):
         if enc.text_backend == 'clip': raise ValueError("--text-model replaces a transformers text backend; this preset reads text with CLIP's own tower")
         enc.text_backend = str(Path(a.text_model).resolve())
-    cfg.name = a.name or f'{cfg.name}-seed{cfg.train.seed}'
+    cfg.name = a.name or run_name(cfg, a.preset, a.ablation)
     return cfg
 
 def add_run_args(p: argparse.ArgumentParser):
@@ -499,7 +552,8 @@ def add_run_args(p: argparse.ArgumentParser):
     p.add_argument('--text-model', default=None, help='a local from_pretrained folder for the text model (offline clusters)')
     p.add_argument('--dev-ranking', default=None, choices=('exact', 'two-stage'),
                    help='dev evaluation during training (early stopping): exact, or two-stage for large KBs; test is always exact')
-    p.add_argument('--name', default=None, help='run folder name under --out')
+    p.add_argument('--name', default=None, help='run folder name under --out (default: the preset, ablation, seed and what the '
+                   'options change, e.g. iier-cpu-seed0-epochs-12)')
     p.add_argument('--out', default='runs')
     p.add_argument('--quiet', action='store_true')
 
@@ -507,7 +561,7 @@ def cli_train(argv: list[str]) -> int:
     "`vpmel train`: train one IIER run (resumes if its folder has a checkpoint) and print its test metrics."
     p = argparse.ArgumentParser(prog='vpmel train', description='Train IIER (or an ablation) and evaluate it on the whole KB.')
     add_run_args(p)
-    p.add_argument('--fresh', action='store_true', help='ignore an existing checkpoint')
+    p.add_argument('--fresh', action='store_true', help='train the run folder again from scratch (also when another config made it)')
     a = p.parse_args(argv)
     s = train_run(run_config_from_args(a), a.out, resume=not a.fresh, progress=not a.quiet)
     if dist_rank_world()[0] == 0: print(json.dumps(s, indent=1))
@@ -525,14 +579,15 @@ def cli_eval(argv: list[str]) -> int:
     a = p.parse_args(argv)
     run = Path(a.run)
     if not (run/'model'/'config.json').exists():
-        print(f'vpmel eval: {run} has no trained model (model/config.json)'); return 1
-    cfg = RunConfig.from_json(json.loads((run/'run_config.json').read_text()))
+        raise RunError(f'{run} has no trained model (no model/config.json): train it with vpmel train, or name a run folder')
+    try: cfg = RunConfig.from_json(json.loads((run/'run_config.json').read_text()))
+    except (OSError, ValueError, TypeError) as e: raise RunError(f'{run/"run_config.json"}: unreadable run config ({e})') from e
     if a.data: cfg.data = a.data
     ds = ensure_data(cfg)
     model = IIER.from_pretrained(run/'model')
     if torch.cuda.is_available(): model.cuda()
     men = mention_sets(cfg, ds, model)
-    if a.split not in men: print(f'vpmel eval: no split {a.split!r} in {cfg.data}'); return 1
+    if a.split not in men: raise RunError(f'{cfg.data} has no split {a.split!r} (it has {", ".join(men)})')
     if a.two_stage_report:
         print(json.dumps({'run': str(run), 'split': a.split, **two_stage_report(model, ds, men[a.split], run/'index', cfg.eval_batch_size)}, indent=1))
         return 0
