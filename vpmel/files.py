@@ -96,7 +96,9 @@ def claim_folder(folder, kind: str, made_by: dict, fresh: bool = False, known: I
     if entries:
         if old is None and not (fresh and set(entries) <= set(known)):
             raise FolderConflict(f'{folder} holds files but no {RECORD_FILE} (made by an older vpmel, or not by this '
-                                 f'command), so what made them is unknown: {way_out}')
+                                 f'command), so what made them is unknown: ' + (way_out if not fresh else
+                                 'it holds files this command does not write, which --fresh never deletes: '
+                                 'move them away, or choose another folder'))
         if old is not None and not fresh:
             what = record_diff(old.get('made_by') or {}, rec['made_by']) if old.get('kind') == kind else \
                    f"it is a {old.get('kind')!r} folder, not a {kind!r} one"

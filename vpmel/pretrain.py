@@ -13,40 +13,54 @@ import open_clip
 import torch
 import torch.nn as nn, torch.nn.functional as F
 
-from .vpwiki import load_dataset, MELDataset, SPLITS
-from .files import write_json_atomic, write_bytes_atomic
+from .vpwiki import load_dataset, MELDataset, SPLITS, KB_FILE, QID2ID_FILE, BadImageError, open_image
+from .files import VpmelError, write_json_atomic, write_bytes_atomic, claim_folder, read_record, files_fingerprint
 from .encoders import tiny_clip_config, clip_image_transform
 from .units import contrastive_loss
 from .train import TrainConfig, DrawnBatches, fit
+from .synth import CommandParser, check_out_folder, remove_partial_writes
 
 # %% auto #0
-__all__ = ['CLIP_CONFIG_FILE', 'CLIP_WEIGHTS_FILE', 'entity_text', 'clip_preprocess_defaults', 'save_open_clip',
-           'clip_vision_state_dict', 'clip_kb_retrieval', 'clip_scene_retrieval', 'PretrainConfig', 'clip_loss',
-           'pretrain_tiny_clip', 'default_clip_dir', 'cli_pretrain_clip']
+__all__ = ['CLIP_CONFIG_FILE', 'CLIP_WEIGHTS_FILE', 'CLIP_KIND', 'CLIP_LOG_FILE', 'PretrainError', 'entity_text',
+           'clip_preprocess_defaults', 'save_open_clip', 'clip_vision_state_dict', 'clip_kb_retrieval',
+           'clip_scene_retrieval', 'PretrainConfig', 'clip_loss', 'clip_record', 'pretrain_tiny_clip',
+           'default_clip_dir', 'cli_pretrain_clip']
 
 # %% ../nbs/10_pretrain.ipynb #a1ac8908
+class PretrainError(VpmelError, ValueError):
+    "Data the tiny CLIP cannot be pretrained on, or a recipe it cannot run."
+
 def entity_text(e) -> str:
     "The text an entity is described by: `'name. attr'` (just the name when there is no description)."
     return f'{e.entity_name}. {e.attr}' if e.attr else e.entity_name
 
-def _read_resized(ds: MELDataset, rel: str, size: int) -> torch.Tensor:
-    "The image at `rel` (inside the data root) as uint8 RGB [3, size, size]."
+def _read_resized(ds: MELDataset, rel: str, size: int, record: str = '') -> torch.Tensor:
+    "The image at `rel` (inside the data root) as uint8 RGB [3, size, size]; `record` says who lists it in errors."
     from torchvision.transforms.v2.functional import pil_to_tensor, resize
-    from PIL import Image
-    with Image.open(ds.path(rel)) as im: t = pil_to_tensor(im.convert('RGB'))
-    return resize(t, [size, size], antialias=True)
+    try: im = open_image(ds.path(rel))
+    except BadImageError as e:
+        raise BadImageError(f'{record}{e}: fix or remove it (vpmel check {ds.root} lists every bad image)') from None
+    return resize(pil_to_tensor(im), [size, size], antialias=True)
 
 def _kb_images(ds: MELDataset, size: int) -> tuple[list[int], list[torch.Tensor]]:
     "(entity row, uint8 image [3, size, size] resized) for every KB image."
     rows, ims = [], []
     for i, e in enumerate(ds.kb):
-        for rel in e.image_list: rows.append(i); ims.append(_read_resized(ds, rel, size))
-    if not ims: raise ValueError(f'no KB images under {ds.root}')
+        for rel in e.image_list:
+            rows.append(i); ims.append(_read_resized(ds, rel, size, f'{ds.root/KB_FILE}: entity {e.id}: '))
+    if not ims: raise PretrainError(f'{ds.root/KB_FILE}: no entity has an image: the tiny CLIP learns from KB images')
     return rows, ims
 
 def _as_dataset(kb_dataset, splits: Sequence[str] = ()) -> MELDataset:
     "`kb_dataset` itself, or the dataset folder it names loaded with `splits` (the KB alone by default)."
-    return kb_dataset if isinstance(kb_dataset, MELDataset) else load_dataset(kb_dataset, splits=splits)
+    if isinstance(kb_dataset, MELDataset): return kb_dataset
+    root, want = Path(kb_dataset), 'pass --data a dataset folder (kb_entity.json, kb_img/)'
+    if not root.is_dir(): raise PretrainError(f'{root} is not a folder: {want}')
+    if not (root/KB_FILE).is_file(): raise PretrainError(f'{root} holds no {KB_FILE}: {want}')
+    try: return load_dataset(root, splits=splits)
+    except (ValueError, KeyError, TypeError) as e:
+        raise PretrainError(f'{root} does not load ({type(e).__name__}: {e}): '
+                            f'vpmel check {root} says what is wrong') from None
 
 # %% ../nbs/10_pretrain.ipynb #94ae42bd
 CLIP_CONFIG_FILE, CLIP_WEIGHTS_FILE = 'open_clip_config.json', 'open_clip_model.safetensors'
@@ -111,12 +125,16 @@ def clip_kb_retrieval(clip: nn.Module, kb_dataset, batch_size: int = 256) -> dic
 # %% ../nbs/10_pretrain.ipynb #p0000009
 def _scene_images(ds: MELDataset, split: str, size: int, raw: bool = False) -> tuple[list[int], list[torch.Tensor]]:
     "(gold entity row, uint8 scene [3, size, size]) for every mention of `split`: the prompted image, or with `raw` the scene without prompt."
-    if split not in ds.splits: raise KeyError(f'split {split!r} is not in {ds.root} (it has {sorted(ds.splits)})')
+    if split not in ds.splits:
+        raise PretrainError(f'split {split!r} is not in {ds.root} (no {split}.json; it has {sorted(ds.splits)})')
     rows, ims = [], []
     for m in ds.splits[split]:
-        if m.answer not in ds.qid2id: raise KeyError(f'{ds.root}/{split}.json: mention {m.id} answers {m.answer!r}, which is not in qid2id')
+        if m.answer not in ds.qid2id:
+            raise PretrainError(f'{ds.root}/{split}.json: mention {m.id} answers {m.answer!r}, '
+                                f'which is not in {QID2ID_FILE}')
         rows.append(int(ds.qid2id[m.answer]))
-        ims.append(_read_resized(ds, f'raw_img/mention_{m.id}.png' if raw else m.img_path, size))
+        rel = f'raw_img/mention_{m.id}.png' if raw else m.img_path
+        ims.append(_read_resized(ds, rel, size, f'{ds.root}/{split}.json: mention {m.id}: '))
     return rows, ims
 
 @torch.no_grad()
@@ -151,8 +169,13 @@ class PretrainConfig:
     scene_split: str = 'train'
 
     def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 2: raise ValueError('need steps >= 1 and batch_size >= 2')
-        if not 0 <= self.scene_fraction < 1: raise ValueError(f'scene_fraction must be in [0, 1), got {self.scene_fraction}')
+        checks = (('steps', self.steps >= 1, 'at least 1'), ('batch_size', self.batch_size >= 2, 'at least 2'),
+                  ('depth', self.depth >= 1, 'at least 1'), ('lr', self.lr > 0, 'positive'),
+                  ('scene_fraction', 0 <= self.scene_fraction < 1, 'in [0, 1)'),
+                  ('image_size', self.image_size >= 8 and self.image_size % 8 == 0, 'a multiple of 8 (the patch size)'))
+        bad = [f"{k} (--{k.replace('_', '-')}) must be {want}, got {getattr(self, k)}"
+               for k, ok, want in checks if not ok]
+        if bad: raise PretrainError('pretraining recipe: ' + '; '.join(bad))
 
     def loop(self) -> TrainConfig:
         "The loop's settings: one epoch of `steps` drawn batches, AdamW on every parameter, warm-up + cosine, no clipping."
@@ -169,7 +192,7 @@ class _PretrainBatches:
         self.by_ent: dict[int, list[int]] = {}
         for k, r in enumerate(self.rows): self.by_ent.setdefault(r, []).append(k)
         self.ents = sorted(self.by_ent)
-        if len(self.ents) < 2: raise ValueError('need at least 2 KB entities with images')
+        if len(self.ents) < 2: raise PretrainError(f'{ds.root/KB_FILE}: need KB images of at least 2 entities')
         self.n_scenes = round(cfg.batch_size * cfg.scene_fraction) if self.scenes else 0
         self.n_kb = min(cfg.batch_size - self.n_scenes, len(self.ents))
         self.aug = v2.Compose([v2.RandomResizedCrop(cfg.image_size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip()])
@@ -205,39 +228,88 @@ def _clamp_temperature(clip):
     with torch.no_grad(): clip.logit_scale.clamp_(0, math.log(100))
 
 # %% ../nbs/10_pretrain.ipynb #p0000015
-def pretrain_tiny_clip(kb_dataset, out_dir, cfg: PretrainConfig | None = None, force: bool = False, progress: bool = True,
-                       num_threads: int | None = None, **recipe) -> Path:
-    """Contrastively pretrain a tiny open_clip CLIP on KB images <-> `name. attr` (and prompted scenes, see `PretrainConfig`,
-    whose fields can also be given as keywords); save it to `out_dir`, or reuse the folder when it is there."""
-    cfg, out = replace(cfg or PretrainConfig(), **recipe), Path(out_dir)
-    if not force and (out/CLIP_CONFIG_FILE).exists() and (out/CLIP_WEIGHTS_FILE).exists(): return out
-    ds, t0, old_threads = _as_dataset(kb_dataset, SPLITS), time.time(), torch.get_num_threads()
+def _pretrain(ds: MELDataset, cfg: PretrainConfig, progress: bool = True, num_threads: int | None = None) -> tuple:
+    "Pretrain a tiny CLIP on `ds` with `cfg` (writes nothing): the model, its open_clip `model_cfg`, and the log."
+    t0, old_threads = time.time(), torch.get_num_threads()
     if num_threads: torch.set_num_threads(num_threads)
     try:
         with torch.random.fork_rng():           # the caller's RNG is left as it was
             torch.manual_seed(cfg.seed)
-            clip, model_cfg = open_clip.CLIP(**tiny_clip_config(cfg.depth, cfg.image_size)), tiny_clip_config(cfg.depth, cfg.image_size)
+            model_cfg = tiny_clip_config(cfg.depth, cfg.image_size)
+            clip = open_clip.CLIP(**model_cfg)
             clip.visual.preprocess_cfg = {**clip_preprocess_defaults(), 'size': (cfg.image_size, cfg.image_size)}
             mean, std = (torch.tensor(clip.visual.preprocess_cfg[k]).view(1, 3, 1, 1) for k in ('mean', 'std'))
             draw = _PretrainBatches(ds, cfg, mean, std)
-            text_ids = open_clip.get_tokenizer('ViT-B-32')([entity_text(e) for e in ds.kb], context_length=model_cfg['text_cfg']['context_length'])
+            text_ids = open_clip.get_tokenizer('ViT-B-32')([entity_text(e) for e in ds.kb],
+                                                           context_length=model_cfg['text_cfg']['context_length'])
             log = _retrieval_log(clip, ds, draw, 'init')
             res = fit(clip, DrawnBatches(draw, cfg.steps), cfg.loop(), loss_fn=_pretrain_loss(text_ids),
                       after_step=_clamp_temperature, progress=progress, desc='pretrain tiny CLIP')
             log |= _retrieval_log(clip, ds, draw, 'final')
     finally: torch.set_num_threads(old_threads)
-    save_open_clip(clip, model_cfg, out)
     losses = [round(r['loss'], 4) for r in res['history']]
-    write_json_atomic(out/'pretrain_log.json', {**asdict(cfg), 'batch_size': draw.n_kb + draw.n_scenes, 'kb_root': str(ds.root),
-                      'n_entities': len(draw.ents), 'n_images': len(draw.ims), 'n_scenes': len(draw.scenes[1]) if draw.scenes else 0,
-                      'seconds': round(time.time() - t0, 1), **log, 'losses': losses}, indent=1)
-    return out
+    return clip, model_cfg, {**asdict(cfg), 'batch_size': draw.n_kb + draw.n_scenes, 'kb_root': str(ds.root),
+                             'n_entities': len(draw.ents), 'n_images': len(draw.ims),
+                             'n_scenes': len(draw.scenes[1]) if draw.scenes else 0,
+                             'seconds': round(time.time() - t0, 1), **log, 'losses': losses}
 
 def _retrieval_log(clip, ds: MELDataset, draw: _PretrainBatches, when: str) -> dict:
-    "KB retrieval, and dev scene retrieval when scenes are used and there is a dev split."
+    "KB retrieval, and dev scene retrieval when scenes are used and there is a dev split with mentions."
     log = {f'retrieval_{when}': clip_kb_retrieval(clip, ds)}
-    if draw.scenes is not None and 'dev' in ds.splits: log[f'dev_scene_retrieval_{when}'] = clip_scene_retrieval(clip, ds, 'dev')
+    if draw.scenes is not None and ds.splits.get('dev'):
+        log[f'dev_scene_retrieval_{when}'] = clip_scene_retrieval(clip, ds, 'dev')
     return log
+
+# %% ../nbs/10_pretrain.ipynb #97c856a8
+CLIP_KIND, CLIP_LOG_FILE = 'tiny-clip', 'pretrain_log.json'
+_CLIP_FILES = (CLIP_CONFIG_FILE, CLIP_WEIGHTS_FILE, CLIP_LOG_FILE)
+_CLIP_WAY_OUT = 'pass --fresh (fresh=True) to pretrain it again, or choose another --out'
+
+def clip_record(ds: MELDataset, cfg: PretrainConfig) -> dict:
+    "What a tiny CLIP folder records: the recipe, the architecture, the fingerprint of the data files it learnt from."
+    files = [KB_FILE, QID2ID_FILE] + ([f'{cfg.scene_split}.json'] if cfg.scene_fraction > 0 else [])
+    return json.loads(json.dumps({'recipe': asdict(cfg), 'model_cfg': tiny_clip_config(cfg.depth, cfg.image_size),
+                                  'data': {f: files_fingerprint([ds.root/f]) for f in files}}))
+
+def _pretrain_data(kb_dataset, cfg: PretrainConfig) -> MELDataset:
+    "The dataset to pretrain on, checked before anything is written (a `PretrainError` naming the file otherwise)."
+    ds = _as_dataset(kb_dataset, SPLITS)
+    n = sum(bool(e.image_list) for e in ds.kb)
+    if n < 2: raise PretrainError(f'{ds.root/KB_FILE}: {n} of its {len(ds.kb)} entities have images: the tiny CLIP is '
+                                  'pretrained on the KB images of at least 2 entities')
+    if cfg.scene_fraction > 0:
+        way = (f'scene fraction {cfg.scene_fraction:g} trains on its prompted scenes; '
+               '--scene-fraction 0 pretrains on the KB alone')
+        if cfg.scene_split not in ds.splits:
+            raise PretrainError(f'split {cfg.scene_split!r} is not in {ds.root}: {way}')
+        if not ds.splits[cfg.scene_split]:
+            raise PretrainError(f'{ds.root}/{cfg.scene_split}.json holds no mentions: {way}')
+    return ds
+
+def _clip_whole(out: Path, rec: dict) -> bool:
+    return read_record(out) == {'kind': CLIP_KIND, 'made_by': rec} and all((out/f).is_file() for f in _CLIP_FILES)
+
+# %% ../nbs/10_pretrain.ipynb #326c336d
+def pretrain_tiny_clip(kb_dataset, out_dir, cfg: PretrainConfig | None = None, force: bool = False,
+                       progress: bool = True, num_threads: int | None = None, fresh: bool = False, **recipe) -> Path:
+    """Contrastively pretrain a tiny open_clip CLIP on KB images <-> `name. attr` (and prompted scenes, see
+    `PretrainConfig`, whose fields can also be given as keywords) into `out_dir`; a folder made by the same recipe on
+    the same data is reused, one made by another refused unless `fresh` (or its older name `force`)."""
+    cfg, out, fresh = replace(cfg or PretrainConfig(), **recipe), Path(out_dir), fresh or force
+    ds = _pretrain_data(kb_dataset, cfg)
+    rec = clip_record(ds, cfg)
+    if not fresh and _clip_whole(out, rec): return out
+    if num_threads is not None and num_threads < 1:
+        raise PretrainError(f'threads (--threads) must be at least 1, got {num_threads}')
+    check_out_folder(out)
+    if not fresh and out.is_dir() and any(out.iterdir()):   # another recipe or data: refused now, not after pretraining
+        claim_folder(out, CLIP_KIND, rec, known=_CLIP_FILES, way_out=_CLIP_WAY_OUT)
+    clip, model_cfg, log = _pretrain(ds, cfg, progress, num_threads)
+    claim_folder(out, CLIP_KIND, rec, fresh=fresh, known=_CLIP_FILES, way_out=_CLIP_WAY_OUT)
+    remove_partial_writes(out)                           # what a killed run left half-written
+    save_open_clip(clip, model_cfg, out)
+    write_json_atomic(out/CLIP_LOG_FILE, log, indent=1)   # last: the folder is whole
+    return out
 
 # %% ../nbs/10_pretrain.ipynb #64952454
 def default_clip_dir(data_root, steps: int = 600, scene_fraction: float = 0.5, seed: int = 0) -> Path:
@@ -247,35 +319,29 @@ def default_clip_dir(data_root, steps: int = 600, scene_fraction: float = 0.5, s
 
 def cli_pretrain_clip(argv: list[str]) -> int:
     "`vpmel pretrain_clip`: contrastively pretrain a tiny open_clip CLIP on a dataset's KB (and prompted training scenes)."
-    import argparse
-    ap = argparse.ArgumentParser(prog='vpmel pretrain_clip', description=pretrain_tiny_clip.__doc__)
+    ap = CommandParser(prog='vpmel pretrain_clip', description=pretrain_tiny_clip.__doc__)
     ap.add_argument('--data', required=True, help='dataset folder (kb_entity.json + kb_img/)')
     ap.add_argument('--out', default=None, help='output folder (default <data>/clip/tiny-s<steps>[-scenes<f>]-seed<seed>, where vpmel train looks)')
-    ap.add_argument('--steps', type=int, default=600)
-    ap.add_argument('--scene-fraction', type=float, default=0.5, help='share of each batch made of prompted training scenes')
-    ap.add_argument('--batch-size', type=int, default=64)
-    ap.add_argument('--depth', type=int, default=4, help='ViT blocks')
+    ap.add_argument('--steps', type=int, default=600, help='training steps (at least 1)')
+    ap.add_argument('--scene-fraction', type=float, default=0.5,
+                    help='share of each batch made of prompted training scenes, in [0, 1)')
+    ap.add_argument('--batch-size', type=int, default=64, help='at least 2')
+    ap.add_argument('--depth', type=int, default=4, help='ViT blocks (at least 1)')
     ap.add_argument('--lr', type=float, default=1e-3)
     ap.add_argument('--seed', type=int, default=0)
-    ap.add_argument('--threads', type=int, default=None)
-    ap.add_argument('--force', action='store_true', help='retrain even if the folder exists')
+    ap.add_argument('--threads', type=int, default=None, help='torch threads (default: torch decides)')
+    ap.add_argument('--fresh', action='store_true',
+                    help='pretrain the folder again (also when another recipe or data made it)')
+    ap.add_argument('--force', action='store_true', help='the older name of --fresh')
     a = ap.parse_args(argv)
-    if not (Path(a.data)/'kb_entity.json').exists():
-        print(f'vpmel pretrain_clip: no kb_entity.json in {a.data}'); return 2
     out = Path(a.out) if a.out else default_clip_dir(a.data, a.steps, a.scene_fraction, a.seed)
-    try:
-        out = pretrain_tiny_clip(a.data, out, steps=a.steps, seed=a.seed, batch_size=a.batch_size, depth=a.depth, lr=a.lr,
-                                 scene_fraction=a.scene_fraction, force=a.force, num_threads=a.threads)
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        print(f'vpmel pretrain_clip: {e}'); return 2
-    log_p = out/'pretrain_log.json'
-    if log_p.exists():
-        log = json.loads(log_p.read_text())
-        i, f = log['retrieval_init'], log['retrieval_final']
-        print(f"{out}: {log['n_entities']} entities, {log['steps']} steps in {log['seconds']} s; "
-              f"KB retrieval i2t {i['i2t']:.3f} -> {f['i2t']:.3f}, t2i {i['t2i']:.3f} -> {f['t2i']:.3f} (chance {f['chance']:.4f})")
-        if 'dev_scene_retrieval_final' in log:
-            si, sf = log['dev_scene_retrieval_init'], log['dev_scene_retrieval_final']
-            print(f"dev scene -> entity H@1 {si['h1']:.3f} -> {sf['h1']:.3f}, H@10 {si['h10']:.3f} -> {sf['h10']:.3f}")
-    else: print(out)
+    out = pretrain_tiny_clip(a.data, out, steps=a.steps, seed=a.seed, batch_size=a.batch_size, depth=a.depth, lr=a.lr,
+                             scene_fraction=a.scene_fraction, fresh=a.fresh or a.force, num_threads=a.threads)
+    log = json.loads((out/CLIP_LOG_FILE).read_text())
+    i, f = log['retrieval_init'], log['retrieval_final']
+    print(f"{out}: {log['n_entities']} entities, {log['steps']} steps in {log['seconds']} s; KB retrieval "
+          f"i2t {i['i2t']:.3f} -> {f['i2t']:.3f}, t2i {i['t2i']:.3f} -> {f['t2i']:.3f} (chance {f['chance']:.4f})")
+    if 'dev_scene_retrieval_final' in log:
+        si, sf = log['dev_scene_retrieval_init'], log['dev_scene_retrieval_final']
+        print(f"dev scene -> entity H@1 {si['h1']:.3f} -> {sf['h1']:.3f}, H@10 {si['h10']:.3f} -> {sf['h10']:.3f}")
     return 0

@@ -15,10 +15,13 @@ from torch import Tensor
 
 from .units import (IIERMatcher, cat_caches, index_cache, cache_len, random_features, index_features,
                          cat_features, reference_matcher_forward, FEATURE_NAMES)
+from .files import VpmelError
+from .synth import CommandParser
 
 # %% auto #0
 __all__ = ['HITS_AT', 'FIRST_STAGES', 'build_entity_cache', 'RankResult', 'rank_entities', 'brute_force_rank', 'mel_metrics',
-           'first_stage_vectors', 'FirstStage', 'two_stage_rank', 'recall_at_k', 'reference_rank', 'bench_rank']
+           'first_stage_vectors', 'FirstStage', 'two_stage_rank', 'recall_at_k', 'reference_rank', 'BenchError',
+           'bench_rank']
 
 # %% ../nbs/07_rank.ipynb #38fa3504
 def _alloc_like(cache, n: int):
@@ -329,6 +332,7 @@ def _bench_worker(argv: list[str]) -> int:
                'topk_scores': res.topk_scores.tolist(), **extra}, open(out, 'w'))
     return 0
 
+# %% ../nbs/07_rank.ipynb #9467581a
 def _run_worker(impl: str, a, tmp: str) -> dict:
     out = os.path.join(tmp, f'{impl}.json')
     chunk = a.chunk if impl == 'ours' else a.reference_chunk
@@ -336,7 +340,12 @@ def _run_worker(impl: str, a, tmp: str) -> dict:
            impl, str(a.entities), str(a.queries), str(chunk), str(a.seed), str(a.threads), str(a.candidates), str(a.shards), out]
     env = dict(os.environ)
     env.setdefault('MALLOC_MMAP_THRESHOLD_', str(1 << 20))   # large blocks go back to the OS when freed (both runs)
-    subprocess.run(cmd, check=True, env=env)
+    r = subprocess.run(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    if r.returncode:
+        why = f'exit status {r.returncode}' if r.returncode > 0 else f'killed by signal {-r.returncode}' + \
+              (': out of memory? fewer --entities or --queries need less' if r.returncode == -9 else '')
+        raise BenchError(f"the {impl} run failed ({why}): {(r.stderr.strip().splitlines() or ['no message'])[-1]}")
+    sys.stderr.write(r.stderr)                                # its warnings, if any
     with open(out) as f: return json.load(f)
 
 # %% ../nbs/07_rank.ipynb #8b57ac68
@@ -354,10 +363,25 @@ def _agreement(a: dict, b: dict, tol: float = 1e-3) -> dict:
             'topk_max_score_diff': float(np.abs(as_ - bs).max()),
             'ranks_equal_frac': float(np.mean(np.array(a['ranks']) == np.array(b['ranks'])))}
 
+class BenchError(VpmelError, ValueError):
+    "A benchmark that cannot run as asked: a number out of range, or a run that failed."
+
+_BENCH_MIN = {'entities': 1, 'queries': 1, 'chunk': 1, 'reference_chunk': 1, 'candidates': 1, 'shards': 1, 'threads': 0}
+
+def _check_bench_args(a):
+    "One-line `BenchError`s for numbers `vpmel bench rank` cannot run with (argparse checked their type)."
+    for k, lo in _BENCH_MIN.items():
+        if getattr(a, k) < lo: raise BenchError(f"--{k.replace('_', '-')} must be at least {lo}, got {getattr(a, k)}")
+    if a.two_stage and min(a.candidates, a.entities) < 20:
+        raise BenchError(f'--two-stage keeps the top 20, so --candidates and --entities must be at least 20, '
+                         f'got {a.candidates} and {a.entities}')
+
+# %% ../nbs/07_rank.ipynb #35376ee2
 def bench_rank(argv: list[str]) -> int:
     "`vpmel bench rank`: time full-KB ranking (ours, and with --reference the official algorithm re-implemented) and print JSON."
-    p = argparse.ArgumentParser(prog='vpmel bench rank', description=bench_rank.__doc__)
-    p.add_argument('--entities', type=int, default=12000, help='KB size (VPWiki: 132460)')
+    p = CommandParser(prog='vpmel bench rank', description=bench_rank.__doc__)
+    p.add_argument('--entities', type=int, default=12000,
+                   help='KB size (VPWiki has 137,460 entities: --entities 137460)')
     p.add_argument('--queries', type=int, default=40, help='number of mentions')
     p.add_argument('--reference', action='store_true', help='also run the official algorithm (re-implemented, `reference_rank`) and compare')
     p.add_argument('--chunk', type=int, default=8192, help='entity chunk size of our ranking')
@@ -369,7 +393,7 @@ def bench_rank(argv: list[str]) -> int:
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--threads', type=int, default=1, help='torch threads per run (0: torch default)')
     a = p.parse_args(argv)
-    if a.entities < 1 or a.queries < 1 or a.chunk < 1: p.error('--entities, --queries and --chunk must be positive')
+    _check_bench_args(a)
     out = {'entities': a.entities, 'queries': a.queries, 'text_tokens': [40, 512], 'image_tokens': [50, 96],
            'hidden': 96, 'seed': a.seed}
     with tempfile.TemporaryDirectory() as tmp:

@@ -132,9 +132,10 @@ class RunError(VpmelError):
 # %% ../nbs/13_runs.ipynb #db4acb9e
 def ensure_data(cfg: RunConfig) -> MELDataset:
     """Load the run's dataset. With `cfg.synth_preset`, MiniVPWiki is built first if the folder is missing, and a
-    MiniVPWiki folder made by another version of the generator (its `meta.json` differs) is refused, not silently used."""
+    MiniVPWiki folder made by another config or generator (its `made_by.json` differs) is refused, not silently used."""
     root = Path(cfg.data)
-    if cfg.synth_preset is not None and ((root/'meta.json').exists() or not (root/'kb_entity.json').exists()):
+    made = any((root/f).exists() for f in ('meta.json', 'made_by.json')) or not (root/'kb_entity.json').exists()
+    if cfg.synth_preset is not None and made:    # built, being built (finished here), or to build
         build_minivpwiki(root, preset=cfg.synth_preset, seed=cfg.synth_seed)
     if not (root/'kb_entity.json').exists():
         raise RunError(f'{root} holds no dataset (no kb_entity.json): put VPWiki there (data/README.md) or pass --data DIR')
@@ -391,6 +392,7 @@ def entity_index(model: IIER, ds: MELDataset, index_dir=None, bs: int = 256, pro
     f = None
     if index_dir is not None:
         f = Path(index_dir)/f'{INDEX_PREFIX}{model_fingerprint(model)}-{kb_fingerprint(ds)}.safetensors'
+        for t in Path(index_dir).glob(f'.{INDEX_PREFIX}*.tmp'): t.unlink()   # a write cut short by a kill
         if f.exists():
             dev = model.matcher_device
             return _unflatten({k: v.to(dev) for k, v in _flatten(load_cache_mmap(f)).items()}), f

@@ -4,22 +4,23 @@
 
 # %% ../nbs/03_synth.ipynb #53c50847
 from __future__ import annotations
-import argparse, io, json, multiprocessing as mp, random, shutil, sys, time
+import argparse, io, json, multiprocessing as mp, os, random, re, sys, time
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from PIL import Image
 from .vpwiki import KBEntity, Mention, SPLITS, write_dataset
-from .files import write_bytes_atomic, write_json_atomic
+from .files import VpmelError, write_bytes_atomic, write_json_atomic, claim_folder, read_record
 from .prompts import draw_prompt, box_area
 from .world import (PALETTE, PATTERNS, MARKS, GLYPHS, TYPES, Look, Pose, auto_ink, glyph_box, draw_glyph, background,
                          make_name, _word, place_glyphs, random_clutter, draw_clutter)
 
 # %% auto #0
 __all__ = ['PRESETS', 'FORMAT', 'SynthConfig', 'make_looks', 'Scene', 'Plan', 'make_plan', 'scene_records', 'plan_stats',
-           'render_kb_image', 'render_scene', 'render_all', 'default_out', 'build_minivpwiki', 'show_scene',
-           'format_stats', 'cli_synth']
+           'render_kb_image', 'render_scene', 'render_all', 'SynthError', 'UsageError', 'CommandParser',
+           'check_out_folder', 'remove_partial_writes', 'default_out', 'build_minivpwiki', 'show_scene', 'format_stats',
+           'cli_synth']
 
 # %% ../nbs/03_synth.ipynb #3ef0c132
 @dataclass(frozen=True)
@@ -336,21 +337,63 @@ def _tasks(plan: Plan, root: Path):
         yield ('scene', str(root), sc, {r: plan.looks[r] for r in sc.rows}, plan.cfg)
 
 # %% ../nbs/03_synth.ipynb #1fb32058
-FORMAT = 'minivpwiki-1'
-_OWN_FILES = ('kb_entity.json', 'qid2id.json', 'train.json', 'dev.json', 'test.json', 'scenes.json', 'stats.json', 'meta.json')
-_OWN_DIRS = ('train_img', 'dev_img', 'test_img', 'raw_img', 'kb_img')
-_DERIVED_DIRS = ('clip', 'detective', 'cache')   # made from the data by later chapters: stale once it is regenerated
+def _die_with_parent(parent: int):
+    "Pool initializer: on Linux a worker is killed with its parent, so a killed build leaves no orphan behind."
+    try:
+        import ctypes; ctypes.CDLL(None).prctl(1, 9)   # PR_SET_PDEATHSIG = 1, SIGKILL = 9
+    except (OSError, AttributeError): pass            # not Linux: orphans exit when their task queue breaks
+    if os.getppid() != parent: os._exit(1)            # the parent died before the line above
 
 def render_all(tasks: list, fn, workers: int = 2, desc: str = 'rendering', progress: bool = True):
     "Run `fn` on every task, in `workers` forked processes (1: in this one), with a progress bar."
     from tqdm.auto import tqdm
     bar = tqdm(total=len(tasks), desc=desc, disable=not progress, mininterval=1)
     if workers > 1:
-        with mp.get_context('fork').Pool(workers) as pool:
+        with mp.get_context('fork').Pool(workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
             for _ in pool.imap_unordered(fn, tasks, chunksize=16): bar.update()
     else:
         for t in tasks: fn(t); bar.update()
     bar.close()
+
+# %% ../nbs/03_synth.ipynb #b12386aa
+class SynthError(VpmelError, ValueError):
+    "A `vpmel synth` request that cannot be built: an unknown preset, a bad number, a folder that cannot be one."
+
+class UsageError(VpmelError):
+    "A command line that does not parse: an unknown option, a value of the wrong type or outside its choices."
+
+class CommandParser(argparse.ArgumentParser):
+    "`argparse` whose errors are one-line `UsageError`s (the `vpmel` command prints them on one line, exit status 1)."
+    def error(self, message: str):
+        raise UsageError(f'{message} (see {self.prog} --help)')
+
+def check_out_folder(folder, option: str = '--out') -> Path:
+    "`folder` if it is, or can be made, a writable folder; otherwise a one-line `SynthError` naming it and `option`."
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise SynthError(f'{folder} is a file, not a folder: choose another {option}')
+    base = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+    if not base.is_dir(): raise SynthError(f'{folder} cannot be made: {base} is a file: choose another {option}')
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise SynthError(f'{folder} cannot be written ({base} is not writable): choose another {option}')
+    return folder
+
+_PARTIAL = re.compile(r'^\..+\.[a-z0-9_]{8}\.tmp$')   # the temporary file of a `write_bytes_atomic` that never ended
+
+def remove_partial_writes(*folders) -> int:
+    "Remove what writes killed half-way left in `folders` (not their subfolders); how many files went."
+    gone = [p for d in map(Path, folders) if d.is_dir()
+            for p in d.glob('.*.tmp') if _PARTIAL.match(p.name) and p.is_file()]
+    for p in gone: p.unlink()
+    return len(gone)
+
+# %% ../nbs/03_synth.ipynb #207f45b8
+FORMAT = 'minivpwiki-1'
+_OWN_FILES = ('kb_entity.json', 'qid2id.json', 'train.json', 'dev.json', 'test.json', 'scenes.json', 'stats.json',
+              'meta.json')
+_OWN_DIRS = ('train_img', 'dev_img', 'test_img', 'raw_img', 'kb_img')
+_DERIVED_DIRS = ('clip', 'detective', 'cache')   # made from the data by later chapters: go with it when made afresh
+_WAY_OUT = 'pass --fresh (fresh=True) to generate it again, or choose another --out'
 
 def default_out(preset: str, seed: int = 0) -> Path:
     "`data/minivpwiki/<preset>` for seed 0 (where the training presets look), `data/minivpwiki/<preset>-seed<seed>` otherwise."
@@ -364,28 +407,31 @@ def _meta(preset: str, seed: int, cfg: SynthConfig) -> dict:
                      'kb_img/<qid>_<k>.png, stats.json. Rebuild: vpmel synth --preset <preset> --seed <seed>.',
             'config': json.loads(json.dumps(asdict(cfg)))}
 
+def _made_by(meta: dict) -> dict: return {k: meta[k] for k in ('format', 'preset', 'seed', 'config')}
+
+def _complete(out: Path, meta: dict) -> bool:
+    "The folder holds this dataset, whole: its record says so and `meta.json`, written last, is there."
+    try: return read_record(out) == {'kind': 'minivpwiki', 'made_by': _made_by(meta)} and \
+                json.loads((out / 'meta.json').read_text()) == meta
+    except (OSError, ValueError): return False
+
+# %% ../nbs/03_synth.ipynb #80453086
 def build_minivpwiki(out: str | Path | None = None, preset: str = 'cpu', seed: int = 0, overwrite: bool = False,
-                     workers: int = 2, config: SynthConfig | None = None, progress: bool = True) -> Path:
-    "Generate MiniVPWiki (`preset`, `seed`) into `out` (default `default_out(preset, seed)`); skip if already there."
+                     workers: int = 2, config: SynthConfig | None = None, progress: bool = True,
+                     fresh: bool = False) -> Path:
+    """Generate MiniVPWiki (`preset`, `seed`) into `out` (default `default_out(preset, seed)`); return at once if it
+    is there whole, finish it if a build was interrupted. `fresh` (or its older name `overwrite`) starts it again."""
     if config is None:
-        if preset not in PRESETS: raise ValueError(f'unknown preset {preset!r}; choose from {sorted(PRESETS)}')
+        if preset not in PRESETS:
+            raise SynthError(f'unknown preset {preset!r}: choose one of {", ".join(sorted(PRESETS))}')
         config = PRESETS[preset]
+    if workers < 1: raise SynthError(f'workers must be at least 1, got {workers}')
     out = Path(out) if out is not None else default_out(preset, seed)
-    meta = _meta(preset, seed, config)
-    mp_ = out / 'meta.json'
-    if mp_.exists():
-        try: old = json.loads(mp_.read_text())
-        except ValueError: old = None
-        if old == meta: return out
-        if not overwrite:
-            raise FileExistsError(f'{out} holds another dataset ({old and {k: old.get(k) for k in ("preset", "seed")}}, '
-                                  'or one made by an older vpmel: its meta.json differs); delete the folder (its caches '
-                                  'go with it), pass overwrite=True (vpmel synth --overwrite) or choose another folder')
-    for f in _OWN_FILES:
-        if (out / f).exists(): (out / f).unlink()
-    for d in _OWN_DIRS + _DERIVED_DIRS:
-        if (out / d).is_dir(): shutil.rmtree(out / d)
-    out.mkdir(parents=True, exist_ok=True)
+    meta, fresh = _meta(preset, seed, config), fresh or overwrite
+    if not fresh and _complete(out, meta): return out
+    claim_folder(check_out_folder(out), 'minivpwiki', _made_by(meta), fresh=fresh,
+                 known=_OWN_FILES + _OWN_DIRS + _DERIVED_DIRS, way_out=_WAY_OUT)
+    remove_partial_writes(out, *(out / d for d in _OWN_DIRS))    # what a killed build left half-written
     plan = make_plan(config, seed)
     stats = plan_stats(plan)
     write_dataset(out, plan.kb, {s: plan.mentions(s) for s in SPLITS})
@@ -432,18 +478,19 @@ def format_stats(st: dict) -> str:
         f"entities per scene {st['entities_per_scene']}, test targets seen in train {pct('test_targets_seen_in_train')}"])
 
 def cli_synth(argv: list[str] | None = None) -> int:
-    "`vpmel synth`: generate the MiniVPWiki benchmark (or find it already built) and print its statistics."
-    ap = argparse.ArgumentParser(prog='vpmel synth', description='Generate MiniVPWiki, an offline VP-MEL benchmark in the VPWiki format.')
-    ap.add_argument('--preset', choices=sorted(PRESETS), default='cpu')
+    "`vpmel synth`: generate the MiniVPWiki benchmark (or find it built, or finish it) and print its statistics."
+    ap = CommandParser(prog='vpmel synth',
+                       description='Generate MiniVPWiki, an offline VP-MEL benchmark in the VPWiki format.')
+    ap.add_argument('--preset', choices=sorted(PRESETS), default='cpu', help='dataset size (default: cpu)')
     ap.add_argument('--out', default=None, help='dataset folder (default: data/minivpwiki/<preset>, or <preset>-seed<seed> for seed > 0)')
     ap.add_argument('--seed', type=int, default=0)
-    ap.add_argument('--overwrite', action='store_true', help='replace a different dataset already in --out')
-    ap.add_argument('--workers', type=int, default=2, help='rendering processes')
+    ap.add_argument('--fresh', action='store_true',
+                    help='generate the folder again from scratch (also when another config made it)')
+    ap.add_argument('--overwrite', action='store_true', help='the older name of --fresh')
+    ap.add_argument('--workers', type=int, default=2, help='rendering processes (at least 1)')
     a = ap.parse_args(argv)
     t = time.time()
-    try: out = build_minivpwiki(a.out, a.preset, a.seed, overwrite=a.overwrite, workers=a.workers)
-    except (FileExistsError, ValueError, RuntimeError) as e:
-        print(f'vpmel synth: {e}', file=sys.stderr); return 1
+    out = build_minivpwiki(a.out, a.preset, a.seed, fresh=a.fresh or a.overwrite, workers=a.workers)
     st = json.loads((out / 'stats.json').read_text())
     print(f'MiniVPWiki preset {a.preset!r} seed {a.seed} in {out} ({time.time() - t:.1f} s)')
     print(format_stats(st))

@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from safetensors.torch import save_file, load_file
 
-from .files import write_bytes_atomic, write_json_atomic
+from .files import VpmelError, write_bytes_atomic, write_json_atomic
 
 # %% auto #0
 __all__ = ['set_seed', 'param_groups', 'lr_factor', 'TrainConfig', 'LoopState', 'save_checkpoint', 'load_weights',
@@ -230,7 +230,10 @@ class _RunFiles:
         if self.dir is None: return LoopState()
         ck, metrics = self.dir/'checkpoint', self.dir/'metrics.jsonl'
         if resume and (ck/'state.json').exists():
-            state = load_checkpoint(ck, model, opt, sched)
+            try: state = load_checkpoint(ck, model, opt, sched)
+            except Exception as e:                # truncated, corrupt, or of another model
+                raise VpmelError(f'{ck} cannot be resumed ({type(e).__name__}: {e}): pass --fresh to train again '
+                                 'from scratch') from e
             if self.write: _truncate_metrics(metrics, state.global_step)
             return state
         if self.write: metrics.unlink(missing_ok=True)
