@@ -464,7 +464,7 @@ def run_name(cfg: RunConfig, preset_name: str, ablation: str = 'iier') -> str:
     name = '-'.join([base.name, f'seed{cfg.train.seed}', *parts])
     return name if len(name) <= 100 else f'{base.name}-seed{cfg.train.seed}-{fingerprint(parts)[:8]}'
 
-# %% ../nbs/13_runs.ipynb #cf047517
+# %% ../nbs/13_runs.ipynb #6c1ab09e
 def main_process_first():
     "Under `accelerate launch` (several processes) a context in which the main process goes first; otherwise nothing."
     if int(os.environ.get('WORLD_SIZE', '1')) > 1:
@@ -474,7 +474,8 @@ def main_process_first():
 
 def train_run(cfg: RunConfig, out_root='runs', resume: bool = True, progress: bool = True) -> dict:
     """Train `cfg` (building data and the tiny CLIP if needed), evaluate the best epoch on test, save everything in
-    `out_root/cfg.name`, a folder of this config only (`resume=False`: trained again from scratch, `--fresh`)."""
+    `out_root/cfg.name`, a folder of this config only (`resume=False`: trained again from scratch, `--fresh`). A run
+    that fails before its first checkpoint (weights to supply, a bad image) leaves no folder behind."""
     t0 = time.time()
     out, (rank, _) = Path(out_root)/cfg.name, dist_rank_world()
     with main_process_first():                        # several processes: data, tiny CLIP, answers built once
@@ -483,10 +484,14 @@ def train_run(cfg: RunConfig, out_root='runs', resume: bool = True, progress: bo
         if rank == 0:
             claim_folder(out, 'iier-run', run_record(cfg, ds), fresh=not resume, known=RUN_FILES,
                          way_out='pass --fresh to train it again from scratch, or choose another --name or --out')
-        try: model = build_model(cfg, ds, progress)
-        except BaseException:                         # e.g. weights to supply: leave no empty run folder behind
-            if new and rank == 0: shutil.rmtree(out, ignore_errors=True)
-            raise
+    try: return _train_claimed(cfg, ds, out, rank, progress, t0)
+    except BaseException:
+        if rank == 0 and (new or not resume) and not (out/'checkpoint').exists(): shutil.rmtree(out, ignore_errors=True)
+        raise
+
+# %% ../nbs/13_runs.ipynb #cf047517
+def _train_claimed(cfg: RunConfig, ds: MELDataset, out: Path, rank: int, progress: bool, t0: float) -> dict:
+    with main_process_first(): model = build_model(cfg, ds, progress)
     if torch.cuda.is_available(): model.to(f"cuda:{os.environ.get('LOCAL_RANK', 0)}")   # caches and evaluation run where training runs
     if rank == 0: write_json_atomic(out/'run_config.json', cfg.to_json(), indent=1)
     with main_process_first(): men = mention_sets(cfg, ds, model, progress)

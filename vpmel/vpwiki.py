@@ -13,9 +13,10 @@ from .files import VpmelError, write_json_atomic
 
 # %% auto #0
 __all__ = ['SPLITS', 'KB_FILE', 'QID2ID_FILE', 'OnBadImage', 'ON_BAD_IMAGE', 'Severity', 'VPWIKI_TEST_HOWTO', 'KBEntity',
-           'Mention', 'UnsafePathError', 'resolve_in_root', 'write_kb', 'write_split', 'read_kb', 'read_split',
-           'MELDataset', 'write_dataset', 'is_nil', 'load_dataset', 'is_blank_mention', 'dataset_kind', 'BadImageError',
-           'open_image', 'ImageReader', 'Problem', 'CheckReport', 'check_dataset', 'cli_check', 'released_vpwiki_test']
+           'Mention', 'UnsafePathError', 'resolve_in_root', 'DatasetError', 'write_kb', 'write_split', 'read_kb',
+           'read_split', 'MELDataset', 'write_dataset', 'is_nil', 'load_dataset', 'is_blank_mention', 'dataset_kind',
+           'BadImageError', 'open_image', 'ImageReader', 'Problem', 'CheckReport', 'check_dataset', 'cli_check',
+           'released_vpwiki_test']
 
 # %% ../nbs/00_vpwiki.ipynb #05659151
 @dataclass(frozen=True)
@@ -78,19 +79,40 @@ def resolve_in_root(root: str | Path, rel: str) -> Path:
 SPLITS = ('train', 'dev', 'test')
 KB_FILE, QID2ID_FILE = 'kb_entity.json', 'qid2id.json'
 
+class DatasetError(VpmelError, ValueError):
+    "A dataset file that cannot be read as one: the message names the file, the record, and `vpmel check`."
+
 def write_kb(path, entities: Iterable[KBEntity]):
     write_json_atomic(path, [e.to_json() for e in entities])
 
 def write_split(path, mentions: Iterable[Mention]):
     write_json_atomic(path, [m.to_json() for m in mentions])
 
+def _read_json_file(path: Path, kind: type):
+    how = f'`vpmel check {path.parent}` lists every problem'
+    try: data = json.loads(path.read_text(encoding='utf-8'))
+    except (OSError, ValueError) as e: raise DatasetError(f'{path}: cannot read it ({type(e).__name__}: {e}); {how}') from e
+    if not isinstance(data, kind):
+        raise DatasetError(f'{path}: a JSON {kind.__name__} expected, found a {type(data).__name__}; {how}')
+    return data
+
+def _read_records(path, make) -> list:
+    path = Path(path); out = []
+    for i, d in enumerate(_read_json_file(path, list)):
+        try: out.append(make(d))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            rec = f"record {i} (id {d.get('id')!r})" if isinstance(d, dict) else f'record {i}'
+            raise DatasetError(f'{path}: {rec} is not a valid record ({type(e).__name__}: {e}); '
+                               f'`vpmel check {path.parent}` lists every problem') from e
+    return out
+
 def read_kb(path) -> list[KBEntity]:
-    "Read `kb_entity.json` (no validation: see `check_dataset`)."
-    return [KBEntity.from_json(d) for d in json.loads(Path(path).read_text(encoding='utf-8'))]
+    "Read `kb_entity.json` (no validation beyond the record shapes: see `check_dataset`)."
+    return _read_records(path, KBEntity.from_json)
 
 def read_split(path) -> list[Mention]:
-    "Read a split file (no validation: see `check_dataset`)."
-    return [Mention.from_json(d) for d in json.loads(Path(path).read_text(encoding='utf-8'))]
+    "Read a split file (no validation beyond the record shapes: see `check_dataset`)."
+    return _read_records(path, Mention.from_json)
 
 # %% ../nbs/00_vpwiki.ipynb #d651deb4
 @dataclass
@@ -124,12 +146,16 @@ def load_dataset(root, splits: Sequence[str] = SPLITS) -> MELDataset:
     root = Path(root)
     kb = read_kb(root/KB_FILE)
     q = root/QID2ID_FILE
-    qid2id = json.loads(q.read_text(encoding='utf-8')) if q.exists() else {e.id: i for i, e in enumerate(kb)}
+    qid2id = _read_json_file(q, dict) if q.exists() else {e.id: i for i, e in enumerate(kb)}
     out, n_nil = {}, {}
     for s in splits:
         if not (root/f'{s}.json').exists(): continue
         ms = read_split(root/f'{s}.json')
         out[s] = [m for m in ms if not is_nil(m.answer)]
+        bad = next((m for m in out[s] if m.answer not in qid2id), None)
+        if bad is not None:
+            raise DatasetError(f'{root/s}.json: record {bad.id!r} answers {bad.answer!r}, which is not in {QID2ID_FILE}; '
+                               f'`vpmel check {root}` lists every problem')
         n_nil[s] = len(ms) - len(out[s])
     return MELDataset(root, kb, qid2id, out, n_nil)
 
@@ -183,7 +209,7 @@ class ImageReader:
         path = resolve_in_root(self.root, rel)  # UnsafePathError always propagates
         try: return open_image(path), True
         except BadImageError as e:
-            if self.on_bad_image == 'raise': raise
+            if self.on_bad_image == 'raise': raise BadImageError(f'{e}; `vpmel check {self.root}` lists every bad image') from e
             self.n_bad += 1
             warnings.warn(f'{e}; using a blank image (on_bad_image="blank", {self.n_bad} so far)', stacklevel=2)
             return self.blank(), False
