@@ -634,8 +634,7 @@ def bench_explore(argv: list[str]) -> int:
     a = p.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
-    try: ex = PromptExplorer.from_run(a.run, a.data, candidates=a.candidates)
-    except ExplorerError as e: print(f'vpmel bench explore: {e}'); return 1
+    ex = PromptExplorer.from_run(a.run, a.data, candidates=a.candidates)   # no run: one line (chapter 14)
     out = {'run': str(a.run), 'entities': len(ex.ds.kb), 'ranking': 'exact' if ex.first is None else f'two-stage ({ex.candidates} candidates)',
            'threads': torch.get_num_threads(), 'setup_s': round(time.perf_counter() - t0, 2)}
     app, rng, n = ExplorerApp(ex), np.random.default_rng(a.seed), len(ex.ds.splits[a.split])
@@ -670,7 +669,7 @@ def serve_notebook(path, nb: dict, port: int, print_command: bool, prog: str, wh
     write_bytes_atomic(path, json.dumps(nb).encode())
     cmd = [sys.executable, '-m', 'voila', str(path), f'--port={port}', '--no-browser', '--Voila.ip=127.0.0.1']
     if print_command: print(shlex.join(cmd)); return 0
-    if importlib.util.find_spec('voila') is None: print(f'{prog} needs Voilà: pip install voila'); return 1
+    if importlib.util.find_spec('voila') is None: raise ExplorerError(f'{prog} needs Voilà: pip install voila')
     print(f'{prog}: serving {what} on http://127.0.0.1:{port}/ (Ctrl-C stops it)', flush=True)
     os.execv(cmd[0], cmd)
 
@@ -694,9 +693,9 @@ def cli_explore(argv: list[str]) -> int:
     p.add_argument('--detective', default=None, help='a Detective-VLM folder (save_detective) to answer every prompted image')
     p.add_argument('--print-command', action='store_true', help='print the Voilà command instead of running it')
     a = p.parse_args(argv)
-    try: trained_run(a.run)
-    except ExplorerError as e: print(f'vpmel explore: {e}'); return 1
-    if a.detective and not Path(a.detective).is_dir(): print(f'vpmel explore: no Detective folder {a.detective}'); return 1
+    trained_run(a.run)                                # no run: one line (chapter 14)
+    if a.detective and not Path(a.detective).is_dir():
+        raise ExplorerError(f'no Detective folder {a.detective}: pass --detective a folder written by vpmel detective train')
     # the notebook lives beside the run: Voilà (which this process becomes) and a printed command need it later
     return serve_notebook(Path(a.run)/'vpmel-explore.ipynb', explorer_notebook(a.run, a.data, detective=a.detective),
                           a.port, a.print_command, 'vpmel explore', a.run)
