@@ -4,28 +4,35 @@
 
 # %% ../nbs/21_construct.ipynb #ddbf98fc
 from __future__ import annotations
-import argparse, hashlib, json, shutil, sys, time
+import hashlib, json, shutil, sys, time, warnings
 from collections import Counter
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 from typing import Callable, Sequence
 from PIL import Image
 from .prompts import Box, validate_box, box_area, draw_prompt, PROMPT_STYLES
-from .vpwiki import SPLITS, KBEntity, Mention, MELDataset, check_dataset, write_dataset, open_image, BadImageError
-from .files import write_json_atomic, write_bytes_atomic
-from .mel import read_mel, mention_in_sentence, read_true_boxes
-from .grounding import Proposal, grounding_query
-from .review import Decision, DecisionLog, ReviewItem, ReviewSession
+from .vpwiki import (SPLITS, KBEntity, Mention, MELDataset, check_dataset, write_dataset, open_image,
+                           BadImageError, resolve_in_root)
+from .files import (VpmelError, FolderConflict, write_json_atomic, write_bytes_atomic, claim_folder, read_record,
+                          fingerprint)
+from .synth import CommandParser, check_out_folder
+from .mel import Dropped, load_mel, mention_in_sentence, read_true_boxes, read_mel, drop_stale_tmp
+from .grounding import Proposal, grounding_query, grounder_record
+from .review import Decision, DecisionLog, DecisionLogError, ReviewItem, ReviewSession
 
 # %% auto #0
-__all__ = ['CONSTRUCT_FILE', 'GROUNDERS', 'ConstructConfig', 'prompt_width', 'Source', 'open_sources', 'merged_kb', 'Candidate',
-           'candidates', 'to_ground', 'read_proposals', 'propose_all', 'review_items', 'review_session', 'raw_scores',
+__all__ = ['CONSTRUCT_FILE', 'STATUS_FILE', 'REVIEW_FILE', 'CONSTRUCT_KIND', 'GROUNDERS', 'ConstructError', 'ConstructConfig',
+           'prompt_width', 'Source', 'open_sources', 'merged_kb', 'Candidate', 'candidates', 'to_ground',
+           'ProposalsError', 'read_proposals', 'propose_all', 'review_items', 'review_session', 'raw_scores',
            'centred_claims', 'exclusive_choices', 'decided_boxes', 'qa_boxes', 'assign_splits', 'mask_sentence',
-           'write_vpmel', 'construct', 'show_construction', 'open_review', 'review_notebook', 'cli_review',
-           'plot_construct_stats', 'kb_clip_dir', 'make_grounder', 'cli_construct', 'grounder_suite',
-           'evaluate_exclusive', 'grounding_table', 'bench_ground']
+           'write_vpmel', 'sources_record', 'construct_record', 'bound_review', 'construct', 'show_construction',
+           'open_review', 'review_notebook', 'cli_review', 'plot_construct_stats', 'kb_clip_dir', 'make_grounder',
+           'cli_construct', 'grounder_suite', 'evaluate_exclusive', 'grounding_table', 'bench_ground']
 
 # %% ../nbs/21_construct.ipynb #eaf8d6c9
+class ConstructError(VpmelError, ValueError):
+    "A construction that cannot be done as asked: the message names the option or input, and the way out."
+
 @dataclass
 class ConstructConfig:
     "How a MEL source becomes VP-MEL data (see the prose)."
@@ -51,10 +58,19 @@ class ConstructConfig:
     true_box_splits: tuple[str, ...] = ()      # measurement only: these splits use the source's true boxes
 
     def __post_init__(self):
-        if self.style not in PROMPT_STYLES: raise ValueError(f'style {self.style!r}: choose from {PROMPT_STYLES}')
-        if self.splits not in ('source', 'by-image'): raise ValueError(f"splits must be 'source' or 'by-image', not {self.splits!r}")
-        if self.review not in ('none', 'uncertain', 'all'): raise ValueError(f"review must be 'none', 'uncertain' or 'all', not {self.review!r}")
-        if not 0 <= self.min_box_frac < self.max_box_frac <= 1: raise ValueError('need 0 <= min_box_frac < max_box_frac <= 1')
+        bad = lambda what: ConstructError(f'{what}: change that option')
+        if self.style not in PROMPT_STYLES: raise bad(f'style {self.style!r} is not one of {PROMPT_STYLES}')
+        if self.splits not in ('source', 'by-image'): raise bad(f"splits must be 'source' or 'by-image', not {self.splits!r}")
+        if self.review not in ('none', 'uncertain', 'all'):
+            raise bad(f"review must be 'none', 'uncertain' or 'all', not {self.review!r}")
+        if not 0 <= self.min_box_frac < self.max_box_frac <= 1: raise bad('need 0 <= min_box_frac < max_box_frac <= 1')
+        if not self.exclusive_max_loss >= 0:
+            raise bad(f'--max-loss (exclusive_max_loss) must be >= 0, not {self.exclusive_max_loss}')
+        if not 0 < self.exclusive_overlap <= 1:
+            raise bad(f'exclusive_overlap must be in (0, 1], not {self.exclusive_overlap}')
+        if self.width is not None and self.width < 1: raise bad(f'--width must be at least 1, not {self.width}')
+        if unknown := set(self.true_box_splits) - set(SPLITS):
+            raise bad(f'--true-box-splits {sorted(unknown)}: the splits are {SPLITS}')
 
 def prompt_width(size: tuple[int, int]) -> int:
     "The red rectangle's line width for an image of `size`: 2 px up to ~400 px, then ~1/160 of the shorter side."
@@ -63,18 +79,26 @@ def prompt_width(size: tuple[int, int]) -> int:
 # %% ../nbs/21_construct.ipynb #abcb3825
 @dataclass
 class Source:
-    "One MEL source: its dataset, the prefix of its ids in the merged data, and a short name for its KB image folder."
+    """One MEL source: its dataset, the prefix of its ids in the merged data, a short name for its KB image folder, and
+    what reading it dropped."""
     ds: MELDataset
     prefix: str = ''
     name: str = 'src0'
+    dropped: Dropped = field(default_factory=Dropped)
 
 def open_sources(paths: Sequence, prefixes: Sequence[str] | None = None, images: bool = True) -> list[Source]:
-    "Read MEL sources (`read_mel`); prefixes default to VPWiki's: '' for the first, 'wk' for the second, 's<k>_' after."
+    """Read MEL sources (`load_mel`: faulty records dropped and counted, file and KB faults raised); prefixes default to
+    VPWiki's: '' for the first, 'wk' for the second, 's<k>_' after."""
     paths = [Path(p) for p in paths]
-    if not paths: raise ValueError('no MEL source given')
+    if not paths: raise ConstructError('no MEL source given: name at least one source folder')
     prefixes = list(prefixes) if prefixes is not None else (['', 'wk'] + [f's{k}_' for k in range(2, len(paths))])[:len(paths)]
-    if len(prefixes) != len(paths) or len(set(prefixes)) != len(prefixes): raise ValueError(f'need one distinct prefix per source, got {prefixes}')
-    return [Source(read_mel(p, images=images), pre, f'src{k}') for k, (p, pre) in enumerate(zip(paths, prefixes))]
+    if len(prefixes) != len(paths) or len(set(prefixes)) != len(prefixes):
+        raise ConstructError(f'need one distinct prefix per source, got {prefixes}')
+    out = []
+    for k, (p, pre) in enumerate(zip(paths, prefixes)):
+        ds, dropped = load_mel(p, images=images)
+        out.append(Source(ds, pre, f'src{k}', dropped))
+    return out
 
 def merged_kb(sources: Sequence[Source]) -> tuple[list[KBEntity], dict[str, tuple[Path, str]]]:
     "The merged KB (sources in order, ids prefixed) and, per new KB image path, the (source root, path) to copy it from."
@@ -82,7 +106,9 @@ def merged_kb(sources: Sequence[Source]) -> tuple[list[KBEntity], dict[str, tupl
     for s in sources:
         for e in s.ds.kb:
             new = s.prefix + e.id
-            if new in seen: raise ValueError(f'entity id {new!r} comes twice in the merged KB (source {s.ds.root}): give the sources distinct prefixes')
+            if new in seen:
+                raise ConstructError(f'entity id {new!r} comes twice in the merged KB (source {s.ds.root}): '
+                                     'give the sources distinct prefixes')
             seen.add(new)
             imgs = []
             for rel in e.image_list:
@@ -109,18 +135,28 @@ def to_ground(cands: Sequence[Candidate], cfg: ConstructConfig) -> list[Candidat
     "The candidates a grounder boxes: all but those of `cfg.true_box_splits` (drawn around the true boxes, to measure)."
     return [c for c in cands if c.split not in cfg.true_box_splits]
 
+# %% ../nbs/21_construct.ipynb #5a1e0c02
+class ProposalsError(VpmelError, ValueError):
+    "A proposals file with a damaged line: the message names the file, the line and the way out."
+
+def _proposals_line(raw: bytes) -> tuple[str, list[Proposal] | str]:
+    d = json.loads(raw)
+    return str(d['id']), (str(d['error']) if 'error' in d else [Proposal.from_json(x) for x in d['proposals']])
+
 def read_proposals(path) -> dict[str, list[Proposal] | str]:
-    "`work/proposals.jsonl`: mention id -> proposals, or the error text of an unreadable image (a torn last line is ignored)."
+    """`work/proposals.jsonl`: mention id -> proposals, or the error text of an unreadable image. A torn last line (a
+    write cut short) is skipped: its mention is grounded again."""
     out, p = {}, Path(path)
     if not p.exists(): return out
     lines = p.read_bytes().split(b'\n')
     for k, raw in enumerate(lines):
         if not raw.strip(): continue
-        try: d = json.loads(raw)
-        except ValueError:
-            if k == len(lines) - 1: break                      # torn by a crash: that mention is grounded again
-            raise ValueError(f'{p}, line {k + 1}: not JSON')
-        out[d['id']] = d['error'] if 'error' in d else [Proposal.from_json(x) for x in d['proposals']]
+        try: key, v = _proposals_line(raw)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            if k == len(lines) - 1: break
+            raise ProposalsError(f'{p}, line {k + 1}: not a line of proposals ({type(e).__name__}: {e}): delete that '
+                                 'line (its mention is grounded again), or start again with --fresh') from None
+        out[key] = v
     return out
 
 def propose_all(cands: Sequence[Candidate], sources: Sequence[Source], grounder, path, progress: bool = True,
@@ -131,7 +167,11 @@ def propose_all(cands: Sequence[Candidate], sources: Sequence[Source], grounder,
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
     with open(path, 'ab') as f:
-        if f.tell() and not path.read_bytes().endswith(b'\n'): f.write(b'\n')   # after a torn line
+        data = path.read_bytes() if f.tell() else b'\n'
+        if not data.endswith(b'\n'):                   # a last line without its newline: whole, or torn by a crash
+            cut = data.rfind(b'\n') + 1
+            try: _proposals_line(data[cut:]); f.write(b'\n')
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError): f.truncate(cut)
         for c in tqdm(todo, desc=f'grounding ({grounder.name})', disable=not progress or not todo, mininterval=1):
             try:
                 js = [p.to_json() for p in grounder(grounding_query(sources[c.source].ds, c.mention))[:top_k]]
@@ -269,12 +309,13 @@ def _png_bytes(img: Image.Image) -> bytes:
 
 def write_vpmel(out, sources: Sequence[Source], cands: Sequence[Candidate], boxes: dict[str, Box], splits: dict[str, str],
                 cfg: ConstructConfig, progress: bool = True) -> dict[str, list[Mention]]:
-    "Write the dataset (KB copied and merged, prompted and raw images, split files); returns the split records."
+    """Write the dataset (KB copied and merged, prompted and raw images, split files); returns the split records.
+    Mention images that an earlier run wrote for mentions no longer kept are removed."""
     out = Path(out)
     kb, copies = merged_kb(sources)
     for nrel, (root, rel) in copies.items():
         dst = out/nrel
-        if not dst.exists(): write_bytes_atomic(dst, (Path(root)/rel).read_bytes())
+        if not dst.exists(): write_bytes_atomic(dst, resolve_in_root(root, rel).read_bytes())
     recs: dict[str, list[Mention]] = {s: [] for s in SPLITS}
     from tqdm.auto import tqdm
     for c in tqdm([c for c in cands if c.id in boxes], desc='drawing prompts', disable=not progress, mininterval=1):
@@ -286,45 +327,107 @@ def write_vpmel(out, sources: Sequence[Source], cands: Sequence[Candidate], boxe
         sent = mask_sentence(m.sentence, m.mentions, cfg.mask_token) if cfg.mask_mentions else m.sentence
         recs[split].append(Mention(c.id, sent, ' ', m.entities, sources[c.source].prefix + m.answer, rel, b))
     write_dataset(out, kb, {s: v for s, v in recs.items()})
+    kept = {p for v in recs.values() for m in v for p in (m.img_path, f'raw_img/mention_{m.id}.png')}
+    for d in [*(f'{s}_img' for s in SPLITS), 'raw_img']:
+        for p in (out/d).glob('mention_*.png'):
+            if f'{d}/{p.name}' not in kept: p.unlink()
     return recs
 
-# %% ../nbs/21_construct.ipynb #b803af28
-CONSTRUCT_FILE = 'construct.json'
+# %% ../nbs/21_construct.ipynb #429c9495
+CONSTRUCT_FILE, STATUS_FILE, REVIEW_FILE = 'construct.json', 'status.json', 'review.json'
+CONSTRUCT_KIND = 'vpmel-construct'
+_OUT_NAMES = ('work', 'kb_entity.json', 'qid2id.json', CONSTRUCT_FILE, 'raw_img', 'kb_img',
+              *(f'{s}.json' for s in SPLITS), *(f'{s}_img' for s in SPLITS))      # what `construct` writes
+_WAY_OUT = ('pass --fresh (fresh=True) to start it again (its proposals and review decisions are lost), '
+            'or choose another --out')
 
-def construct(sources: Sequence, out, grounder, cfg: ConstructConfig | None = None, prefixes: Sequence[str] | None = None,
-              true_boxes: dict | None = None, progress: bool = True, check: bool = True) -> dict:
-    "MEL source folder(s) -> a VP-MEL dataset in `out` (see the prose); returns the summary written to `construct.json`."
+def sources_record(srcs: Sequence[Source]) -> dict:
+    "Per source: its prefix and, by fingerprint, what construction reads of it (KB, index, the mention records kept)."
+    return {s.name: {'prefix': s.prefix, 'kb': fingerprint([e.to_json() for e in s.ds.kb]),
+                     'qid2id': fingerprint(s.ds.qid2id),
+                     'mentions': fingerprint({k: [m.to_json() for m in v] for k, v in s.ds.splits.items()})}
+            for s in srcs}
+
+def construct_record(srcs: Sequence[Source], grounder, cfg: ConstructConfig, true_boxes: dict | None = None) -> dict:
+    "What determines a construction's folder, for its record: the sources, the grounder and its settings, the config..."
+    return {'sources': sources_record(srcs), 'grounder': grounder_record(grounder),
+            'config': json.loads(json.dumps(asdict(cfg))),
+            'true_boxes': None if true_boxes is None else fingerprint({str(k): list(v) for k, v in true_boxes.items()})}
+
+def bound_review(work, proposals: dict) -> Path:
+    """The decisions log of `work/`, bound to the proposals it reviews: `review.json` holds their fingerprint, written
+    before the first decision; a log that holds decisions on other proposals raises `DecisionLogError`."""
+    work = Path(work); log, f = work/'decisions.jsonl', work/REVIEW_FILE
+    fp = fingerprint({k: v if isinstance(v, str) else [p.to_json() for p in v] for k, v in proposals.items()})
+    try: old = json.loads(f.read_text())['proposals']
+    except (OSError, ValueError, KeyError, TypeError): old = None
+    if old != fp:
+        if log.is_file() and log.stat().st_size:
+            raise DecisionLogError(f'{log} holds decisions made on other proposals than {work/"proposals.jsonl"} '
+                                   'holds now (it changed after the review began): put that file back, or start again '
+                                   'with --fresh')
+        write_json_atomic(f, {'proposals': fp})
+    return log
+
+def _dropped_reading(srcs: Sequence[Source]) -> dict:
+    "What reading the sources dropped, summed: records by reason, KB images, the first records named."
+    recs = Counter()
+    for s in srcs: recs.update(s.dropped.records)
+    return {'records_dropped': dict(sorted(recs.items())), 'kb_images_dropped': sum(s.dropped.kb_images for s in srcs),
+            'records_dropped_examples': [f'{s.name}: {e}' for s in srcs for e in s.dropped.examples][:10]}
+
+# %% ../nbs/21_construct.ipynb #b803af28
+def construct(sources: Sequence, out, grounder, cfg: ConstructConfig | None = None,
+              prefixes: Sequence[str] | None = None, true_boxes: dict | None = None, progress: bool = True,
+              check: bool = True, fresh: bool = False) -> dict:
+    """MEL source folder(s) -> a VP-MEL dataset in `out` (see the prose); returns the summary (`construct.json`).
+    Every input is checked before `out` is touched; `out`'s record must be this construction's, unless `fresh`."""
     cfg, out, t0 = cfg or ConstructConfig(), Path(out), time.time()
     srcs = list(sources) if all(isinstance(s, Source) for s in sources) else open_sources(sources, prefixes)
     if cfg.true_box_splits and true_boxes is None:
-        if len(srcs) != 1: raise ValueError('true_box_splits needs true_boxes when there are several sources')
+        if len(srcs) != 1: raise ConstructError('true_box_splits needs true_boxes when there are several sources')
         true_boxes = read_true_boxes(srcs[0].ds.root)
-    cands = candidates(srcs)
-    proposals = propose_all(to_ground(cands, cfg), srcs, grounder, out/'work'/'proposals.jsonl', progress)
+    cands, _ = candidates(srcs), merged_kb(srcs)                  # an entity id twice: said now, not after grounding
+    if len({c.id for c in cands}) < len(cands):
+        dup = next(k for k, n in Counter(c.id for c in cands).items() if n > 1)
+        raise ConstructError(f'mention id {dup!r} comes from two sources: give the sources distinct prefixes')
+    if any(out.resolve() in (r := Path(s.ds.root).resolve(), *r.parents) for s in srcs):
+        raise ConstructError(f'--out {out} holds a MEL source of this construction: choose another --out')
+    claim_folder(check_out_folder(out), CONSTRUCT_KIND, construct_record(srcs, grounder, cfg, true_boxes), fresh,
+                 _OUT_NAMES, _WAY_OUT)
+    drop_stale_tmp(out)                                            # left by a run killed in the middle of a write
+    work = out/'work'
+    proposals = propose_all(to_ground(cands, cfg), srcs, grounder, work/'proposals.jsonl', progress)
     log = None
     if cfg.review != 'none':
-        session = review_session(to_ground(cands, cfg), srcs, proposals, out/'work'/'decisions.jsonl', cfg)
-        log = session.log
+        with warnings.catch_warnings(record=True) as said:         # a log's partial last line: say it on one line
+            warnings.simplefilter('always')
+            log = review_session(to_ground(cands, cfg), srcs, proposals, bound_review(work, proposals), cfg).log
+        for w in said: print(f'warning: {w.message}', file=sys.stderr)
     boxes, dropped, waiting = decided_boxes(cands, proposals, cfg, log, true_boxes)
-    summary = {'sources': [str(Path(s.ds.root).resolve()) for s in srcs], 'prefixes': [s.prefix for s in srcs], 'grounder': grounder.name,
-               'config': json.loads(json.dumps(asdict(cfg))), 'candidates': len(cands),
-               'nil_dropped': sum(sum(s.ds.n_nil.values()) for s in srcs)}
+    summary = {'sources': [str(Path(s.ds.root).resolve()) for s in srcs], 'prefixes': [s.prefix for s in srcs],
+               'grounder': grounder.name, 'config': json.loads(json.dumps(asdict(cfg))), 'candidates': len(cands),
+               'nil_dropped': sum(sum(s.ds.n_nil.values()) for s in srcs)} | _dropped_reading(srcs)
     if waiting:
         summary |= {'waiting_for_review': len(waiting), 'written': False}
-        write_json_atomic(out/'work'/'status.json', summary, indent=1)
+        (out/CONSTRUCT_FILE).unlink(missing_ok=True)               # an earlier run's dataset is not this one
+        write_json_atomic(work/STATUS_FILE, summary, indent=1)
         return summary
     boxes = qa_boxes(cands, boxes, srcs, cfg, dropped)
     splits, moved = assign_splits([c for c in cands if c.id in boxes], cfg)
     recs = write_vpmel(out, srcs, cands, boxes, splits, cfg, progress)
-    summary |= {'written': True, 'mentions': {s: len(v) for s, v in recs.items()}, 'moved_to_keep_images_in_one_split': moved,
+    summary |= {'written': True, 'mentions': {s: len(v) for s, v in recs.items()},
+                'moved_to_keep_images_in_one_split': moved,
                 'dropped': dict(sorted(Counter(dropped.values()).items())),
                 'auto_accepted': sum(1 for d in (log.decisions.values() if log else []) if d.auto),
-                'per_source': {s.name: sum(1 for c in cands if c.source == k and c.id in boxes) for k, s in enumerate(srcs)},
-                'seconds': round(time.time() - t0, 1)}
+                'per_source': {s.name: sum(1 for c in cands if c.source == k and c.id in boxes)
+                               for k, s in enumerate(srcs)}}
     if check:
         rep = check_dataset(out, images=True)
         summary['check'] = 'ok' if rep.ok else [str(p) for p in rep.errors[:10]]
-    write_json_atomic(out/CONSTRUCT_FILE, summary, indent=1)
+    write_json_atomic(work/STATUS_FILE, summary, indent=1)
+    summary['seconds'] = round(time.time() - t0, 1)
+    write_json_atomic(out/CONSTRUCT_FILE, summary, indent=1)         # last: the dataset is whole
     return summary
 
 # %% ../nbs/21_construct.ipynb #2881849c
@@ -358,13 +461,20 @@ def show_construction(out, ids: Sequence[str] | None = None, n: int = 4, top: in
 def open_review(out) -> ReviewSession:
     "The review session of the construction in `out` (a `vpmel construct --review uncertain|all` run), for `ReviewApp`."
     out = Path(out)
-    f = next((p for p in (out/'work'/'status.json', out/CONSTRUCT_FILE) if p.exists()), None)
-    if f is None: raise FileNotFoundError(f'{out} holds no construction (no work/status.json or {CONSTRUCT_FILE}): run vpmel construct first')
+    f = next((p for p in (out/'work'/STATUS_FILE, out/CONSTRUCT_FILE) if p.exists()), None)
+    if f is None: raise ConstructError(f'{out} holds no construction (no work/{STATUS_FILE} or {CONSTRUCT_FILE}): '
+                                       'run vpmel construct first')
     s = json.loads(f.read_text())
     cfg = ConstructConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in s['config'].items()})
-    if cfg.review == 'none': raise ValueError(f'{out} was constructed without review (--review none): nothing to review')
+    if cfg.review == 'none':
+        raise ConstructError(f'{out} was constructed without review (--review none): nothing to review')
     srcs = open_sources(s['sources'], s['prefixes'])
-    return review_session(to_ground(candidates(srcs), cfg), srcs, read_proposals(out/'work'/'proposals.jsonl'), out/'work'/'decisions.jsonl', cfg)
+    rec = read_record(out)
+    if rec is None or (rec.get('made_by') or {}).get('sources') != sources_record(srcs):
+        why = 'has no made_by.json (an older vpmel made it)' if rec is None else 'was made from sources that changed since'
+        raise FolderConflict(f'{out} {why}: construct it again (vpmel construct ... --fresh: its decisions are lost)')
+    props = read_proposals(out/'work'/'proposals.jsonl')
+    return review_session(to_ground(candidates(srcs), cfg), srcs, props, bound_review(out/'work', props), cfg)
 
 # %% ../nbs/21_construct.ipynb #6a0e7b07
 def review_notebook(out) -> dict:
@@ -376,13 +486,16 @@ def review_notebook(out) -> dict:
 def cli_review(argv: list[str] | None = None) -> int:
     "`vpmel review OUT`: the review widget of a construction waiting for review, as a web page (Voilà) on localhost."
     from vpmel.explore import serve_notebook
-    ap = argparse.ArgumentParser(prog='vpmel review', description='Serve the review widget of a vpmel construct --review run on http://127.0.0.1:PORT (Voilà).')
+    ap = CommandParser(prog='vpmel review', description='Serve the review widget of a vpmel construct --review run '
+                       'on http://127.0.0.1:PORT (Voilà).')
     ap.add_argument('out', help='the --out folder of vpmel construct --review uncertain|all')
     ap.add_argument('--port', type=int, default=8867)
     ap.add_argument('--print-command', action='store_true', help='print the Voilà command instead of running it')
     a = ap.parse_args(argv)
-    try: n = len(open_review(a.out).pending())
-    except (ValueError, FileNotFoundError) as e: print(f'vpmel review: {e}', file=sys.stderr); return 1
+    with warnings.catch_warnings(record=True) as said:             # a log's partial last line: one line, below
+        warnings.simplefilter('always')
+        n = len(open_review(a.out).pending())
+    for w in said: print(f'warning: {w.message}', file=sys.stderr)
     return serve_notebook(Path(a.out)/'work'/'vpmel-review.ipynb', review_notebook(a.out), a.port, a.print_command,
                           'vpmel review', f'{a.out} ({n} mentions to review)')
 
@@ -434,12 +547,13 @@ def make_grounder(name: str, source, clip: str | None = None, detector: str | No
         return DetectorGrounder.from_pretrained(detector, kind=name)
     simple = {'centre': G.CentreBox, 'largest': G.LargestRegion, 'random-window': lambda: G.RandomWindow(seed),
               'random-region': lambda: G.RandomRegion(seed), 'true': lambda: G.TrueBox(read_true_boxes(source))}
-    if name not in simple: raise ValueError(f'unknown grounder {name!r}; choose from {GROUNDERS}')
+    if name not in simple: raise ConstructError(f'unknown grounder {name!r}: choose one of {", ".join(GROUNDERS)}')
     return simple[name]()
 
 def cli_construct(argv: list[str] | None = None) -> int:
     "`vpmel construct`: MEL source(s) -> a VP-MEL dataset (ground, review, QA, split, draw the prompt, check)."
-    ap = argparse.ArgumentParser(prog='vpmel construct', description='Build VP-MEL data (VPWiki format) from MEL source(s) in MIMIC format.')
+    ap = CommandParser(prog='vpmel construct',
+                       description='Build VP-MEL data (VPWiki format) from MEL source(s) in MIMIC format.')
     ap.add_argument('sources', nargs='+', help='MEL source folders (a second one gets the wk id prefix, as in VPWiki)')
     ap.add_argument('--out', required=True)
     ap.add_argument('--grounder', default='kb-image', choices=GROUNDERS)
@@ -456,22 +570,23 @@ def cli_construct(argv: list[str] | None = None) -> int:
     ap.add_argument('--splits', default='source', choices=('source', 'by-image'))
     ap.add_argument('--true-box-splits', nargs='*', default=(), help='measurement only: splits drawn with the true boxes')
     ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--fresh', action='store_true', help='start OUT again when another config or other sources made it '
+                    '(its proposals and review decisions are lost)')
     ap.add_argument('--quiet', action='store_true')
     a = ap.parse_args(argv)
-    try:
-        cfg = ConstructConfig(style=a.style, width=a.width, mask_mentions=a.mask_mentions, splits=a.splits, seed=a.seed,
-                              review=a.review, auto_accept=a.auto_accept, min_confidence=a.min_confidence, true_box_splits=tuple(a.true_box_splits),
-                              exclusive=not a.not_exclusive, exclusive_max_loss=a.max_loss)
-        srcs = open_sources(a.sources)
-        g = make_grounder(a.grounder, a.sources[0], a.clip, a.detector, a.seed)
-        s = construct(srcs, a.out, g, cfg, progress=not a.quiet)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f'vpmel construct: {e}', file=sys.stderr); return 1
+    cfg = ConstructConfig(style=a.style, width=a.width, mask_mentions=a.mask_mentions, splits=a.splits, seed=a.seed,
+                          review=a.review, auto_accept=a.auto_accept, min_confidence=a.min_confidence,
+                          true_box_splits=tuple(a.true_box_splits), exclusive=not a.not_exclusive,
+                          exclusive_max_loss=a.max_loss)
+    srcs = open_sources(a.sources)                                 # every source checked before anything is made
+    g = make_grounder(a.grounder, a.sources[0], a.clip, a.detector, a.seed)
+    s = construct(srcs, a.out, g, cfg, progress=not a.quiet, fresh=a.fresh)
     if not s['written']:
         print(f"{s['waiting_for_review']} mentions wait for review: `vpmel review {a.out}` (a web page), or in a notebook "
               f"`from vpmel.review import ReviewApp; from vpmel.construct import open_review; ReviewApp(open_review({str(a.out)!r}))`; "
               f"then run this command again"); return 0
-    print(json.dumps({k: s[k] for k in ('mentions', 'dropped', 'nil_dropped', 'moved_to_keep_images_in_one_split', 'auto_accepted', 'check', 'seconds')}))
+    print(json.dumps({k: s[k] for k in ('mentions', 'dropped', 'nil_dropped', 'records_dropped', 'kb_images_dropped',
+                                        'moved_to_keep_images_in_one_split', 'auto_accepted', 'check', 'seconds')}))
     return 0 if s.get('check') == 'ok' else 1
 
 # %% ../nbs/21_construct.ipynb #bf2f11a3
@@ -507,8 +622,7 @@ def grounding_table(source, split: str = 'test', n: int | None = None, progress:
     """`evaluate_grounder` for every grounder of `grounder_suite(source, **kw)` on the depicted mentions of `split`;
     the KB-image grounder also with its mentions grounded together, at each max loss of `exclusive`."""
     from vpmel.grounding import evaluate_grounder, KBImageGrounder
-    from vpmel.vpwiki import load_dataset
-    ds, tb, rows = load_dataset(source), read_true_boxes(source), []
+    ds, tb, rows = read_mel(source, images=False), read_true_boxes(source), []   # a faulty source: one error, no number
     for g in grounder_suite(source, **kw):
         rows.append(evaluate_grounder(g, ds, split, tb, n=n, progress=progress))
         if isinstance(g, KBImageGrounder) and exclusive: rows += evaluate_exclusive(g, ds, split, tb, exclusive, n=n, progress=progress)
@@ -516,7 +630,8 @@ def grounding_table(source, split: str = 'test', n: int | None = None, progress:
 
 def bench_ground(argv: list[str]) -> int:
     "`vpmel bench ground SRC`: the grounding table of a MiniVPWiki MEL source (JSON lines, then a markdown table)."
-    ap = argparse.ArgumentParser(prog='vpmel bench ground', description='Grounding accuracy of every grounder on a MEL source with true boxes.')
+    ap = CommandParser(prog='vpmel bench ground',
+                       description='Grounding accuracy of every grounder on a MEL source with true boxes.')
     ap.add_argument('source', nargs='?', default='data/minivpwiki-mel/cpu')
     ap.add_argument('--split', default='test')
     ap.add_argument('--n', type=int, default=None, help='first n depicted mentions (default: all)')

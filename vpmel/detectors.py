@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from fastcore.basics import patch
 from PIL import Image
 from transformers import (Owlv2ForObjectDetection, Owlv2Processor, GroundingDinoForObjectDetection,
                           GroundingDinoProcessor)
 
 from .prompts import clip_box, box_iou
-from .grounding import Proposal, GroundingQuery
+from .files import fingerprint
+from .grounding import Proposal, GroundingQuery, weights_fingerprint
 
 # %% auto #0
 __all__ = ['DETECTOR_KINDS', 'DEFAULT_CHECKPOINTS', 'detector_kind', 'query_phrases', 'nms_proposals', 'boxes_to_proposals',
@@ -247,3 +249,12 @@ def tiny_grounding_dino(seed: int = 0, image_size: int = 96, max_text_len: int =
     size = {'shortest_edge': image_size, 'longest_edge': image_size * 4 // 3}
     proc = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(size=size), tokenizer=tok)
     return model.eval(), proc
+
+# %% ../nbs/19_detectors.ipynb #1ceb56ca
+@patch
+def settings(self: DetectorGrounder) -> dict:
+    "What determines the proposals, for a folder's record: the weights, the processor and the thresholds."
+    tok = getattr(self.processor, 'tokenizer', None)
+    return {'kind': self.kind, 'model': weights_fingerprint(self.model), 'top_k': self.top_k,
+            'threshold': self.threshold, 'nms_iou': self.nms_iou, 'text_threshold': getattr(self, 'text_threshold', None),
+            'processor': fingerprint([self.processor.to_dict(), tok.get_vocab() if tok is not None else None])}

@@ -4,17 +4,19 @@
 
 # %% ../nbs/18_grounding.ipynb #dd74eb02
 from __future__ import annotations
-import hashlib, math, random
+import dataclasses, hashlib, math, random
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 import numpy as np
+from fastcore.basics import patch
 from PIL import Image
 from .prompts import Box, validate_box, clip_box, box_iou, box_area
+from .files import fingerprint
 
 # %% auto #0
 __all__ = ['Proposal', 'GroundingQuery', 'Grounder', 'region_proposals', 'CentreBox', 'LargestRegion', 'RandomWindow',
-           'RandomRegion', 'TrueBox', 'square_crop', 'KBImageGrounder', 'grounding_query', 'ground_mentions',
-           'grounding_row', 'evaluate_grounder']
+           'RandomRegion', 'TrueBox', 'square_crop', 'KBImageGrounder', 'weights_fingerprint', 'grounder_record',
+           'grounding_query', 'ground_mentions', 'grounding_row', 'evaluate_grounder']
 
 # %% ../nbs/18_grounding.ipynb #99ef6440
 @dataclass(frozen=True)
@@ -209,6 +211,39 @@ class KBImageGrounder:
         p = torch.softmax(s / self.temperature, 0)
         order = torch.argsort(s, descending=True).tolist()
         return [Proposal(boxes[i], float(p[i]), self.name, float(s[i])) for i in order]
+
+# %% ../nbs/18_grounding.ipynb #a19276ac
+def weights_fingerprint(module) -> str:
+    "A short hash of a torch module's weights (names, shapes, dtypes and values)."
+    import torch
+    h = hashlib.blake2b(digest_size=8)
+    for k, v in module.state_dict().items():
+        t = v.detach().cpu().contiguous().reshape(-1)
+        h.update(f'{k}{tuple(v.shape)}{v.dtype}'.encode()); h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+def _setting(v):
+    "A setting as a record holds it: numbers and text as they are; weights, containers, functions by fingerprint or name."
+    scalar = lambda x: x is None or isinstance(x, (bool, int, float, str))
+    if scalar(v): return v
+    if isinstance(v, (list, tuple)) and len(v) <= 8 and all(map(scalar, v)): return list(v)
+    if isinstance(v, (dict, list, tuple)): return fingerprint(v)
+    if hasattr(v, 'state_dict'): return weights_fingerprint(v)
+    return getattr(v, '__qualname__', type(v).__qualname__)
+
+def grounder_record(g) -> dict:
+    """What determines grounder `g`'s proposals, for a folder's record: its `name` and its settings (`g.settings()`,
+    else a dataclass's fields, else its class)."""
+    if hasattr(g, 'settings'): s = g.settings()
+    elif dataclasses.is_dataclass(g): s = {f.name: getattr(g, f.name) for f in dataclasses.fields(g)}
+    else: s = {'class': f'{type(g).__module__}.{type(g).__qualname__}'}
+    return {'name': g.name} | {k: _setting(v) for k, v in s.items() if k != 'name'}
+
+@patch
+def settings(self: KBImageGrounder) -> dict:
+    "What determines the proposals: the CLIP weights, the text weight, the temperature, the crop margin, the proposer."
+    return {'clip': self.clip, 'text_weight': self.text_weight, 'temperature': self.temperature, 'margin': self.margin,
+            'propose': self.propose}
 
 # %% ../nbs/18_grounding.ipynb #4e8d0319
 def grounding_query(ds, m) -> GroundingQuery:

@@ -4,24 +4,24 @@
 
 # %% ../nbs/17_mel.ipynb #472254fe
 from __future__ import annotations
-import argparse, json, random, re, shutil, sys, time
-from dataclasses import asdict
+import json, random, re, shutil, time, warnings
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 from PIL import Image
 from .prompts import Box
-from .vpwiki import (SPLITS, KBEntity, Mention, MELDataset, CheckReport, check_dataset, load_dataset, read_split,
-                           write_dataset, is_nil, resolve_in_root, is_blank_mention, dataset_kind,
-                           released_vpwiki_test, VPWIKI_TEST_HOWTO)
-from .files import write_json_atomic, write_bytes_atomic
+from .vpwiki import (SPLITS, KB_FILE, QID2ID_FILE, KBEntity, Mention, MELDataset, CheckReport, check_dataset,
+                           load_dataset, read_split, read_kb, write_dataset, is_nil, resolve_in_root, is_blank_mention,
+                           dataset_kind, UnsafePathError, released_vpwiki_test, VPWIKI_TEST_HOWTO, _check_mention)
+from .files import VpmelError, write_json_atomic, write_bytes_atomic, claim_folder, files_fingerprint
 from .world import glyph_box
-from .synth import PRESETS, SynthConfig, Plan, make_plan, render_scene, render_all, _png, _render_task, _tasks
-from .files import VpmelError
+from .synth import (PRESETS, SynthConfig, Plan, make_plan, render_scene, render_all, CommandParser,
+                          SynthError, check_out_folder, _png, _render_task, _tasks)
 
 # %% auto #0
-__all__ = ['MEL_FORMAT', 'BOXES_FILE', 'SOURCE_FILE', 'mention_spans', 'mention_in_sentence', 'check_mel', 'MELSourceError',
-           'read_mel', 'mel_records', 'default_mel_out', 'build_mel_source', 'read_true_boxes', 'depicted_only',
-           'show_mel_scene', 'mel_stats', 'cli_mel']
+__all__ = ['MEL_FORMAT', 'BOXES_FILE', 'SOURCE_FILE', 'MEL_KIND', 'mention_spans', 'mention_in_sentence', 'check_mel',
+           'MELSourceError', 'read_mel', 'mel_records', 'drop_stale_tmp', 'default_mel_out', 'build_mel_source',
+           'read_true_boxes', 'Dropped', 'load_mel', 'depicted_only', 'show_mel_scene', 'mel_stats', 'cli_mel']
 
 # %% ../nbs/17_mel.ipynb #cdcd69d3
 def mention_spans(mention: str, sentence: str) -> list[tuple[int, int]]:
@@ -54,15 +54,15 @@ def check_mel(path, images: bool = True, progress: bool = False) -> CheckReport:
     return rep
 
 class MELSourceError(VpmelError, ValueError):
-    "A folder that is not a usable MEL source (the message lists the first problems)."
+    "A folder that is not a usable MEL source: the message names the file, the record and the way out."
 
 def read_mel(path, images: bool = True) -> MELDataset:
-    "Check a MEL source (`check_mel`) and load it; raises `MELSourceError` naming the file and record of the first errors."
+    "Check a MEL source (`check_mel`) and load it; any error raises a `MELSourceError` naming the first ones."
     rep = check_mel(path, images=images)
     if not rep.ok:
         errs = rep.errors
-        raise MELSourceError(f'{path} is not a usable MEL source ({len(errs)} errors):\n' + '\n'.join(f'  {p}' for p in errs[:10])
-                             + ('\n  ...' if len(errs) > 10 else '') + f'\n(full report: vpmel check {path})')
+        raise MELSourceError(f'{path} is not a usable MEL source ({len(errs)} errors, e.g. '
+                             + '; '.join(str(p) for p in errs[:3]) + f'): fix them (vpmel check {path} lists them all)')
     return load_dataset(path)
 
 # %% ../nbs/17_mel.ipynb #f05b9c48
@@ -93,56 +93,164 @@ def mel_records(plan: Plan, nil_p: float = 0.1, seed: int = 0) -> tuple[dict[str
     return splits, boxes, scenes
 
 # %% ../nbs/17_mel.ipynb #4c635f05
+MEL_KIND = 'minivpwiki-mel'
+_MEL_NAMES = ('kb_entity.json', 'qid2id.json', 'train.json', 'dev.json', 'test.json', BOXES_FILE, 'scenes.json',
+              SOURCE_FILE, 'img', 'kb_img', 'clip')          # what `build_mel_source` writes, and chapter 21's CLIP
+_MEL_WAY_OUT = 'pass --fresh (fresh=True) to write it again, or choose another --out'
+_STALE_TMP = re.compile(r'^\..+\.[a-z0-9_]{8}\.tmp$')         # `write_bytes_atomic`'s temporary files
+
+def drop_stale_tmp(folder) -> int:
+    "Remove the temporary files that a process killed in the middle of `write_bytes_atomic` left under `folder`."
+    stale = [p for p in Path(folder).rglob('.*.tmp') if _STALE_TMP.match(p.name) and p.is_file()]
+    for p in stale: p.unlink()
+    return len(stale)
+
 def _render_scene_task(task) -> int:
     root, sc, looks, cfg, rel = task
     write_bytes_atomic(Path(root)/rel, _png(render_scene(sc, looks, cfg)))
     return 1
 
+def _run_task(t) -> int: return _render_task(t) if t[0] == 'kb' else _render_scene_task(t)
+
 def default_mel_out(preset: str, seed: int = 0) -> Path:
     "`data/minivpwiki-mel/<preset>` (seed 0) or `<preset>-seed<seed>`."
     return Path('data')/'minivpwiki-mel'/(preset if seed == 0 else f'{preset}-seed{seed}')
 
+# %% ../nbs/17_mel.ipynb #823e6006
 def build_mel_source(out=None, preset: str = 'cpu', seed: int = 0, nil_p: float = 0.1, overwrite: bool = False,
-                     workers: int = 2, config: SynthConfig | None = None, progress: bool = True) -> Path:
-    "Write MiniVPWiki (`preset`, `seed`) as a MEL source into `out`: unprompted scenes, mention words, `boxes.json`; skip if already there."
-    config = config or PRESETS[preset]
-    out = Path(out) if out is not None else default_mel_out(preset, seed)
-    meta = {'format': MEL_FORMAT, 'preset': preset, 'seed': seed, 'nil_p': nil_p, 'config': json.loads(json.dumps(asdict(config))),
-            'about': 'MiniVPWiki written as a MEL dataset (MIMIC format, mention words in the records, scenes without prompt); '
-                     'boxes.json holds the true box of every depicted mention, for scoring construction only.'}
-    if (out/SOURCE_FILE).exists():
-        if json.loads((out/SOURCE_FILE).read_text()) == meta: return out
-        if not overwrite: raise FileExistsError(f'{out} holds another MEL source; pass overwrite=True or choose another folder')
-    if out.exists() and any(out.iterdir()):
-        if not overwrite and not (out/SOURCE_FILE).exists():
-            raise FileExistsError(f'{out} exists and is not a MiniVPWiki MEL source: choose another folder')
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+                     workers: int = 2, config: SynthConfig | None = None, progress: bool = True,
+                     fresh: bool = False) -> Path:
+    """Write MiniVPWiki (`preset`, `seed`) as a MEL source into `out`: unprompted scenes, mention words, `boxes.json`.
+    The folder's record says what made it: the same call returns a finished folder at once and finishes an interrupted
+    one; another config there is refused (`FolderConflict`) unless `fresh` (or its older name `overwrite`)."""
+    if config is None and preset not in PRESETS:
+        raise SynthError(f'unknown preset {preset!r}: choose one of {", ".join(sorted(PRESETS))}')
+    if isinstance(nil_p, bool) or not isinstance(nil_p, (int, float)) or not 0 <= nil_p <= 1:
+        raise SynthError(f'nil_p (--nil) is the share of scenes with a nil mention, in [0, 1], not {nil_p!r}')
+    if workers < 1: raise SynthError(f'workers must be at least 1, got {workers}')
+    config, out = config or PRESETS[preset], check_out_folder(out if out is not None else default_mel_out(preset, seed))
+    made_by = {'format': MEL_FORMAT, 'preset': preset, 'seed': seed, 'nil_p': nil_p,
+               'config': json.loads(json.dumps(asdict(config)))}
+    claim_folder(out, MEL_KIND, made_by, fresh or overwrite, _MEL_NAMES, _MEL_WAY_OUT)
+    if (out/SOURCE_FILE).exists(): return out            # written last: the folder is whole
+    drop_stale_tmp(out)
     plan = make_plan(config, seed)
     splits, boxes, scenes = mel_records(plan, nil_p, seed)
     write_dataset(out, plan.kb, splits)
     write_json_atomic(out/BOXES_FILE, boxes)
     write_json_atomic(out/'scenes.json', scenes)
     tasks = [t for t in _tasks(plan, out) if t[0] == 'kb']
-    tasks += [(str(out), sc, {r: plan.looks[r] for r in sc.rows}, config, s['image']) for sc, s in zip(plan.scenes, scenes)]
+    tasks += [(str(out), sc, {r: plan.looks[r] for r in sc.rows}, config, s['image'])
+              for sc, s in zip(plan.scenes, scenes)]
+    tasks = [t for t in tasks if not (out/t[-1]).exists()]     # finishing an interrupted write: each file is whole
     render_all(tasks, _run_task, workers, 'rendering the MEL source', progress)
-    write_json_atomic(out/SOURCE_FILE, meta, indent=1)   # last: its presence says the folder is complete
+    about = ('MiniVPWiki written as a MEL dataset (MIMIC format, mention words in the records, scenes without prompt); '
+             'boxes.json holds the true box of every depicted mention, for scoring construction only.')
+    write_json_atomic(out/SOURCE_FILE, made_by | {'about': about}, indent=1)
     return out
-
-def _run_task(t) -> int: return _render_task(t) if t[0] == 'kb' else _render_scene_task(t)
 
 def read_true_boxes(root) -> dict[str, Box]:
     "The true boxes of a MiniVPWiki MEL source (`boxes.json`: mention id -> box), for scoring construction."
     p = Path(root)/BOXES_FILE
-    if not p.exists(): raise FileNotFoundError(f'{p}: no true boxes (only a MiniVPWiki MEL source has them)')
-    return {k: tuple(v) for k, v in json.loads(p.read_text()).items()}
+    if not p.exists(): raise MELSourceError(f'{p}: no true boxes (only a MiniVPWiki MEL source, `vpmel mel`, has them)')
+    try: return {str(k): tuple(int(x) for x in v) for k, v in json.loads(p.read_text()).items()}
+    except (ValueError, TypeError, AttributeError) as e:
+        raise MELSourceError(f'{p}: not a JSON object of [x0, y0, x1, y1] boxes ({e}): '
+                             'write it again with vpmel mel --fresh') from None
+
+# %% ../nbs/17_mel.ipynb #91f80025
+@dataclass
+class Dropped:
+    "What `load_mel` left out of a MEL source: mention records by reason, KB images, and the first few of them named."
+    records: dict[str, int] = field(default_factory=dict)
+    kb_images: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, where: str, reason: str, detail: str | None = None, kb_image: bool = False):
+        if kb_image: self.kb_images += 1
+        else: self.records[reason] = self.records.get(reason, 0) + 1
+        if len(self.examples) < 10: self.examples.append(f'{where}: {reason}' + (f' ({detail})' if detail else ''))
+
+def _image_fault(root: Path, rel: str, images: bool, seen: dict) -> str | None:
+    "Why the image `rel` cannot be used (None: it can): outside the folder, missing, unreadable, absurdly large."
+    if rel not in seen:
+        try:
+            p, seen[rel] = resolve_in_root(root, rel), None
+            if images:
+                with warnings.catch_warnings():
+                    warnings.simplefilter('error', Image.DecompressionBombWarning)   # too large: never decoded
+                    with Image.open(p) as im: im.load()
+        except UnsafePathError: seen[rel] = 'image path outside the source folder'
+        except FileNotFoundError: seen[rel] = 'missing image'
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning): seen[rel] = 'image too large'
+        except Exception: seen[rel] = 'unreadable image'
+    return seen[rel]
+
+def _record_fault(d, i: int, name: str, root: Path, qid2id: dict, seen_id: dict, images: bool, seen_img: dict):
+    "`(label, why, detail)`: why mention record #`i` of `name` cannot be used ('nil': a nil answer; None: it can)."
+    rep = CheckReport(name); rec = _check_mention(d, i, name, rep)
+    if rep.errors: e = rep.errors[0]; return rec, 'malformed record', f'{e.field or "record"}: {e.message}'
+    mid = str(d['id'])
+    if mid in seen_id: return rec, 'duplicate id', f'also {seen_id[mid]}'
+    seen_id[mid] = f'{name} #{i}'
+    if is_nil(d['answer']): return rec, 'nil', None
+    if d['answer'] not in qid2id: return rec, 'answer not in the KB', repr(d['answer'])
+    if is_blank_mention(d['mentions']): return rec, 'blank mention words', None
+    why = _image_fault(root, d['imgPath'], images, seen_img)
+    return rec, why, d['imgPath'] if why else None
+
+# %% ../nbs/17_mel.ipynb #81e3c322
+def _source_faults(path: Path):
+    "File-level and KB faults of a MEL source as a one-line `MELSourceError`; VP-MEL data is refused too."
+    if not path.is_dir(): raise MELSourceError(f'{path}: no such folder (a MEL source is a folder with {KB_FILE} and '
+                                               f'train/dev/test.json): give the path of one')
+    for p in check_dataset(path, images=False).errors:
+        if p.record is None or p.file in (KB_FILE, QID2ID_FILE):
+            where = f'{path/p.file}' + (f' [{p.record}]' if p.record else '') + (f' {p.field}' if p.field else '')
+            raise MELSourceError(f'{where}: {p.message}: fix it (vpmel check {path} lists every problem)')
+    recs = [d for s in SPLITS if (path/f'{s}.json').exists()
+            for d in json.loads((path/f'{s}.json').read_text(encoding='utf-8')) if isinstance(d, dict)]
+    blank = sum(is_blank_mention(d.get('mentions')) for d in recs)
+    if recs and 2 * blank >= len(recs):
+        raise MELSourceError(f'{path}: {blank} of its {len(recs)} records have blank mention words: this is VP-MEL '
+                             'data (VPWiki blanks them), not a MEL source: give a source whose records carry them')
+
+def load_mel(path, images: bool = True) -> tuple[MELDataset, Dropped]:
+    """A MEL source for construction: file and KB faults raise `MELSourceError`; a faulty mention record is dropped and
+    counted (see the prose), and so is a KB image that cannot be read; `nil` answers are counted in `ds.n_nil`."""
+    path = Path(path); _source_faults(path)
+    kb, dropped, seen_img, seen_id, splits, n_nil = read_kb(path/KB_FILE), Dropped(), {}, {}, {}, {}
+    q = path/QID2ID_FILE
+    qid2id = json.loads(q.read_text(encoding='utf-8')) if q.exists() else {e.id: i for i, e in enumerate(kb)}
+    for k, e in enumerate(kb):
+        bad = {r: why for r in e.image_list if (why := _image_fault(path, r, images, seen_img))}
+        for r, why in bad.items(): dropped.add(f'{KB_FILE} [id {e.id}] {r}', why, kb_image=True)
+        if bad: kb[k] = replace(e, image_list=tuple(r for r in e.image_list if r not in bad))
+    for s in SPLITS:
+        if not (path/f'{s}.json').exists(): continue
+        splits[s], n_nil[s], name = [], 0, f'{s}.json'
+        for i, d in enumerate(json.loads((path/name).read_text(encoding='utf-8'))):
+            rec, why, detail = _record_fault(d, i, name, path, qid2id, seen_id, images, seen_img)
+            if why == 'nil': n_nil[s] += 1
+            elif why: dropped.add(f'{name} [{rec}]', why, detail)
+            else: splits[s].append(Mention.from_json(d))
+    if not any(splits.values()):
+        files = ', '.join(f'{s}.json' for s in splits) or 'split files'
+        raise MELSourceError(f'{path}: no usable mention in {files} ({sum(dropped.records.values())} records dropped, '
+                             f'{sum(n_nil.values())} nil): give a source with MEL records')
+    return MELDataset(path, kb, qid2id, splits, n_nil), dropped
 
 # %% ../nbs/17_mel.ipynb #fc1a2a86
-def depicted_only(src, out) -> Path:
-    "A copy of MEL source `src` in `out` whose splits keep only the mentions with a true box (images hard-linked)."
+def depicted_only(src, out, fresh: bool = False) -> Path:
+    """A copy of MEL source `src` in `out` whose splits keep only the mentions with a true box (images hard-linked);
+    its record names the source's files by fingerprint (another source there: `FolderConflict`, unless `fresh`)."""
     import os
     src, out = Path(src), Path(out)
     boxes, ds = read_true_boxes(src), load_dataset(src)
+    made_by = {'source': files_fingerprint(
+        [src/f for f in (KB_FILE, QID2ID_FILE, BOXES_FILE, *(f'{s}.json' for s in SPLITS))])}
+    claim_folder(out, 'minivpwiki-mel-depicted', made_by, fresh, _MEL_NAMES,
+                 'pass fresh=True to write it again, or choose another folder')
     for rel in sorted({m.img_path for v in ds.splits.values() for m in v} | {r for e in ds.kb for r in e.image_list}):
         dst = out/rel
         if dst.exists(): continue
@@ -189,17 +297,18 @@ def mel_stats(ds: MELDataset, boxes: dict | None = None) -> dict:
 
 def cli_mel(argv: list[str] | None = None) -> int:
     "`vpmel mel`: write MiniVPWiki as a MEL source (mention words, unprompted scenes, true boxes aside)."
-    ap = argparse.ArgumentParser(prog='vpmel mel', description='Write MiniVPWiki as a MEL dataset in MIMIC format (the source of construction).')
+    ap = CommandParser(prog='vpmel mel', description='Write MiniVPWiki as a MEL dataset in MIMIC format (the source of '
+                       'construction). Run again, it finishes an interrupted write or finds the folder whole.')
     ap.add_argument('--preset', choices=sorted(PRESETS), default='cpu')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--out', default=None, help='folder (default data/minivpwiki-mel/<preset>)')
     ap.add_argument('--nil', type=float, default=0.1, help='share of scenes that also give a nil mention')
-    ap.add_argument('--overwrite', action='store_true')
+    ap.add_argument('--fresh', action='store_true', help='write the folder again (also when another config made it)')
+    ap.add_argument('--overwrite', action='store_true', help='the older name of --fresh')
     ap.add_argument('--workers', type=int, default=2)
     a = ap.parse_args(argv)
     t = time.time()
-    try: out = build_mel_source(a.out, a.preset, a.seed, a.nil, overwrite=a.overwrite, workers=a.workers)
-    except (FileExistsError, ValueError) as e: print(f'vpmel mel: {e}', file=sys.stderr); return 1
+    out = build_mel_source(a.out, a.preset, a.seed, a.nil, fresh=a.fresh or a.overwrite, workers=a.workers)
     print(f'MEL source ({a.preset}, seed {a.seed}) in {out} ({time.time() - t:.1f} s)')
     print(json.dumps(mel_stats(load_dataset(out), read_true_boxes(out))))
     return 0

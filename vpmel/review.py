@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_review.ipynb #9ed6be2a
 from __future__ import annotations
-import base64, html, json, math, numbers, os, warnings
+import base64, html, io, json, math, numbers, os, warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
@@ -14,9 +14,7 @@ from PIL import Image, ImageOps
 from .prompts import Box, validate_box, clip_box
 from .grounding import Proposal
 from .vpwiki import Mention, BadImageError, open_image, load_dataset
-from .loading import RAW_IMG
 from .mel import mention_spans
-from .explore import box_from_widget, moved_box, _png
 from .files import VpmelError
 
 # %% auto #0
@@ -85,23 +83,32 @@ class DecisionLogError(VpmelError, ValueError):
 def _parse_line(raw: bytes) -> Decision:
     return Decision.from_json(json.loads(raw.decode('utf-8')))
 
-def read_decisions(path) -> list[Decision]:
-    """Every line of a decisions log, in order (`[]` if there is no file). A torn last line (no newline at its end and
-    not JSON: a write cut short) is skipped with a warning; any other bad line raises `DecisionLogError` naming the line."""
+_LOG_WAY_OUT = 'fix or delete that line, or start the review again (vpmel construct --fresh)'
+
+def _read_log(path) -> tuple[list[Decision], str | None]:
+    "A log's decisions, and what to say about a torn last line it skipped (None: there was none)."
     path = Path(path)
     try: lines = path.read_bytes().split(b'\n')
-    except FileNotFoundError: return []
+    except FileNotFoundError: return [], None
     out = []
     for n, raw in enumerate(lines, 1):
         if not raw.strip(): continue
         try: out.append(_parse_line(raw))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             if n == len(lines):    # the bytes after the last newline
-                warnings.warn(f'{path}, line {n}: skipping a torn last line (a write cut short): {raw[:60]!r}')
-                break
-            raise DecisionLogError(f'{path}, line {n}: not JSON ({e}): {raw[:80]!r}') from None
+                return out, (f'{path}, line {n}: dropped a partial last line (a write cut short: that decision was not '
+                             f'saved); the {len(out)} complete decisions before it are kept: {raw[:60]!r}')
+            raise DecisionLogError(f'{path}, line {n}: not JSON ({e}): {raw[:80]!r}: {_LOG_WAY_OUT}') from None
         except (ValueError, TypeError) as e:
-            raise DecisionLogError(f'{path}, line {n}: not a decision ({e}): {raw[:80]!r}') from None
+            raise DecisionLogError(f'{path}, line {n}: not a decision ({e}): {raw[:80]!r}: {_LOG_WAY_OUT}') from None
+    return out, None
+
+def read_decisions(path) -> list[Decision]:
+    """Every line of a decisions log, in order (`[]` if there is no file). A torn last line (no newline at its end and
+    not JSON: a write cut short) is dropped with a warning that says so; any other bad line raises `DecisionLogError`
+    naming the file and the line."""
+    out, torn = _read_log(path)
+    if torn: warnings.warn(torn, stacklevel=2)
     return out
 
 def current_decisions(records: Iterable[Decision]) -> dict[str, Decision]:
@@ -129,7 +136,8 @@ class DecisionLog:
 
     def reload(self) -> DecisionLog:
         "Read the file again (e.g. after another session wrote to it)."
-        self.records = read_decisions(self.path)
+        self.records, self.torn = _read_log(self.path)      # torn: what to say about a partial last line dropped
+        if self.torn: warnings.warn(self.torn, stacklevel=2)
         self.decisions = current_decisions(self.records)
         self.seen = {r.id for r in self.records}
         self._mended = False
@@ -173,7 +181,8 @@ class DecisionLog:
         cut = data.rfind(b'\n') + 1
         try: _parse_line(data[cut:]); return b'\n'
         except (ValueError, TypeError): pass
-        warnings.warn(f'{self.path}: cutting off a torn last line (a write cut short): {data[cut:][:60]!r}')
+        if self.torn is None:                     # torn since it was read (else reading said so already)
+            warnings.warn(f'{self.path}: cutting off a partial last line (a write cut short): {data[cut:][:60]!r}')
         os.ftruncate(fd, cut)
         return b''
 
@@ -243,6 +252,7 @@ def dataset_items(root, split: str = 'test', propose: Callable[[Mention, ReviewI
                   limit: int | None = None) -> list[ReviewItem]:
     """Review items for the mentions of `split` in a VPWiki-format folder, with `propose(mention, item)`'s proposals
     (none without `propose`): the scene without prompt when there is one, the answer entity's name and KB images."""
+    from vpmel.loading import RAW_IMG          # imported here: torch is not needed to review
     ds = load_dataset(root, [split])
     if split not in ds.splits: raise ValueError(f'{root} has no {split}.json')
     out = []
@@ -258,6 +268,7 @@ def dataset_items(root, split: str = 'test', propose: Callable[[Mention, ReviewI
 def stand_in_proposals(m: Mention, item: ReviewItem, scores: tuple[float, float] = (0.9, 0.4)) -> list[Proposal]:
     """Two made-up proposals for a mention whose box is known (MiniVPWiki), until a grounder (chapter 18) makes real
     ones: the box itself (`scores[0]`) and the same box moved by half its size (`scores[1]`)."""
+    from vpmel.explore import moved_box
     if m.bbox is None: return []
     x0, y0, x1, y1 = m.bbox
     w, h = item.size
@@ -380,6 +391,9 @@ def mark_mention(sentence: str, mention: str) -> str:
     for a, b in mention_spans(mention, sentence):
         out += [html.escape(sentence[last:a]), '<mark>', html.escape(sentence[a:b]), '</mark>']; last = b
     return ''.join(out) + html.escape(sentence[last:])
+
+def _png(img: Image.Image) -> bytes:
+    b = io.BytesIO(); img.save(b, format='PNG'); return b.getvalue()
 
 def _data_uri(img: Image.Image) -> str: return 'data:image/png;base64,' + base64.b64encode(_png(img)).decode()
 
@@ -527,6 +541,7 @@ class ReviewApp:
     def _image_box(self, b) -> Box | None:
         "A widget box in image pixels, clipped to the image; None for a box of zero size (the start of a drag)."
         if self._geo(b) is None: return None
+        from vpmel.explore import box_from_widget
         box = clip_box(box_from_widget(b, self.scale), self.s.current.size)
         return box if box[2] > box[0] and box[3] > box[1] else None
 
