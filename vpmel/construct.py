@@ -14,9 +14,8 @@ from .prompts import Box, validate_box, box_area, draw_prompt, PROMPT_STYLES
 from .vpwiki import (SPLITS, KBEntity, Mention, MELDataset, check_dataset, write_dataset, open_image,
                            BadImageError, resolve_in_root)
 from .files import (VpmelError, FolderConflict, write_json_atomic, write_bytes_atomic, claim_folder, read_record,
-                          fingerprint)
-from .synth import CommandParser, check_out_folder
-from .mel import Dropped, load_mel, mention_in_sentence, read_true_boxes, read_mel, drop_stale_tmp
+                          fingerprint, CommandParser, check_out_folder, remove_partial_writes)
+from .mel import Dropped, load_mel, mention_in_sentence, read_true_boxes, read_mel
 from .grounding import Proposal, grounding_query, grounder_record
 from .review import Decision, DecisionLog, DecisionLogError, ReviewItem, ReviewSession
 
@@ -395,7 +394,7 @@ def construct(sources: Sequence, out, grounder, cfg: ConstructConfig | None = No
         raise ConstructError(f'--out {out} holds a MEL source of this construction: choose another --out')
     claim_folder(check_out_folder(out), CONSTRUCT_KIND, construct_record(srcs, grounder, cfg, true_boxes), fresh,
                  _OUT_NAMES, _WAY_OUT)
-    drop_stale_tmp(out)                                            # left by a run killed in the middle of a write
+    remove_partial_writes(out, recursive=True)                                            # left by a run killed in the middle of a write
     work = out/'work'
     proposals = propose_all(to_ground(cands, cfg), srcs, grounder, work/'proposals.jsonl', progress)
     log = None

@@ -4,14 +4,15 @@
 
 # %% ../nbs/00_files.ipynb #f11e0005
 from __future__ import annotations
-import hashlib, json, os, shutil, tempfile
+import argparse, hashlib, json, os, re, shutil, tempfile
 from multiprocessing import util as _mp_util
 from pathlib import Path
 from typing import Any, Iterable
 
 # %% auto #0
 __all__ = ['RECORD_FILE', 'scratch_dir', 'write_bytes_atomic', 'write_json_atomic', 'VpmelError', 'FolderConflict', 'fingerprint',
-           'files_fingerprint', 'flat_record', 'record_diff', 'read_record', 'claim_folder', 'repo_root', 'needs']
+           'files_fingerprint', 'flat_record', 'record_diff', 'read_record', 'claim_folder', 'OutFolderError',
+           'UsageError', 'CommandParser', 'check_out_folder', 'remove_partial_writes', 'repo_root', 'needs']
 
 # %% ../nbs/00_files.ipynb #5c7a1d02
 def scratch_dir(prefix: str = 'vpmel-') -> Path:
@@ -80,33 +81,68 @@ def read_record(folder) -> dict | None:
     try: return json.loads(f.read_text())
     except ValueError: return {'kind': '(unreadable record)', 'made_by': None}
 
-def _clear(folder: Path):
-    shutil.rmtree(folder); folder.mkdir(parents=True)
+def _refuse(folder: Path, old: dict | None, rec: dict, entries: list, fresh: bool, known, way_out: str):
+    "Why `folder` cannot be claimed for `rec` (None: it can, after emptying it when it holds anything)."
+    if old is None:
+        if fresh and set(entries) <= set(known): return None
+        return (f'{folder} holds files but no {RECORD_FILE} (made by an older vpmel, or not by this command), so what '
+                'made them is unknown: ' + ('it holds files this command does not write, which --fresh never deletes: '
+                                            'move them away, or choose another folder' if fresh else way_out))
+    if old.get('kind') != rec['kind']:                 # another command's folder: never emptied, not even by --fresh
+        return (f"{folder} is a {old.get('kind')!r} folder, made by another command, not a {rec['kind']!r} one: "
+                'choose another folder')
+    if fresh: return None
+    return f"{folder} was made by another config ({record_diff(old.get('made_by') or {}, rec['made_by'])}): {way_out}"
 
 def claim_folder(folder, kind: str, made_by: dict, fresh: bool = False, known: Iterable[str] = (),
                  way_out: str = 'pass --fresh to start it again, or choose another folder') -> Path:
     """Make sure `folder` holds (or will hold) the output of `made_by`, a JSON-able record of the config and inputs
-    that determine it. New or empty: claimed (the record is written). Same record: reused. Another record, or files
-    without a record: `FolderConflict`, unless `fresh`, which empties the folder first (a folder without a record only
-    when every entry is one of the `known` names its command writes: nothing else of the user's is ever deleted)."""
+    that determine it. New or empty: claimed (the record is written). Same record: reused. Another record of the same
+    `kind`, or files without a record: `FolderConflict`, unless `fresh`, which empties the folder first (a folder
+    without a record only when every entry is one of the `known` names its command writes). Nothing of the user's, or
+    of another kind of folder, is ever deleted."""
     folder, rec = Path(folder), {'kind': kind, 'made_by': json.loads(json.dumps(made_by, default=str))}
     old = read_record(folder)
     if old == rec: return folder
     entries = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
     if entries:
-        if old is None and not (fresh and set(entries) <= set(known)):
-            raise FolderConflict(f'{folder} holds files but no {RECORD_FILE} (made by an older vpmel, or not by this '
-                                 f'command), so what made them is unknown: ' + (way_out if not fresh else
-                                 'it holds files this command does not write, which --fresh never deletes: '
-                                 'move them away, or choose another folder'))
-        if old is not None and not fresh:
-            what = record_diff(old.get('made_by') or {}, rec['made_by']) if old.get('kind') == kind else \
-                   f"it is a {old.get('kind')!r} folder, not a {kind!r} one"
-            raise FolderConflict(f'{folder} was made by another config ({what}): {way_out}')
-        _clear(folder)
+        if (why := _refuse(folder, old, rec, entries, fresh, known, way_out)) is not None: raise FolderConflict(why)
+        shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder/RECORD_FILE, rec, indent=1)
     return folder
+
+# %% ../nbs/00_files.ipynb #f11e0011
+class OutFolderError(VpmelError, ValueError):
+    "A folder a command was asked to write that cannot be one: a file, under a file, not writable."
+
+class UsageError(VpmelError):
+    "A command line that does not parse: an unknown option, a value of the wrong type or outside its choices."
+
+class CommandParser(argparse.ArgumentParser):
+    "`argparse` whose errors are one-line `UsageError`s (the `vpmel` command prints them on one line, exit status 1)."
+    def error(self, message: str):
+        raise UsageError(f'{message} (see {self.prog} --help)')
+
+def check_out_folder(folder, option: str = '--out') -> Path:
+    "`folder` if it is, or can be made, a writable folder; otherwise a one-line `OutFolderError` naming it and `option`."
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutFolderError(f'{folder} is a file, not a folder: choose another {option}')
+    base = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+    if not base.is_dir(): raise OutFolderError(f'{folder} cannot be made: {base} is a file: choose another {option}')
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise OutFolderError(f'{folder} cannot be written ({base} is not writable): choose another {option}')
+    return folder
+
+_PARTIAL = re.compile(r'^\..+\.[a-z0-9_]{8}\.tmp$')   # the temporary file of a `write_bytes_atomic` that never ended
+
+def remove_partial_writes(*folders, recursive: bool = False) -> int:
+    "Remove what writes killed half-way left in `folders` (and their subfolders with `recursive`); how many files went."
+    gone = [p for d in map(Path, folders) if d.is_dir()
+            for p in (d.rglob if recursive else d.glob)('.*.tmp') if _PARTIAL.match(p.name) and p.is_file()]
+    for p in gone: p.unlink()
+    return len(gone)
 
 # %% ../nbs/00_files.ipynb #d6135e63
 def repo_root(start=None) -> Path:

@@ -13,15 +13,16 @@ from .prompts import Box
 from .vpwiki import (SPLITS, KB_FILE, QID2ID_FILE, KBEntity, Mention, MELDataset, CheckReport, check_dataset,
                            load_dataset, read_split, read_kb, write_dataset, is_nil, resolve_in_root, is_blank_mention,
                            dataset_kind, UnsafePathError, released_vpwiki_test, VPWIKI_TEST_HOWTO, _check_mention)
-from .files import VpmelError, write_json_atomic, write_bytes_atomic, claim_folder, files_fingerprint
+from .files import (VpmelError, write_json_atomic, write_bytes_atomic, claim_folder, files_fingerprint, CommandParser,
+                         check_out_folder, remove_partial_writes)
 from .world import glyph_box
-from .synth import (PRESETS, SynthConfig, Plan, make_plan, render_scene, render_all, CommandParser,
-                          SynthError, check_out_folder, _png, _render_task, _tasks)
+from .synth import (PRESETS, SynthConfig, Plan, make_plan, render_scene, render_all, SynthError,
+                          _png, _render_task, _tasks)
 
 # %% auto #0
 __all__ = ['MEL_FORMAT', 'BOXES_FILE', 'SOURCE_FILE', 'MEL_KIND', 'mention_spans', 'mention_in_sentence', 'check_mel',
-           'MELSourceError', 'read_mel', 'mel_records', 'drop_stale_tmp', 'default_mel_out', 'build_mel_source',
-           'read_true_boxes', 'Dropped', 'load_mel', 'depicted_only', 'show_mel_scene', 'mel_stats', 'cli_mel']
+           'MELSourceError', 'read_mel', 'mel_records', 'default_mel_out', 'build_mel_source', 'read_true_boxes',
+           'Dropped', 'load_mel', 'depicted_only', 'show_mel_scene', 'mel_stats', 'cli_mel']
 
 # %% ../nbs/17_mel.ipynb #cdcd69d3
 def mention_spans(mention: str, sentence: str) -> list[tuple[int, int]]:
@@ -97,13 +98,6 @@ MEL_KIND = 'minivpwiki-mel'
 _MEL_NAMES = ('kb_entity.json', 'qid2id.json', 'train.json', 'dev.json', 'test.json', BOXES_FILE, 'scenes.json',
               SOURCE_FILE, 'img', 'kb_img', 'clip')          # what `build_mel_source` writes, and chapter 21's CLIP
 _MEL_WAY_OUT = 'pass --fresh (fresh=True) to write it again, or choose another --out'
-_STALE_TMP = re.compile(r'^\..+\.[a-z0-9_]{8}\.tmp$')         # `write_bytes_atomic`'s temporary files
-
-def drop_stale_tmp(folder) -> int:
-    "Remove the temporary files that a process killed in the middle of `write_bytes_atomic` left under `folder`."
-    stale = [p for p in Path(folder).rglob('.*.tmp') if _STALE_TMP.match(p.name) and p.is_file()]
-    for p in stale: p.unlink()
-    return len(stale)
 
 def _render_scene_task(task) -> int:
     root, sc, looks, cfg, rel = task
@@ -133,7 +127,7 @@ def build_mel_source(out=None, preset: str = 'cpu', seed: int = 0, nil_p: float 
                'config': json.loads(json.dumps(asdict(config)))}
     claim_folder(out, MEL_KIND, made_by, fresh or overwrite, _MEL_NAMES, _MEL_WAY_OUT)
     if (out/SOURCE_FILE).exists(): return out            # written last: the folder is whole
-    drop_stale_tmp(out)
+    remove_partial_writes(out, recursive=True)
     plan = make_plan(config, seed)
     splits, boxes, scenes = mel_records(plan, nil_p, seed)
     write_dataset(out, plan.kb, splits)

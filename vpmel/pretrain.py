@@ -18,7 +18,7 @@ from .files import VpmelError, write_json_atomic, write_bytes_atomic, claim_fold
 from .encoders import tiny_clip_config, clip_image_transform
 from .units import contrastive_loss
 from .train import TrainConfig, DrawnBatches, fit
-from .synth import CommandParser, check_out_folder, remove_partial_writes
+from .files import CommandParser, check_out_folder, remove_partial_writes
 
 # %% auto #0
 __all__ = ['CLIP_CONFIG_FILE', 'CLIP_WEIGHTS_FILE', 'CLIP_KIND', 'CLIP_LOG_FILE', 'PretrainError', 'entity_text',

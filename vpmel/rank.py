@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_rank.ipynb #8684568b
 from __future__ import annotations
-import argparse, json, math, os, resource, subprocess, sys, tempfile, time
+import json, math, os, resource, subprocess, sys, tempfile, time
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Callable, Iterable, Sequence
@@ -15,8 +15,7 @@ from torch import Tensor
 
 from .units import (IIERMatcher, cat_caches, index_cache, cache_len, random_features, index_features,
                          cat_features, reference_matcher_forward, FEATURE_NAMES)
-from .files import VpmelError
-from .synth import CommandParser
+from .files import VpmelError, CommandParser
 
 # %% auto #0
 __all__ = ['HITS_AT', 'FIRST_STAGES', 'build_entity_cache', 'RankResult', 'rank_entities', 'brute_force_rank', 'mel_metrics',

@@ -4,23 +4,23 @@
 
 # %% ../nbs/03_synth.ipynb #53c50847
 from __future__ import annotations
-import argparse, io, json, multiprocessing as mp, os, random, re, sys, time
+import io, json, multiprocessing as mp, os, random, time
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from PIL import Image
 from .vpwiki import KBEntity, Mention, SPLITS, write_dataset
-from .files import VpmelError, write_bytes_atomic, write_json_atomic, claim_folder, read_record
+from .files import (VpmelError, write_bytes_atomic, write_json_atomic, claim_folder, read_record, CommandParser,
+                         check_out_folder, remove_partial_writes)
 from .prompts import draw_prompt, box_area
 from .world import (PALETTE, PATTERNS, MARKS, GLYPHS, TYPES, Look, Pose, auto_ink, glyph_box, draw_glyph, background,
                          make_name, _word, place_glyphs, random_clutter, draw_clutter)
 
 # %% auto #0
 __all__ = ['PRESETS', 'FORMAT', 'SynthConfig', 'make_looks', 'Scene', 'Plan', 'make_plan', 'scene_records', 'plan_stats',
-           'render_kb_image', 'render_scene', 'render_all', 'SynthError', 'UsageError', 'CommandParser',
-           'check_out_folder', 'remove_partial_writes', 'default_out', 'build_minivpwiki', 'show_scene', 'format_stats',
-           'cli_synth']
+           'render_kb_image', 'render_scene', 'render_all', 'SynthError', 'default_out', 'build_minivpwiki',
+           'show_scene', 'format_stats', 'cli_synth']
 
 # %% ../nbs/03_synth.ipynb #3ef0c132
 @dataclass(frozen=True)
@@ -358,34 +358,6 @@ def render_all(tasks: list, fn, workers: int = 2, desc: str = 'rendering', progr
 # %% ../nbs/03_synth.ipynb #b12386aa
 class SynthError(VpmelError, ValueError):
     "A `vpmel synth` request that cannot be built: an unknown preset, a bad number, a folder that cannot be one."
-
-class UsageError(VpmelError):
-    "A command line that does not parse: an unknown option, a value of the wrong type or outside its choices."
-
-class CommandParser(argparse.ArgumentParser):
-    "`argparse` whose errors are one-line `UsageError`s (the `vpmel` command prints them on one line, exit status 1)."
-    def error(self, message: str):
-        raise UsageError(f'{message} (see {self.prog} --help)')
-
-def check_out_folder(folder, option: str = '--out') -> Path:
-    "`folder` if it is, or can be made, a writable folder; otherwise a one-line `SynthError` naming it and `option`."
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise SynthError(f'{folder} is a file, not a folder: choose another {option}')
-    base = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
-    if not base.is_dir(): raise SynthError(f'{folder} cannot be made: {base} is a file: choose another {option}')
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise SynthError(f'{folder} cannot be written ({base} is not writable): choose another {option}')
-    return folder
-
-_PARTIAL = re.compile(r'^\..+\.[a-z0-9_]{8}\.tmp$')   # the temporary file of a `write_bytes_atomic` that never ended
-
-def remove_partial_writes(*folders) -> int:
-    "Remove what writes killed half-way left in `folders` (not their subfolders); how many files went."
-    gone = [p for d in map(Path, folders) if d.is_dir()
-            for p in d.glob('.*.tmp') if _PARTIAL.match(p.name) and p.is_file()]
-    for p in gone: p.unlink()
-    return len(gone)
 
 # %% ../nbs/03_synth.ipynb #207f45b8
 FORMAT = 'minivpwiki-1'
