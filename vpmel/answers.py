@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_answers.ipynb #a0000004
 from __future__ import annotations
-import argparse, copy, difflib, json, os, random, re, sys
+import argparse, copy, dataclasses, difflib, json, os, random, re, shutil, sys
 from pathlib import Path
 from typing import Sequence
 
@@ -12,16 +12,22 @@ import torch
 from tqdm.auto import tqdm
 
 from .vpwiki import MELDataset, load_dataset, open_image
-from .files import write_bytes_atomic, write_json_atomic
-from .detective import (DETECTIVE_PRESETS, PROMPT_VIEWS, TINY_BACKENDS, DetectiveExample, DetectiveTrainConfig, add_lora,
-                        build_tiny_detective, detective_corpus, detective_examples, detective_kb_examples, detective_target,
+from .files import (CommandParser, FolderConflict, VpmelError, check_out_folder, claim_folder, fingerprint,
+                    files_fingerprint, read_record, record_diff, remove_partial_writes, write_bytes_atomic,
+                    write_json_atomic)
+from .pretrain import CLIP_CONFIG_FILE, CLIP_WEIGHTS_FILE
+from .detective import (DETECTIVE_PRESETS, PROMPT_VIEWS, TINY_BACKENDS, CheckpointError, DetectiveDataError,
+                        DetectiveExample, DetectiveTrainConfig, add_lora, build_tiny_detective, check_checkpoint,
+                        detective_corpus, detective_examples, detective_kb_examples, detective_target,
                         generate_answers, load_detective, save_detective, train_detective)
 
 # %% auto #0
-__all__ = ['parse_answer', 'normalize_name', 'name_similarity', 'detective_metrics', 'read_answer_cache',
-           'load_detective_answers', 'generate_split', 'caption_names', 'caption_guess', 'detective_dir',
-           'caption_folds', 'ensure_detective_answers', 'compact_answer', 'shuffle_answers', 'answers_for_mentions',
-           'cli_detective', 'detective_gallery']
+__all__ = ['ANSWERS_KIND', 'TRAIN_FILES', 'parse_answer', 'normalize_name', 'name_similarity', 'detective_metrics',
+           'AnswerCacheError', 'read_answer_record', 'read_answer_cache', 'load_detective_answers',
+           'claim_answer_cache', 'generate_split', 'caption_names', 'caption_guess', 'dataset_record', 'clip_record',
+           'checkpoint_fingerprint', 'caption_folds', 'detective_record', 'detective_dir', 'claim_detective_dir',
+           'ensure_detective_answers', 'compact_answer', 'shuffle_answers', 'answers_for_mentions', 'cli_detective',
+           'detective_gallery']
 
 # %% ../nbs/12_answers.ipynb #0374eed5
 _NEXT = r'[.;,]?\s*(?:and\s+)?(?:the\s+)?(?:entity\s*)?(?:type|name)\s*(?:[:=\-]|\bis\b)'
@@ -73,46 +79,117 @@ def detective_metrics(answers: dict[str, str], examples: Sequence[DetectiveExamp
             'type_acc': ty / n, 'name_exact': ex / n, 'name_fuzzy': fz / n}
 
 # %% ../nbs/12_answers.ipynb #adeb694b
+ANSWERS_KIND = 'detective-answers'
+
+class AnswerCacheError(VpmelError, ValueError):
+    "An answers file that cannot be used as it is: missing, a folder, unreadable lines, answers of other mentions."
+
+def _parse_line(line: str) -> tuple[str, object]:
+    "A cache line as `('record', rec)`, `('answer', (id, text))` or `('bad', why)`."
+    try: d = json.loads(line)
+    except ValueError as e: return 'bad', f'not JSON ({e})'
+    if isinstance(d, dict) and 'made_by' in d and 'id' not in d: return 'record', d
+    if isinstance(d, dict) and 'id' in d and d.get('answer') is not None:
+        return 'answer', (str(d['id']), str(d['answer']))
+    return 'bad', 'not an {"id": ..., "answer": ...} record'
+
+def _lines(path: Path) -> list[tuple[int, str, object, str]]:
+    "`(line number, kind, value, raw text)` of every non-blank line of an answers file."
+    text = Path(path).read_text(encoding='utf-8', errors='replace')
+    lines = enumerate(text.splitlines(keepends=True), 1)
+    return [(n, *_parse_line(l.rstrip('\r\n')), l) for n, l in lines if l.strip()]
+
+def read_answer_record(path: str | Path) -> dict | None:
+    "The record `{'kind', 'made_by'}` on the first line of an answers file, or None."
+    ls = _lines(path) if Path(path).is_file() else []
+    return {'kind': ls[0][2].get('kind'), 'made_by': ls[0][2]['made_by']} if ls and ls[0][1] == 'record' else None
+
 def read_answer_cache(path: str | Path) -> tuple[dict[str, str], int]:
-    "Answers `{id: text}` from a JSON-lines cache and the number of unreadable lines skipped."
-    path, out, bad = Path(path), {}, 0
-    if not path.exists(): return out, 0
-    for line in path.read_text(encoding='utf-8', errors='replace').splitlines():
-        if not line.strip(): continue
-        try: d = json.loads(line); out[str(d['id'])] = str(d['answer'])
-        except (json.JSONDecodeError, KeyError, TypeError): bad += 1
-    return out, bad
+    "Answers `{id: text}` from a JSON-lines cache (its record line aside) and the number of unreadable lines skipped."
+    ls = _lines(path) if Path(path).is_file() else []
+    return dict(v for _, k, v, _ in ls if k == 'answer'), sum(k == 'bad' for _, k, _, _ in ls)
 
 def load_detective_answers(path: str | Path) -> dict[str, str]:
     """The Detective's answers `{mention id: text}` for `vpmel.loading.MentionDataset(detective=...)`: one JSON-lines
     cache, or a folder whose `answers_<split>.jsonl` files are merged."""
     path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f'no Detective answer cache at {path}')
+    if not path.exists(): raise AnswerCacheError(f'no Detective answer cache at {path}: run `vpmel detective generate`')
     if not path.is_dir(): return read_answer_cache(path)[0]
     files = sorted(path.glob('answers_*.jsonl'))
-    if not files: raise FileNotFoundError(f'{path} holds no answers_<split>.jsonl file')
+    if not files: raise AnswerCacheError(f'{path} holds no answers_<split>.jsonl file')
     out = {}
     for f in files: out.update(read_answer_cache(f)[0])
     return out
 
-def _clean_cache(path: Path):
-    "Drop unreadable lines (a torn tail) by rewriting the cache atomically."
-    ans, bad = read_answer_cache(path)
-    if bad or (path.exists() and path.stat().st_size and not path.read_bytes().endswith(b'\n')):
-        write_bytes_atomic(path, ''.join(json.dumps({'id': k, 'answer': v}, ensure_ascii=False) + '\n' for k, v in ans.items()).encode())
+# %% ../nbs/12_answers.ipynb #5c3f2fa4
+def _record_line(made_by: dict) -> str:
+    rec = {'kind': ANSWERS_KIND, 'made_by': made_by}
+    return json.dumps(rec, ensure_ascii=False, sort_keys=True, default=str) + '\n'
+
+def _torn(lines: list, path: Path) -> bool:
+    "Whether the last line is a torn write of ours: unreadable, unterminated, begun as a JSON object."
+    return bool(lines) and lines[-1][1] == 'bad' and lines[-1][3].startswith('{"') and not lines[-1][3].endswith('\n')
+
+def claim_answer_cache(cache: str | Path, made_by: dict, fresh: bool = False,
+                       way_out: str = 'pass --fresh to answer again, or choose another --cache') -> Path:
+    """Make sure the answers file `cache` holds (or will hold) the answers of `made_by`: it is new or empty, or its
+    first line is the same record. Another record, or answers without one: `FolderConflict`. `fresh` deletes the file
+    first, to answer again (only an answers file: a file with other lines is never deleted)."""
+    cache, made_by = Path(cache), json.loads(json.dumps(made_by, default=str))
+    if cache.is_dir():
+        raise AnswerCacheError(f'{cache} is a folder: --cache takes a file, e.g. {cache}/answers_<split>.jsonl')
+    lines = _lines(cache) if cache.is_file() else []
+    if _torn(lines, cache): lines = lines[:-1]                     # the first write was cut short: nothing to keep
+    if not lines:
+        cache.unlink(missing_ok=True); return cache
+    old = read_answer_record(cache)
+    if old == {'kind': ANSWERS_KIND, 'made_by': made_by} and not fresh: return cache
+    foreign = next(((n, v) for n, k, v, _ in lines if k == 'bad'), None)
+    if foreign and (old or {}).get('kind') != ANSWERS_KIND:
+        raise AnswerCacheError(f'{cache} line {foreign[0]} is {foreign[1]}: the file is no answers cache; choose '
+                               'another --cache')
+    if fresh: cache.unlink(); return cache
+    if old is None:
+        raise FolderConflict(f'{cache} holds answers but no record of what made them (line 1 is an answer), so they '
+                             f'may come from another Detective or split: {way_out}')
+    what = record_diff(old['made_by'] or {}, made_by) if old['kind'] == ANSWERS_KIND else \
+           f"it is a {old['kind']!r} file"
+    raise FolderConflict(f'{cache} was made by another config ({what}): {way_out}')
+
+# %% ../nbs/12_answers.ipynb #882112b8
+def _keep_whole_batches(cache: Path, examples: Sequence[DetectiveExample], batch_size: int) -> dict[str, str]:
+    """The answers of `cache`, less those of a batch of `examples` that is only partly there (a crash mid-write); the
+    file is rewritten atomically without them and without unreadable lines."""
+    if not cache.is_file(): return {}
+    lines = _lines(cache)
+    ans = dict(v for _, k, v, _ in lines if k == 'answer')
+    cut = set()
+    for i in range(0, len(examples), batch_size):
+        ids = [e.id for e in examples[i:i + batch_size]]
+        if 0 < sum(j in ans for j in ids) < len(ids): cut.update(ids)
+    keep = [raw for _, k, v, raw in lines if k == 'record' or (k == 'answer' and v[0] not in cut)]
+    if len(keep) < len(lines) or not cache.read_bytes().endswith(b'\n'):
+        write_bytes_atomic(cache, ''.join(r if r.endswith('\n') else r + '\n' for r in keep).encode('utf-8'))
+    return {k: v for k, v in ans.items() if k not in cut}
 
 def generate_split(model, processor, examples: Sequence[DetectiveExample], cache: str | Path, batch_size: int = 32,
-                   max_new_tokens: int = 32, progress: bool = True) -> dict[str, str]:
-    "Answer every example whose id is not yet in `cache` (resumable), appending to the cache; returns all answers."
-    cache = Path(cache); cache.parent.mkdir(parents=True, exist_ok=True)
-    _clean_cache(cache)
-    done = read_answer_cache(cache)[0]
-    todo = [e for e in examples if e.id not in done]
-    for i in tqdm(range(0, len(todo), batch_size), desc='detective answers', disable=not progress):
-        chunk = todo[i:i + batch_size]
+                   max_new_tokens: int = 32, progress: bool = True, made_by: dict | None = None,
+                   fresh: bool = False) -> dict[str, str]:
+    """Answer `examples`, in batches of `batch_size`, into the JSON-lines `cache`, skipping the batches already there
+    (resumable); returns every answer of the cache. With `made_by` the cache starts with that record and is first
+    checked by `claim_answer_cache` (`fresh`: answered again)."""
+    cache = Path(cache)
+    if made_by is not None: claim_answer_cache(cache, made_by, fresh)
+    done = _keep_whole_batches(cache, examples, batch_size)
+    batches = [examples[i:i + batch_size] for i in range(0, len(examples), batch_size)]
+    todo = [b for b in batches if not all(e.id in done for e in b)]
+    for chunk in tqdm(todo, desc='detective answers', disable=not progress):
         answers = generate_answers(model, processor, chunk, batch_size, max_new_tokens)
+        head = _record_line(made_by) if made_by is not None and not (cache.is_file() and cache.stat().st_size) else ''
+        cache.parent.mkdir(parents=True, exist_ok=True)
         with open(cache, 'a', encoding='utf-8') as f:
-            f.write(''.join(json.dumps({'id': e.id, 'answer': a}, ensure_ascii=False) + '\n' for e, a in zip(chunk, answers)))
+            f.write(head + ''.join(json.dumps({'id': e.id, 'answer': a}, ensure_ascii=False) + '\n'
+                                   for e, a in zip(chunk, answers)))
             f.flush(); os.fsync(f.fileno())
         done.update({e.id: a for e, a in zip(chunk, answers)})
     return done
@@ -142,11 +219,31 @@ def caption_guess(ds: MELDataset, split: str) -> dict[str, str]:
     return out
 
 # %% ../nbs/12_answers.ipynb #edc6d09d
-def detective_dir(ds: MELDataset, preset: str = 'cpu', clip_dir: str | Path | None = None, seed: int = 0,
-                  cross_fit: int = 2, full_model: bool = True) -> Path:
-    "Where `ensure_detective_answers` keeps its Detectives and answers: `<data>/detective/<preset>-<vision>-seed<seed>[-cf<k>-by-caption][-folds]`."
-    cf = f'-cf{cross_fit}-by-caption' if cross_fit > 1 else ''
-    return Path(ds.root)/'detective'/f"{preset}-{Path(clip_dir).name if clip_dir else 'scratch'}-seed{seed}{cf}{'' if full_model else '-folds'}"
+def dataset_record(ds: MELDataset, splits: Sequence[str] | None = None) -> dict:
+    "Fingerprints of the files a Detective depends on: the KB (`kb_entity.json`, `qid2id.json`) and `splits` (all)."
+    root = Path(ds.root)
+    return {'kb': files_fingerprint([root/'kb_entity.json', root/'qid2id.json']),
+            **{s: files_fingerprint([root/f'{s}.json']) for s in (ds.splits if splits is None else splits)}}
+
+def clip_record(clip_dir: str | Path | None) -> dict | None:
+    "The name and the fingerprint (config + weights) of the open_clip folder a Detective's vision tower comes from."
+    if not clip_dir: return None
+    d = Path(clip_dir)
+    return {'name': d.name, 'files': files_fingerprint([d/CLIP_CONFIG_FILE, d/CLIP_WEIGHTS_FILE])}
+
+def checkpoint_fingerprint(ckpt: str | Path) -> str:
+    """A fingerprint of a model folder's files (their bytes; size and modification time for files over 256 MB), less
+    what the commands add to it (`made_by.json`, `history.json`, answers, temporary folders). A hub id is itself."""
+    p, parts = Path(ckpt), []
+    if not p.is_dir(): return str(ckpt)
+    for f in sorted(p.rglob('*')):
+        rel = f.relative_to(p)
+        if (not f.is_file() or rel.parts[0].startswith('.') or f.name in ('made_by.json', 'history.json')
+                or re.fullmatch(r'answers_.*\.jsonl', f.name)): continue
+        st = f.stat()
+        small = st.st_size <= 256 * 2**20
+        parts.append([rel.as_posix(), files_fingerprint([f]) if small else [st.st_size, st.st_mtime_ns]])
+    return fingerprint(parts)
 
 def caption_folds(examples: Sequence[DetectiveExample], k: int) -> list[list[DetectiveExample]]:
     """`examples` in `k` folds, all mentions of one caption (one scene) in the same fold. Split mention by mention, a
@@ -155,37 +252,86 @@ def caption_folds(examples: Sequence[DetectiveExample], k: int) -> list[list[Det
     fold = {p: i % k for i, p in enumerate(dict.fromkeys(e.prompt for e in examples))}
     return [[e for e in examples if fold[e.prompt] == i] for i in range(k)]
 
-# %% ../nbs/12_answers.ipynb #7d3b0a43
-def _training_data(ds: MELDataset, train: Sequence[DetectiveExample], cfg: DetectiveTrainConfig) -> tuple[list, list]:
-    "What a Detective trained with `cfg` sees: `train` (+ one example per KB image with `cfg.kb_examples`), and the first 200 dev mentions (enough for its dev loss curve)."
-    train = list(train) + (detective_kb_examples(ds, seed=cfg.seed) if cfg.kb_examples else [])
-    return train, detective_examples(ds, 'dev')[:200] if 'dev' in ds.splits else []
-
-def _detective_model(ck: Path, ds: MELDataset, train: Sequence[DetectiveExample], preset: str, clip_dir, seed: int, progress: bool):
-    "The Detective saved in `ck`, or a new one of `preset` trained on `train` (dev loss logged) and saved there."
-    if (ck/'config.json').exists():
-        model, proc = load_detective(ck)
-        return (model.cuda() if torch.cuda.is_available() else model), proc
+# %% ../nbs/12_answers.ipynb #190f94d7
+def _preset_cfgs(preset: str, clip_dir, seed: int):
+    "Copies of the preset's model config and schedule, with the CLIP folder and the seed."
+    if preset not in DETECTIVE_PRESETS:
+        raise ValueError(f'unknown Detective preset {preset!r}; choose from {sorted(DETECTIVE_PRESETS)}')
     mcfg, tcfg = copy.deepcopy(DETECTIVE_PRESETS[preset])
     if clip_dir: mcfg.vision_from_clip = str(clip_dir)
     tcfg.seed = seed
+    return mcfg, tcfg
+
+def detective_record(ds: MELDataset, preset: str = 'cpu', clip_dir: str | Path | None = None, seed: int = 0,
+                     cross_fit: int = 2, full_model: bool = True, batch_size: int = 64) -> dict:
+    "What determines the Detectives and answers of `ensure_detective_answers`: preset (as coded), CLIP, seeds, data."
+    mcfg, tcfg = _preset_cfgs(preset, clip_dir, seed)
+    return {'preset': preset, 'model': {**dataclasses.asdict(mcfg), 'vision_from_clip': clip_record(clip_dir)},
+            'train': dataclasses.asdict(tcfg), 'cross_fit': cross_fit, 'full_model': full_model,
+            'batch_size': batch_size, 'max_new_tokens': 32, 'data': dataset_record(ds)}
+
+def detective_dir(ds: MELDataset, preset: str = 'cpu', clip_dir: str | Path | None = None, seed: int = 0,
+                  cross_fit: int = 2, full_model: bool = True, batch_size: int = 64) -> Path:
+    """Where `ensure_detective_answers` keeps its Detectives and answers:
+    `<data>/detective/<preset>-<vision>-seed<seed>[-cf<k>-by-caption][-folds]-<fingerprint of detective_record>`."""
+    cf = f'-cf{cross_fit}-by-caption' if cross_fit > 1 else ''
+    fp = fingerprint(detective_record(ds, preset, clip_dir, seed, cross_fit, full_model, batch_size))[:8]
+    vision, folds = Path(clip_dir).name if clip_dir else 'scratch', '' if full_model else '-folds'
+    return Path(ds.root)/'detective'/f'{preset}-{vision}-seed{seed}{cf}{folds}-{fp}'
+
+def claim_detective_dir(ds: MELDataset, preset: str = 'cpu', clip_dir: str | Path | None = None, seed: int = 0,
+                        out: str | Path | None = None, cross_fit: int = 2, full_model: bool = True,
+                        batch_size: int = 64, fresh: bool = False) -> Path:
+    """The folder of `ensure_detective_answers` for this config (`out`, or `detective_dir`), its inputs checked and the
+    folder claimed for `detective_record` (another config's folder: `FolderConflict`; `fresh`: started again)."""
+    if not full_model and cross_fit < 2:
+        raise ValueError('full_model=False needs cross_fit >= 2: the fold Detectives answer every split')
+    if not ds.splits.get('train'):
+        raise DetectiveDataError(f"{Path(ds.root)/'train.json'} is missing or holds no mentions: the Detective needs a "
+                                 'training split')
+    if clip_dir and not (Path(clip_dir)/CLIP_CONFIG_FILE).is_file():
+        raise CheckpointError(f'{clip_dir} is not an open_clip folder (no {CLIP_CONFIG_FILE}): pass the folder '
+                              '`vpmel pretrain_clip` wrote')
+    out = Path(out) if out else detective_dir(ds, preset, clip_dir, seed, cross_fit, full_model, batch_size)
+    if fresh and (read_record(out) or {}).get('kind') == 'detective-answers': shutil.rmtree(out)   # same config too
+    models = ['model'] + [f'model_fold{i}' for i in range(cross_fit)]
+    known = ['metrics.json', *models, *(f'history_{m}.json' for m in models),
+             *(f'answers_{s}.jsonl' for s in ds.splits)]
+    rec = detective_record(ds, preset, clip_dir, seed, cross_fit, full_model, batch_size)
+    return claim_folder(out, 'detective-answers', rec, fresh, known,
+                        way_out='pass fresh=True to train and answer again, or choose another folder')
+
+# %% ../nbs/12_answers.ipynb #7d3b0a43
+def _training_data(ds: MELDataset, train: Sequence[DetectiveExample], cfg: DetectiveTrainConfig) -> tuple[list, list]:
+    """What a Detective trained with `cfg` sees: `train` (+ one example per KB image with `cfg.kb_examples`), and the
+    first 200 dev mentions (enough for its dev loss curve)."""
+    train = list(train) + (detective_kb_examples(ds, seed=cfg.seed) if cfg.kb_examples else [])
+    return train, detective_examples(ds, 'dev')[:200] if 'dev' in ds.splits else []
+
+def _detective_model(ck: Path, ds: MELDataset, train: Sequence[DetectiveExample], preset: str, clip_dir, seed: int,
+                     progress: bool):
+    """The Detective saved in `ck`, or a new one of `preset` trained on `train` (dev loss logged), its history written
+    and then the model saved there (a folder `ck` appears complete, or not at all)."""
+    if ck.exists():
+        model, proc = load_detective(ck, way_out=f'delete {ck} to train it again')
+        return (model.cuda() if torch.cuda.is_available() else model), proc
+    mcfg, tcfg = _preset_cfgs(preset, clip_dir, seed)
     model, proc = build_tiny_detective(detective_corpus(ds), 'llava', mcfg, seed=seed)
     hist = train_detective(model, proc, *_training_data(ds, train, tcfg), tcfg, progress=progress)
-    save_detective(model, proc, ck)
     write_json_atomic(ck.parent/f'history_{ck.name}.json', hist)
+    save_detective(model, proc, ck)
     return model, proc
 
 def ensure_detective_answers(ds: MELDataset, preset: str = 'cpu', clip_dir: str | Path | None = None, seed: int = 0,
-                             out: str | Path | None = None, cross_fit: int = 2, full_model: bool = True, batch_size: int = 64,
-                             progress: bool = True) -> Path:
+                             out: str | Path | None = None, cross_fit: int = 2, full_model: bool = True,
+                             batch_size: int = 64, progress: bool = True, fresh: bool = False) -> Path:
     """Train (once; saved) the offline Detective of `preset` on the training split and answer every split into
-    `answers_<split>.jsonl`; returns the folder. With `cross_fit` = k > 1 the training split is answered *out of
-    fold*: k more Detectives, each trained on the other folds, answer their held-out fold. With `full_model=False`
-    no Detective is trained on the whole training split: fold 0's answers dev and test too (the cost of one
-    Detective instead of two, and answers of the same quality in every split)."""
-    if not full_model and cross_fit < 2: raise ValueError('full_model=False needs cross_fit >= 2: the fold Detectives answer every split')
-    if 'train' not in ds.splits: raise ValueError(f'{ds.root}: the Detective needs a training split')
-    out = Path(out) if out else detective_dir(ds, preset, clip_dir, seed, cross_fit, full_model)
+    `answers_<split>.jsonl`; returns the folder (`claim_detective_dir`). With `cross_fit` = k > 1 the training split
+    is answered *out of fold*: k more Detectives, each trained on the other folds, answer their held-out fold. With
+    `full_model=False` no Detective is trained on the whole training split: fold 0's answers dev and test too (the
+    cost of one Detective instead of two, and answers of the same quality in every split)."""
+    out = claim_detective_dir(ds, preset, clip_dir, seed, out, cross_fit, full_model, batch_size, fresh)
+    remove_partial_writes(out)
     train = detective_examples(ds, 'train')
     folds, fold_models = caption_folds(train, cross_fit) if cross_fit > 1 else [], {}
     def fold_model(i):
@@ -193,12 +339,14 @@ def ensure_detective_answers(ds: MELDataset, preset: str = 'cpu', clip_dir: str 
             rest = [e for j, f in enumerate(folds) if j != i for e in f]
             fold_models[i] = _detective_model(out/f'model_fold{i}', ds, rest, preset, clip_dir, seed, progress)
         return fold_models[i]
-    model, proc = _detective_model(out/'model', ds, train, preset, clip_dir, seed, progress) if full_model else fold_model(0)
+    model, proc = (_detective_model(out/'model', ds, train, preset, clip_dir, seed, progress) if full_model
+                   else fold_model(0))
     scores = {}
     for split in ds.splits:
         ex = detective_examples(ds, split)
         if split == 'train':
-            for i, fold in enumerate(folds): generate_split(*fold_model(i), fold, out/'answers_train.jsonl', batch_size, progress=progress)
+            for i, fold in enumerate(folds):
+                generate_split(*fold_model(i), fold, out/'answers_train.jsonl', batch_size, progress=progress)
         ans = generate_split(model, proc, ex, out/f'answers_{split}.jsonl', batch_size, progress=progress)
         scores[split] = detective_metrics(ans, ex)
     write_json_atomic(out/'metrics.json', scores, indent=1)
@@ -231,14 +379,35 @@ def answers_for_mentions(ds: MELDataset, source: str | Path, preset: str = 'cpu'
 
 # %% ../nbs/12_answers.ipynb #5564c698
 def _data(path) -> MELDataset:
+    "The dataset folder `path`, or a `DetectiveDataError` that says why not."
     p = Path(path)
-    if not (p / 'kb_entity.json').is_file(): raise FileNotFoundError(f'{p} is not a dataset folder (no kb_entity.json)')
-    return load_dataset(p)
+    if not (p/'kb_entity.json').is_file():
+        raise DetectiveDataError(f"{p} is not a dataset folder ({p/'kb_entity.json'} is missing): pass --data a folder "
+                                 'made by `vpmel synth` or in the VPWiki format')
+    try: return load_dataset(p)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DetectiveDataError(f'{p}: the dataset does not load ({type(e).__name__}: {e}); `vpmel check {p}` lists '
+                                 'its faults') from e
+
+def _split_examples(ds: MELDataset, split: str, what: str, way_out: str | None = None) -> list[DetectiveExample]:
+    "The examples of `split`; a `DetectiveDataError` when it is missing or empty (ending with `way_out`: other splits)."
+    ex = detective_examples(ds, split)
+    if not ex:
+        nil = f' ({ds.n_nil[split]} nil mentions skipped)' if ds.n_nil.get(split) else ''
+        others = [s for s, ms in ds.splits.items() if ms and s != split]
+        way_out = way_out or (f"choose another --split ({', '.join(others)})" if others else 'fill the split first')
+        raise DetectiveDataError(f"{Path(ds.root)/f'{split}.json'} holds no mentions{nil}: nothing to {what}; "
+                                 f'{way_out}')
+    return ex
+
+TRAIN_FILES = ('made_by.json', 'config.json', 'generation_config.json', 'model.safetensors', 'chat_template.jinja',
+               'processor_config.json', 'preprocessor_config.json', 'tokenizer.json', 'tokenizer_config.json',
+               'special_tokens_map.json', 'adapter', 'history.json', 'answers_train.jsonl', 'answers_dev.jsonl',
+               'answers_test.jsonl')   # what `vpmel detective train` (and `generate`'s default cache) write in --out
 
 # %% ../nbs/12_answers.ipynb #84db17e4
-def cli_detective(argv: list[str]) -> int:
-    "`vpmel detective train|generate|eval`: train the Detective, answer a split into a cache, score a cache."
-    ap = argparse.ArgumentParser(prog='vpmel detective', description='Detective-VLM: the type and name of the boxed entity.')
+def _detective_parser() -> argparse.ArgumentParser:
+    ap = CommandParser(prog='vpmel detective', description='Detective-VLM: the type and name of the boxed entity.')
     sub = ap.add_subparsers(dest='cmd', required=True)
     t = sub.add_parser('train', help='train (offline tiny model) or LoRA-fine-tune (--model) a Detective')
     t.add_argument('--data', required=True); t.add_argument('--out', default='runs/detective')
@@ -246,51 +415,141 @@ def cli_detective(argv: list[str]) -> int:
     t.add_argument('--backend', default='llava', choices=sorted(TINY_BACKENDS))
     t.add_argument('--model', help='hub id or local folder of a pretrained VLM (fine-tuned with LoRA)')
     t.add_argument('--lora-r', type=int, default=16)
-    t.add_argument('--vision-from-clip', help='offline: an open_clip folder (vpmel pretrain_clip) whose ViT becomes the vision tower')
-    t.add_argument('--view', choices=PROMPT_VIEWS, help="what the Detective sees: 'full' prompted image (the paper) or 'zoom' on the red box (default: the preset's)")
+    t.add_argument('--vision-from-clip',
+                   help='offline: an open_clip folder (vpmel pretrain_clip) whose ViT becomes the vision tower')
+    t.add_argument('--view', choices=PROMPT_VIEWS, help="what the Detective sees: 'full' prompted image (the paper) "
+                                                        "or 'zoom' on the red box (default: the preset's)")
     t.add_argument('--epochs', type=int); t.add_argument('--batch-size', type=int); t.add_argument('--lr', type=float)
     t.add_argument('--max-steps', type=int); t.add_argument('--seed', type=int, default=0)
-    for name, hlp in (('generate', 'answer every mention of a split into a resumable JSON-lines cache'),
-                      ('eval', 'type accuracy and name match of a cache against the gold entities')):
-        s = sub.add_parser(name, help=hlp)
-        s.add_argument('--data', required=True); s.add_argument('--split', default='test')
-        s.add_argument('--cache', help='answers file (default: <ckpt>/answers_<split>.jsonl)')
-        if name == 'generate':
-            s.add_argument('--ckpt', required=True); s.add_argument('--batch-size', type=int, default=32)
-            s.add_argument('--max-new-tokens', type=int, default=32)
+    t.add_argument('--fresh', action='store_true', help='start --out again: train anew, whatever config made it')
+    g = sub.add_parser('generate', help='answer every mention of a split into a resumable JSON-lines cache')
+    g.add_argument('--data', required=True); g.add_argument('--split', default='test')
+    g.add_argument('--ckpt', required=True, help='the --out of `vpmel detective train` (or a hub id, with --cache)')
+    g.add_argument('--cache', help='answers file (default: <ckpt>/answers_<split>.jsonl)')
+    g.add_argument('--batch-size', type=int, default=32); g.add_argument('--max-new-tokens', type=int, default=32)
+    g.add_argument('--fresh', action='store_true', help='start the cache again: answer every mention anew')
+    e = sub.add_parser('eval', help='type accuracy and name match of a cache against the gold entities')
+    e.add_argument('--data', required=True); e.add_argument('--split', default='test')
+    e.add_argument('--cache', required=True,
+                   help='answers file that generate wrote (no default), or a folder holding answers_<split>.jsonl')
     for s in sub.choices.values(): s.add_argument('--threads', type=int, help='torch CPU threads')
-    a = ap.parse_args(argv)
-    if a.threads: torch.set_num_threads(a.threads)
+    return ap
+
+# %% ../nbs/12_answers.ipynb #353abe28
+def _train_record(a, ds: MELDataset, mcfg, tcfg) -> dict:
+    "What determines the Detective `vpmel detective train` writes: base model or backend, configs, CLIP, data."
+    base = {'model': {'name': a.model, 'files': checkpoint_fingerprint(a.model)}, 'lora_r': a.lora_r} if a.model else \
+           {'backend': a.backend}
+    vlm = {**dataclasses.asdict(mcfg), 'vision_from_clip': clip_record(mcfg.vision_from_clip)}
+    return {'preset': a.preset, **base, 'vlm': vlm, 'train': dataclasses.asdict(tcfg),
+            'data': dataset_record(ds, [s for s in ('train', 'dev') if s in ds.splits])}
+
+def _cli_train(a) -> int:
+    ds = _data(a.data)
+    train = _split_examples(ds, 'train', 'train on', 'pass --data a dataset whose training split has mentions')
+    mcfg, tcfg = _preset_cfgs(a.preset, a.vision_from_clip, a.seed)
+    for k in ('epochs', 'batch_size', 'lr', 'max_steps'):
+        if getattr(a, k) is not None: setattr(tcfg, k, getattr(a, k))
+    if a.view: mcfg.prompt_view = a.view
+    if a.vision_from_clip and not (Path(a.vision_from_clip)/CLIP_CONFIG_FILE).is_file():
+        raise CheckpointError(f'--vision-from-clip {a.vision_from_clip} is not an open_clip folder (no '
+                              f'{CLIP_CONFIG_FILE}): pass the folder `vpmel pretrain_clip` wrote')
+    if a.model and Path(a.model).exists(): check_checkpoint(a.model, 'pass --model a complete model folder or a hub id')
+    out = check_out_folder(a.out)
+    if a.fresh and (read_record(out) or {}).get('kind') == 'detective': shutil.rmtree(out)   # again, same config too
+    new = not out.exists()
+    claim_folder(out, 'detective', _train_record(a, ds, mcfg, tcfg), a.fresh, TRAIN_FILES,
+                 way_out='pass --fresh to train it again, or choose another --out')
+    remove_partial_writes(out)                             # what a killed run left half-written
+    if (out/'history.json').is_file():
+        check_checkpoint(out, 'pass --fresh to train it again')
+        print(f'{out} holds this Detective already (same config and data); --fresh trains it again'); return 0
     try:
-        ds = _data(a.data)
-        if a.cmd == 'train':
-            mcfg, tcfg = copy.deepcopy(DETECTIVE_PRESETS[a.preset])
-            for k in ('epochs', 'batch_size', 'lr', 'max_steps', 'seed'):
-                if getattr(a, k) is not None: setattr(tcfg, k, getattr(a, k))
-            if a.view: mcfg.prompt_view = a.view
-            if a.vision_from_clip: mcfg.vision_from_clip = a.vision_from_clip
-            if a.model:
-                model, proc = load_detective(a.model)
-                model.config.prompt_view = mcfg.prompt_view if a.view else 'full'
-                model = add_lora(model, r=a.lora_r, alpha=2 * a.lora_r)
-            else: model, proc = build_tiny_detective(detective_corpus(ds), a.backend, mcfg, seed=a.seed)
-            hist = train_detective(model, proc, *_training_data(ds, detective_examples(ds, 'train'), tcfg), tcfg)
-            save_detective(model, proc, a.out)
-            write_json_atomic(Path(a.out) / 'history.json', hist)
-            print(f"trained {hist['step'][-1] if hist['step'] else 0} steps in {hist['seconds']:.0f}s; "
-                  f"last loss {hist['loss'][-1]:.4f}; saved to {a.out}")
-        elif a.cmd == 'generate':
-            model, proc = load_detective(a.ckpt)
-            if torch.cuda.is_available(): model = model.cuda()
-            cache = Path(a.cache or Path(a.ckpt) / f'answers_{a.split}.jsonl')
-            ans = generate_split(model, proc, detective_examples(ds, a.split), cache, a.batch_size, a.max_new_tokens)
-            print(f'{len(ans)} answers in {cache}')
-        else:
-            if not a.cache: raise ValueError('eval needs --cache')
-            print(json.dumps(detective_metrics(load_detective_answers(a.cache), detective_examples(ds, a.split)), indent=1))
-    except (FileNotFoundError, KeyError, ValueError, OSError) as e:
-        print(f'vpmel detective {a.cmd}: error: {e}', file=sys.stderr); return 1
+        if a.model:
+            model, proc = load_detective(a.model, way_out='pass --model a complete model folder or a hub id')
+            model.config.prompt_view = mcfg.prompt_view if a.view else 'full'
+            model = add_lora(model, r=a.lora_r, alpha=2 * a.lora_r)
+        else: model, proc = build_tiny_detective(detective_corpus(ds), a.backend, mcfg, seed=a.seed)
+        hist = train_detective(model, proc, *_training_data(ds, train, tcfg), tcfg)
+        save_detective(model, proc, out)
+        write_json_atomic(out/'history.json', hist)        # last: a folder with a history holds a whole Detective
+    except BaseException:
+        if new: shutil.rmtree(out, ignore_errors=True)     # nothing half-made is left behind
+        raise
+    print(f"trained {hist['step'][-1] if hist['step'] else 0} steps in {hist['seconds']:.0f}s; "
+          f"last loss {hist['loss'][-1]:.4f}; saved to {out}")
     return 0
+
+# %% ../nbs/12_answers.ipynb #a9cbf0bf
+_HUB_ID = re.compile(r'[\w.-]+/[\w.-]+')
+
+def _cli_generate(a) -> int:
+    ds = _data(a.data)
+    ex = _split_examples(ds, a.split, 'answer')
+    ck, way = Path(a.ckpt), 'train it again (`vpmel detective train ... --fresh`) or pass another --ckpt'
+    if not ck.exists() and not (a.cache and _HUB_ID.fullmatch(a.ckpt)):
+        raise CheckpointError(f'no checkpoint folder {ck} (a hub model id needs --cache FILE): pass the --out of '
+                              '`vpmel detective train`')
+    if ck.exists():
+        rec = read_record(ck)
+        if rec and rec.get('kind') == 'detective' and not (ck/'history.json').is_file():
+            raise CheckpointError(f'{ck} is an unfinished training (no history.json): run the same '
+                                  '`vpmel detective train` again to finish it')
+        check_checkpoint(ck, way)
+    cache = Path(a.cache) if a.cache else ck/f'answers_{a.split}.jsonl'
+    check_out_folder(cache.parent, '--cache')
+    made_by = {'checkpoint': checkpoint_fingerprint(a.ckpt), 'split': a.split,
+               'data': files_fingerprint([Path(ds.root)/f'{a.split}.json']), 'batch_size': a.batch_size,
+               'max_new_tokens': a.max_new_tokens}
+    claim_answer_cache(cache, made_by, a.fresh)            # before the model loads: a conflict costs nothing
+    remove_partial_writes(cache.parent)
+    model, proc = load_detective(a.ckpt, way_out=way)
+    if torch.cuda.is_available(): model = model.cuda()
+    ans = generate_split(model, proc, ex, cache, a.batch_size, a.max_new_tokens, made_by=made_by, fresh=a.fresh)
+    print(f'{len(ans)} answers in {cache}')
+    return 0
+
+# %% ../nbs/12_answers.ipynb #ce75de40
+def _eval_answers(path: Path, ds: MELDataset, split: str, ex: Sequence[DetectiveExample]) -> dict[str, str]:
+    "The answers of `path` for `split`, or an `AnswerCacheError` naming the line at fault."
+    if not path.is_file():
+        raise AnswerCacheError(f'no answers file {path}: run `vpmel detective generate --split {split}` first, or pass '
+                               '--cache the file it wrote')
+    lines = _lines(path)
+    bad = [(n, v) for n, k, v, _ in lines if k == 'bad']
+    if bad:
+        raise AnswerCacheError(f"{path} line {bad[0][0]}: {bad[0][1]} ({len(bad)} unreadable "
+                               f"line{'s' * (len(bad) > 1)} in all): fix or delete them, or answer again "
+                               '(`vpmel detective generate` drops a torn last line and resumes)')
+    mb = (read_answer_record(path) or {}).get('made_by') or {}
+    if mb.get('split', split) != split:
+        raise AnswerCacheError(f"{path} holds the answers of split {mb['split']!r} (its record, line 1), not "
+                               f"{split!r}: pass --split {mb['split']}, or the answers of {split}")
+    if mb.get('data', None) not in (None, files_fingerprint([Path(ds.root)/f'{split}.json'])):
+        raise AnswerCacheError(f"{path} answers another version of {Path(ds.root)/f'{split}.json'} (its record, "
+                               'line 1): answer it again with `vpmel detective generate --fresh`')
+    ids, ans = {e.id for e in ex}, [(n, v) for n, k, v, _ in lines if k == 'answer']
+    stray = [(n, i) for n, (i, _) in ans if i not in ids]
+    if stray:
+        raise AnswerCacheError(f"{path} line {stray[0][0]}: id {stray[0][1]!r} is no mention of "
+                               f"{Path(ds.root)/f'{split}.json'} ({len(stray)} of {len(ans)} answers are not): "
+                               'answers of another split or dataset? pass the --split and --data they answer')
+    if not ans: raise AnswerCacheError(f'{path} holds no answers: run `vpmel detective generate --split {split}`')
+    return dict(v for _, v in ans)
+
+def _cli_eval(a) -> int:
+    ds = _data(a.data)
+    ex = _split_examples(ds, a.split, 'evaluate')
+    path = Path(a.cache)
+    if path.is_dir(): path = path/f'answers_{a.split}.jsonl'
+    print(json.dumps(detective_metrics(_eval_answers(path, ds, a.split, ex), ex), indent=1))
+    return 0
+
+def cli_detective(argv: list[str]) -> int:
+    "`vpmel detective train|generate|eval`: train the Detective, answer a split into a cache, score a cache."
+    a = _detective_parser().parse_args(argv)
+    if a.threads: torch.set_num_threads(a.threads)
+    return {'train': _cli_train, 'generate': _cli_generate, 'eval': _cli_eval}[a.cmd](a)
 
 # %% ../nbs/12_answers.ipynb #0061977e
 def detective_gallery(examples: Sequence[DetectiveExample], answers: dict[str, str], n_right: int = 4, n_wrong: int = 4):

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_detective.ipynb #560f755f
 from __future__ import annotations
-import dataclasses, json, random, time
+import dataclasses, json, os, random, re, shutil, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .files import VpmelError
 from .vpwiki import MELDataset, open_image
 from .pretrain import clip_vision_state_dict
 from .train import TrainConfig, LoaderBatches, fit
@@ -20,11 +21,12 @@ from .train import TrainConfig, LoaderBatches, fit
 # %% auto #0
 __all__ = ['QUESTION', 'SENTENCE_TAG', 'CHAT_TOKENS', 'EOS_TOKEN', 'PAD_TOKEN', 'UNK_TOKEN', 'TINY_BACKENDS', 'PRETRAINED',
            'LORA_TARGET', 'PROJECTORS', 'VISION_TOWERS', 'PROMPT_VIEWS', 'DETECTIVE_PRESETS', 'detective_prompt',
-           'prompt_caption', 'detective_target', 'DetectiveExample', 'detective_examples', 'detective_kb_examples',
-           'train_word_tokenizer', 'detective_corpus', 'TinyVLMConfig', 'build_tiny_detective', 'load_detective',
-           'add_lora', 'is_peft', 'chat', 'prompt_view', 'detective_view', 'rename_entity', 'names_by_type',
-           'DetectiveCollate', 'DetectiveTrainConfig', 'with_positions', 'answer_loss', 'detective_loss',
-           'train_detective', 'save_detective', 'generate_answers']
+           'prompt_caption', 'detective_target', 'DetectiveExample', 'DetectiveDataError', 'detective_examples',
+           'detective_kb_examples', 'train_word_tokenizer', 'detective_corpus', 'TinyVLMConfig', 'build_tiny_detective',
+           'CheckpointError', 'add_lora', 'is_peft', 'chat', 'prompt_view', 'detective_view', 'rename_entity',
+           'names_by_type', 'DetectiveCollate', 'DetectiveTrainConfig', 'with_positions', 'answer_loss',
+           'detective_loss', 'train_detective', 'save_detective', 'check_checkpoint', 'load_detective',
+           'generate_answers']
 
 # %% ../nbs/11_detective.ipynb #f8f31810
 QUESTION = ("In the red box of the image, tell me briefly what is the Entity Type, "
@@ -54,12 +56,20 @@ class DetectiveExample:
     type: str
     name: str
 
+class DetectiveDataError(VpmelError, ValueError):
+    "A dataset the Detective cannot use as it is: a split it lacks, a mention whose answer is not in the KB."
+
 def detective_examples(ds: MELDataset, split: str) -> list[DetectiveExample]:
     "Instruction examples for every mention of `split` (image paths resolved safely inside the data root)."
-    if split not in ds.splits: raise KeyError(f'split {split!r} not in dataset {ds.root} (has {list(ds.splits)})')
+    f = Path(ds.root)/f'{split}.json'
+    if split not in ds.splits:
+        raise DetectiveDataError(f"{f} does not exist: the dataset's splits are {', '.join(ds.splits) or '(none)'}; "
+                                 'choose one of them')
     out = []
     for m in ds.splits[split]:
-        if m.answer not in ds.qid2id: raise KeyError(f'{split}.json record {m.id}: answer {m.answer!r} is not in qid2id')
+        if m.answer not in ds.qid2id:
+            raise DetectiveDataError(f'{f}, mention {m.id}: its answer {m.answer!r} is not in qid2id.json; fix the '
+                                     f'record or the KB (`vpmel check {ds.root}` lists such faults)')
         e = ds.entity(m.answer)
         out.append(DetectiveExample(m.id, ds.path(m.img_path), detective_prompt(m.sentence),
                                     detective_target(e.type, e.entity_name), e.type, e.entity_name))
@@ -217,11 +227,16 @@ def build_tiny_detective(tokenizer_or_texts, backend: str = 'llava', cfg: TinyVL
     return model, proc
 
 # %% ../nbs/11_detective.ipynb #1a67ba0d
+class CheckpointError(VpmelError, OSError):
+    "A model folder (a Detective, a CLIP) that is missing, incomplete or unreadable."
+
 def _vision_cfg_from_clip(cfg: TinyVLMConfig):
     "`cfg` with the vision tower sized like the open_clip ViT in folder `cfg.vision_from_clip`, and that CLIP."
     import open_clip
     d = Path(cfg.vision_from_clip)
-    if not (d/'open_clip_config.json').is_file(): raise FileNotFoundError(f'{d} is not an open_clip folder (no open_clip_config.json)')
+    if not (d/'open_clip_config.json').is_file():
+        raise CheckpointError(f'{d} is not an open_clip folder (no open_clip_config.json): pass the folder '
+                              '`vpmel pretrain_clip` wrote')
     mc = json.loads((d/'open_clip_config.json').read_text())['model_cfg']
     v = mc['vision_cfg']
     if v.get('width', 0) // v.get('head_width', 64) != cfg.heads:
@@ -230,13 +245,6 @@ def _vision_cfg_from_clip(cfg: TinyVLMConfig):
     return dataclasses.replace(cfg, image_size=v['image_size'], patch_size=v['patch_size'], vision_hidden=v['width'],
                                vision_layers=v['layers'], vision_mlp_ratio=int(v.get('mlp_ratio', 4)),
                                vision_act='quick_gelu' if mc.get('quick_gelu') else 'gelu'), clip
-
-def load_detective(name_or_path: str | Path, dtype=None, **kwargs):
-    """`(model, processor)` from a local `save_detective` folder or, with internet, a hub checkpoint such as
-    `PRETRAINED['qwen2_vl']`, through `AutoModelForImageTextToText` / `AutoProcessor`."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-    model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype, **kwargs)
-    return model, AutoProcessor.from_pretrained(name_or_path)
 
 # %% ../nbs/11_detective.ipynb #84b93588
 LORA_TARGET = r'.*(language_model|text_model)\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)'
@@ -427,16 +435,63 @@ def train_detective(model, processor, train: Sequence[DetectiveExample], dev: Se
     return _loss_history(res['history'], cfg.log_every, time.time() - t0)
 
 # %% ../nbs/11_detective.ipynb #60bd5951
+def _move_into(tmp: Path, out: Path):
+    "Move the contents of folder `tmp` into `out`: one rename when `out` is new, one per entry otherwise."
+    if not out.exists(): os.replace(tmp, out); return
+    for p in sorted(tmp.iterdir()):
+        if p.is_dir() and (out/p.name).exists(): shutil.rmtree(out/p.name)
+        os.replace(p, out/p.name)
+
 def save_detective(model, processor, out: str | Path, merge: bool = True):
-    "Save model + processor with `save_pretrained`; LoRA adapters go to `out/adapter`. Returns the model saved."
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    if is_peft(model):
-        model.save_pretrained(out / 'adapter')
-        if not merge: processor.save_pretrained(out / 'adapter'); return model
-        model = model.merge_and_unload()
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    """Save model + processor with `save_pretrained`, through a temporary sibling folder; LoRA adapters go to
+    `out/adapter`. Returns the model saved."""
+    out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
+    for old in out.parent.glob(f'.{out.name}.saving-*'): shutil.rmtree(old, ignore_errors=True)   # a killed save's
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.saving-'))
+    try:
+        if is_peft(model):
+            model.save_pretrained(tmp/'adapter')
+            if merge: model = model.merge_and_unload()
+            else: processor.save_pretrained(tmp/'adapter')
+        if not is_peft(model): model.save_pretrained(tmp); processor.save_pretrained(tmp)
+        _move_into(tmp, out)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
     return model
+
+# %% ../nbs/11_detective.ipynb #3b34261c
+_REDO = 'save or train it again, or use another checkpoint'
+
+def check_checkpoint(path: str | Path, way_out: str = _REDO) -> Path:
+    """`path` if it is a complete local model folder: a `config.json` that parses and weights whose safetensors headers
+    cover their files; a `CheckpointError` naming the faulty file (and ending with `way_out`) otherwise."""
+    from safetensors import safe_open
+    p = Path(path); cfg = p/'config.json'
+    if not p.is_dir(): raise CheckpointError(f'no checkpoint folder {p}: {way_out}')
+    if not cfg.is_file(): raise CheckpointError(f'{cfg} is missing, so {p} holds no saved model: {way_out}')
+    try: ok = isinstance(json.loads(cfg.read_text(encoding='utf-8')), dict)
+    except (ValueError, UnicodeDecodeError): ok = False
+    if not ok: raise CheckpointError(f'{cfg} is not a JSON config (damaged?): {way_out}')
+    weights = sorted(p.glob('*.safetensors'))
+    if not weights and not (p/'pytorch_model.bin').is_file():
+        raise CheckpointError(f'{p} holds no weights (no model.safetensors): {way_out}')
+    for w in weights:
+        try:
+            with safe_open(str(w), 'pt'): pass
+        except Exception as e: raise CheckpointError(f'{w} is unreadable ({e}; a truncated copy?): {way_out}') from None
+    return p
+
+def load_detective(name_or_path: str | Path, dtype=None, way_out: str = _REDO, **kwargs):
+    """`(model, processor)` from a local `save_detective` folder (checked first) or, with internet, a hub checkpoint
+    such as `PRETRAINED['qwen2_vl']`, through `AutoModelForImageTextToText` / `AutoProcessor`."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    hub = not Path(name_or_path).exists() and re.fullmatch(r'[\w.-]+/[\w.-]+', str(name_or_path)) is not None
+    if not hub: check_checkpoint(name_or_path, way_out)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype, **kwargs)
+        return model, AutoProcessor.from_pretrained(name_or_path)
+    except Exception as e:
+        what = ' is no local folder, and the hub model of that name' if hub else ''
+        raise CheckpointError(f'{name_or_path}{what} does not load ({type(e).__name__}: {e}): {way_out}') from e
 
 # %% ../nbs/11_detective.ipynb #271c260a
 _CPU_VLM = TinyVLMConfig(patch_size=16, vision_layers=3, heads=4, tie_embeddings=True, prompt_view='zoom')
