@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_answers.ipynb #a0000004
 from __future__ import annotations
-import argparse, copy, dataclasses, difflib, json, os, random, re, shutil, sys
+import argparse, copy, dataclasses, difflib, json, os, random, re, shutil
 from pathlib import Path
 from typing import Sequence
 

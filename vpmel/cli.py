@@ -20,17 +20,22 @@ BENCH_COMMANDS = {  # benchmark: (module, function(argv) -> int, one-line help)
 }
 
 COMMANDS = {  # command: (module, function(argv) -> int, one-line help)
-    'demo':          ('vpmel.demo', 'cli_demo', 'the main job: build MiniVPWiki, train IIER and ablations, print results'),
+    'demo':          ('vpmel.demo', 'cli_demo',
+                      'the main job: build MiniVPWiki, train IIER and ablations, print results'),
     'check':         ('vpmel.vpwiki', 'cli_check', 'validate a VPWiki-format dataset folder or split file'),
     'synth':         ('vpmel.synth', 'cli_synth', 'generate MiniVPWiki, the offline benchmark'),
     'pretrain_clip': ('vpmel.pretrain', 'cli_pretrain_clip', "pretrain the offline tiny CLIP on a dataset's KB"),
     'train':         ('vpmel.runs', 'cli_train', 'train IIER (or an ablation) and evaluate it on the whole KB'),
     'eval':          ('vpmel.runs', 'cli_eval', 'evaluate a trained run on a split'),
     'detective':     ('vpmel.answers', 'cli_detective', 'Detective-VLM: train | generate | eval'),
-    'explore':       ('vpmel.explore', 'cli_explore', 'the prompt explorer of a trained run as a web page (Voilà, localhost)'),
-    'mel':           ('vpmel.mel', 'cli_mel', 'write MiniVPWiki as a MEL source (mention words, no prompt, true boxes aside)'),
-    'construct':     ('vpmel.construct', 'cli_construct', 'build VP-MEL data from MEL source(s): ground, review, QA, draw the prompt'),
-    'review':        ('vpmel.construct', 'cli_review', 'the review widget of a construction waiting for review as a web page (Voilà, localhost)'),
+    'explore':       ('vpmel.explore', 'cli_explore',
+                      'the prompt explorer of a trained run as a web page (Voilà, localhost)'),
+    'mel':           ('vpmel.mel', 'cli_mel',
+                      'write MiniVPWiki as a MEL source (mention words, no prompt, true boxes aside)'),
+    'construct':     ('vpmel.construct', 'cli_construct',
+                      'build VP-MEL data from MEL source(s): ground, review, QA, draw the prompt'),
+    'review':        ('vpmel.construct', 'cli_review',
+                      'the review widget of a construction waiting for review as a web page (Voilà, localhost)'),
     'bench':         ('vpmel.cli', 'cli_bench', 'benchmarks: ' + ', '.join(f'`bench {k}`' for k in BENCH_COMMANDS)),
 }
 

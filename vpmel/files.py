@@ -62,7 +62,8 @@ def flat_record(d, prefix: str = '') -> dict:
     "A nested record as one level of dotted keys: `{'train': {'seed': 0}}` -> `{'train.seed': 0}`."
     if not isinstance(d, dict): return {prefix.rstrip('.') or '(value)': d}
     out = {}
-    for k, v in d.items(): out.update(flat_record(v, f'{prefix}{k}.') if isinstance(v, dict) and v else {f'{prefix}{k}': v})
+    for k, v in d.items():
+        out.update(flat_record(v, f'{prefix}{k}.') if isinstance(v, dict) and v else {f'{prefix}{k}': v})
     return out
 
 def record_diff(old: dict, new: dict, limit: int = 4) -> str:
@@ -125,7 +126,8 @@ class CommandParser(argparse.ArgumentParser):
         raise UsageError(f'{message} (see {self.prog} --help)')
 
 def check_out_folder(folder, option: str = '--out') -> Path:
-    "`folder` if it is, or can be made, a writable folder; otherwise a one-line `OutFolderError` naming it and `option`."
+    """`folder` if it is, or can be made, a writable folder; otherwise a one-line `OutFolderError` naming it and
+    `option`."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutFolderError(f'{folder} is a file, not a folder: choose another {option}')

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .vpwiki import (BadImageError, ImageReader, KBEntity, MELDataset, Mention, OnBadImage, resolve_in_root)
+from .vpwiki import (ImageReader, KBEntity, MELDataset, Mention, OnBadImage, resolve_in_root)
 
 # %% auto #0
 __all__ = ['MENTION_TEMPLATE', 'DETECTIVE_TEMPLATE', 'ENTITY_TEMPLATE', 'RAW_IMG', 'PromptFn', 'ImageToTensor', 'HashTokenizer',
@@ -68,23 +68,32 @@ class MentionDataset(Dataset):
         self.root, self.split, self.transform = ds.root, split, transform
         self.mentions: tuple[Mention, ...] = tuple(ds.splits[split])
         missing = [m.answer for m in self.mentions if m.answer not in ds.qid2id]
-        if missing: raise KeyError(f'{len(missing)} answers of {split} are not in qid2id (e.g. {missing[:3]}); run `vpmel check {ds.root}`')
+        if missing:
+            raise KeyError(
+                f'{len(missing)} answers of {split} are not in qid2id (e.g. {missing[:3]}); run `vpmel check {ds.root}`'
+            )
         self.rows = tuple(int(ds.qid2id[m.answer]) for m in self.mentions)
         if not (prompt in ('dataset', 'none') or callable(prompt)):
             raise ValueError(f"prompt must be 'dataset', 'none' or a callable (image, bbox) -> image, not {prompt!r}")
         self.prompt = prompt
         if prompt != 'dataset' and not (self.root/'raw_img').is_dir():
-            raise FileNotFoundError(f'prompt={prompt!r} needs the scenes without prompt ({self.root}/raw_img/mention_<id>.png), '
-                                    f'and this dataset has none: only MiniVPWiki (vpmel.synth) provides them; '
-                                    f"VPWiki ships prompted images only (use prompt='dataset')")
+            raise FileNotFoundError(
+                f'prompt={prompt!r} needs the scenes without prompt ({self.root}/raw_img/mention_<id>.png), '
+                f'and this dataset has none: only MiniVPWiki (vpmel.synth) provides them; '
+                f"VPWiki ships prompted images only (use prompt='dataset')"
+            )
         if callable(prompt):
             nobox = [m.id for m in self.mentions if m.bbox is None]
-            if nobox: raise ValueError(f'redrawing the prompt needs a bbox, and {len(nobox)} mentions have none (ids {nobox[:5]})')
+            if nobox:
+                raise ValueError(
+                    f'redrawing the prompt needs a bbox, and {len(nobox)} mentions have none (ids {nobox[:5]})'
+                )
         self.detective = None
         if detective is not None:
             self.detective = {str(k): v for k, v in detective.items()}
             lacking = [m.id for m in self.mentions if m.id not in self.detective]
-            if lacking: raise KeyError(f'the detective answers lack {len(lacking)} mentions of {split} (ids {lacking[:5]})')
+            if lacking:
+                raise KeyError(f'the detective answers lack {len(lacking)} mentions of {split} (ids {lacking[:5]})')
         self.text_fn, self.template, self.detective_template = text_fn, template, detective_template
         for m in self.mentions: resolve_in_root(self.root, m.img_path)  # fail now on a path leaving the root
         self.reader = ImageReader(self.root, on_bad_image, blank_size)
@@ -118,7 +127,8 @@ class EntityDataset(Dataset):
                  text_fn: Callable[[KBEntity], str] | None = None, template: str = ENTITY_TEMPLATE,
                  image_choice: Literal['first', 'random'] = 'first', seed: int = 0,
                  on_bad_image: OnBadImage = 'raise', blank_size: tuple[int, int] = (224, 224)):
-        if image_choice not in ('first', 'random'): raise ValueError(f"image_choice must be 'first' or 'random', not {image_choice!r}")
+        if image_choice not in ('first', 'random'):
+            raise ValueError(f"image_choice must be 'first' or 'random', not {image_choice!r}")
         self.root, self.transform = ds.root, transform
         self.entities: tuple[KBEntity, ...] = tuple(ds.kb)
         self.text_fn, self.template, self.image_choice, self.seed, self.epoch = text_fn, template, image_choice, seed, 0
@@ -148,7 +158,8 @@ class EntityDataset(Dataset):
 
 # %% ../nbs/04_loading.ipynb #4a900151
 class TextImageCollate:
-    "Collate items into `{**tokenize(texts), pixel_values, index, image_ok[, has_image], id}`; `tokenize`: list[str] -> dict of tensors."
+    """Collate items into `{**tokenize(texts), pixel_values, index, image_ok[, has_image], id}`; `tokenize`: list[str]
+    -> dict of tensors."""
     def __init__(self, tokenize: Callable[[list[str]], dict]): self.tokenize = tokenize
 
     def __call__(self, items: Sequence[dict]) -> dict:
@@ -174,7 +185,8 @@ def make_loader(dataset: Dataset, collate: Callable, batch_size: int = 32, shuff
 class PairDataset(Dataset):
     "Items `{'mention': mention item, 'entity': item of its gold entity}` for in-batch contrastive training."
     def __init__(self, mentions: MentionDataset, entities: EntityDataset):
-        if mentions.root != entities.root: raise ValueError(f'mentions and entities come from different datasets ({mentions.root}, {entities.root})')
+        if mentions.root != entities.root:
+            raise ValueError(f'mentions and entities come from different datasets ({mentions.root}, {entities.root})')
         self.mentions, self.entities = mentions, entities
 
     def __len__(self) -> int: return len(self.mentions)
@@ -184,7 +196,8 @@ class PairDataset(Dataset):
         return {'mention': self.mentions[i], 'entity': self.entities[self.mentions.rows[i]]}
 
 class PairCollate:
-    "Collate pairs into `{'mention': batch, 'entity': batch, 'pos_mask': (B, B) bool}` (entities may use their own tokenizer)."
+    """Collate pairs into `{'mention': batch, 'entity': batch, 'pos_mask': (B, B) bool}` (entities may use their own
+    tokenizer)."""
     def __init__(self, tokenize: Callable, entity_tokenize: Callable | None = None):
         self.mention_collate = TextImageCollate(tokenize)
         self.entity_collate = TextImageCollate(entity_tokenize or tokenize)

@@ -17,7 +17,8 @@ __all__ = ['Box', 'PROMPT_STYLES', 'validate_box', 'clip_box', 'rescale_box', 'b
 Box = tuple[int, int, int, int]
 
 def validate_box(box, size: tuple[int, int] | None = None) -> Box:
-    "`box` as a tuple of 4 ints; raises a clear error for a wrong type, a zero area, or a box outside an image of `size=(w, h)`."
+    """`box` as a tuple of 4 ints; raises a clear error for a wrong type, a zero area, or a box outside an image of
+    `size=(w, h)`."""
     if isinstance(box, (str, bytes)) or not hasattr(box, '__len__') or len(box) != 4:
         raise TypeError(f'a box is [x0, y0, x1, y1], got {box!r}')
     out = []
@@ -44,7 +45,10 @@ def rescale_box(box, from_size: tuple[int, int], to_size: tuple[int, int]) -> Bo
     "The same region after resizing the image from `from_size` to `to_size` (both `(w, h)`); edges rounded outwards."
     x0, y0, x1, y1 = box; sx, sy = to_size[0] / from_size[0], to_size[1] / from_size[1]
     eps = 1e-9  # so that exact products are not pushed one pixel out by float error
-    return clip_box((math.floor(x0 * sx + eps), math.floor(y0 * sy + eps), math.ceil(x1 * sx - eps), math.ceil(y1 * sy - eps)), to_size)
+    return clip_box(
+        (math.floor(x0 * sx + eps), math.floor(y0 * sy + eps), math.ceil(x1 * sx - eps), math.ceil(y1 * sy - eps)),
+        to_size,
+    )
 
 def box_area(box) -> int:
     x0, y0, x1, y1 = box
@@ -108,7 +112,8 @@ def draw_prompt(img: Image.Image, box, style: str = 'rect', color=(255, 0, 0), w
 
 # %% ../nbs/01_prompts.ipynb #8218aa38
 def find_prompt_box(img: Image.Image, color=(255, 0, 0), tol: int = 60, min_pixels: int = 8) -> Box | None:
-    "The box of a rectangle prompt drawn in `color`: bounding box of the pixels within `tol` of it per channel (None if fewer than `min_pixels`)."
+    """The box of a rectangle prompt drawn in `color`: bounding box of the pixels within `tol` of it per channel (None
+    if fewer than `min_pixels`)."""
     a = np.asarray(img.convert('RGB')).astype(np.int16)
     ys, xs = np.nonzero((np.abs(a - np.asarray(color, dtype=np.int16)) <= tol).all(-1))
     if len(xs) < min_pixels: return None

@@ -7,14 +7,14 @@ from __future__ import annotations
 import json, math, os, resource, subprocess, sys, tempfile, time
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .units import (IIERMatcher, cat_caches, index_cache, cache_len, random_features, index_features,
-                         cat_features, reference_matcher_forward, FEATURE_NAMES)
+                         reference_matcher_forward, FEATURE_NAMES)
 from .files import VpmelError, CommandParser
 
 # %% auto #0
@@ -68,8 +68,16 @@ class RankResult:
     topk_scores: Tensor      # [M, k]
 
 @torch.no_grad()
-def rank_entities(matcher: IIERMatcher, mention_feats, entity_cache: dict, gold: Tensor | Sequence[int] | None = None,
-                  chunk_size: int = 8192, topk: int = 20, mention_batch: int = 64, progress: bool = False) -> RankResult:
+def rank_entities(
+    matcher: IIERMatcher,
+    mention_feats,
+    entity_cache: dict,
+    gold: Tensor | Sequence[int] | None = None,
+    chunk_size: int = 8192,
+    topk: int = 20,
+    mention_batch: int = 64,
+    progress: bool = False,
+) -> RankResult:
     "Rank all entities of `entity_cache` for every mention: loops over mention batches and entity chunks only."
     N, M = cache_len(entity_cache), len(mention_feats.text_cls)
     k = min(topk, N)
@@ -87,7 +95,8 @@ def rank_entities(matcher: IIERMatcher, mention_feats, entity_cache: dict, gold:
     for ms in range(0, M, mention_batch):
         mc = matcher.prepare_mentions(index_features(mention_feats, slice(ms, ms + mention_batch)))
         mb = cache_len(mc)
-        best_s = torch.full((mb, 0), float('-inf'), device=dev); best_i = torch.zeros((mb, 0), dtype=torch.long, device=dev)
+        best_s = torch.full((mb, 0), float('-inf'), device=dev)
+        best_i = torch.zeros((mb, 0), dtype=torch.long, device=dev)
         if gold is not None:
             g = gold[ms:ms + mb]
             gold_s = matcher.pair_scores(mc, index_cache(entity_cache, g)).diagonal()
@@ -106,7 +115,9 @@ def rank_entities(matcher: IIERMatcher, mention_feats, entity_cache: dict, gold:
         top_s.append(best_s); top_i.append(best_i)
         if gold is not None: ranks.append(better + 1)
     if progress: bar.close()
-    return RankResult(torch.cat(ranks).cpu() if gold is not None else None, torch.cat(top_i).cpu(), torch.cat(top_s).cpu())
+    return RankResult(
+        torch.cat(ranks).cpu() if gold is not None else None, torch.cat(top_i).cpu(), torch.cat(top_s).cpu()
+    )
 
 @torch.no_grad()
 def brute_force_rank(matcher: IIERMatcher, mention_feats, entity_feats, gold, topk: int = 20) -> RankResult:
@@ -134,14 +145,18 @@ def mel_metrics(ranks) -> dict[str, float]:
 @torch.no_grad()
 def first_stage_vectors(matcher, cache: dict, side: str) -> Tensor:
     """`[n, D]` vectors whose inner products (mention · entity) are the dot-product part of the fused score: TGLU's
-    global-to-global term and CMFU's fused vectors (the global baseline: all of it). `cache`: the matcher's cache of `side`."""
+    global-to-global term and CMFU's fused vectors (the global baseline: all of it). `cache`: the matcher's cache of
+    `side`."""
     if side not in ('mention', 'entity'): raise ValueError(f"side must be 'mention' or 'entity', not {side!r}")
     m = side == 'mention'
     if 'g' in cache: return (cache['g'] * (matcher.logit_scale.exp().clamp(max=100) if m else 1)).float().contiguous()
     U, parts = len(matcher.units), []
     if 'text' in cache: parts.append(cache['text']['cls'] / (2 * U) if m else cache['text']['cls'])
     if 'cross' in cache: parts.append(cache['cross']['f'] / U if m else cache['cross']['f'])
-    if not parts: raise ValueError('a first stage needs TGLU or CMFU (their scores hold an inner product); this matcher has neither')
+    if not parts:
+        raise ValueError(
+            'a first stage needs TGLU or CMFU (their scores hold an inner product); this matcher has neither'
+        )
     return torch.cat(parts, -1).float().contiguous()
 
 # %% ../nbs/07_rank.ipynb #65d30c40
@@ -152,12 +167,15 @@ class FirstStage:
     memory traffic of `'flat'`, the same ranking up to rounding), `'flat'` (exact float32 inner products) or `'hnsw'`
     (a graph: approximate, sublinear, for millions). `shards` > 1 splits a flat scan into that many parts searched by
     parallel threads (one mention's scan on several cores; the same results)."""
-    def __init__(self, entity_vectors: Tensor, kind: str = 'fp16', hnsw_m: int = 32, ef_search: int = 256, shards: int = 1):
+    def __init__(
+        self, entity_vectors: Tensor, kind: str = 'fp16', hnsw_m: int = 32, ef_search: int = 256, shards: int = 1
+    ):
         import faiss
         if kind not in FIRST_STAGES: raise ValueError(f'kind must be one of {FIRST_STAGES}, not {kind!r}')
         x = np.ascontiguousarray(entity_vectors.detach().cpu().numpy(), dtype=np.float32)
         self.kind, self.dim, self.shards = kind, x.shape[1], shards
-        if shards < 1 or (shards > 1 and kind == 'hnsw'): raise ValueError(f'shards must be >= 1, and 1 for hnsw; got {shards}')
+        if shards < 1 or (shards > 1 and kind == 'hnsw'):
+            raise ValueError(f'shards must be >= 1, and 1 for hnsw; got {shards}')
         def flat():
             if kind == 'flat': return faiss.IndexFlatIP(self.dim)
             return faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
@@ -167,7 +185,8 @@ class FirstStage:
             self.index.add(x)
         elif shards == 1: self.index = flat(); self.index.add(x)
         else:
-            self.index, self._parts = faiss.IndexShards(self.dim, True, True), []   # threaded, ids continue across shards
+            # threaded, ids continue across shards
+            self.index, self._parts = faiss.IndexShards(self.dim, True, True), []
             for part in np.array_split(x, shards):
                 sub = flat(); sub.add(np.ascontiguousarray(part)); self._parts.append(sub); self.index.add_shard(sub)
 
@@ -212,7 +231,8 @@ def two_stage_rank(matcher, mention_feats, entity_cache: dict, first: FirstStage
             hit = (c == int(gold[ms + j])).nonzero()
             batch_ranks.append(int((s > s[hit[0, 0]]).sum()) + 1 if len(hit) else None)
             if not len(hit): missing.append(j)
-        if missing:                  # gold outside the candidates: its first-stage rank, one matrix product for the batch
+        if missing:                  # gold outside the candidates: its first-stage
+                                     # rank, one matrix product for the batch
             if ent_vecs is None: ent_vecs = first_stage_vectors(matcher, entity_cache, 'entity')
             fs = q[missing].float() @ ent_vecs.T                                   # [m, N]
             g = gold[[ms + j for j in missing]].to(fs.device)
@@ -220,7 +240,9 @@ def two_stage_rank(matcher, mention_feats, entity_cache: dict, first: FirstStage
         ranks += batch_ranks
     return RankResult(torch.tensor(ranks) if gold is not None else None, torch.stack(top_i), torch.stack(top_s))
 
-def recall_at_k(first: FirstStage, mention_vectors: Tensor, targets, ks: Sequence[int] = (1, 5, 10, 20, 50, 100, 200, 500)) -> dict[int, float]:
+def recall_at_k(
+    first: FirstStage, mention_vectors: Tensor, targets, ks: Sequence[int] = (1, 5, 10, 20, 50, 100, 200, 500)
+) -> dict[int, float]:
     "Share (%) of mentions whose target entity (gold, or the exact top-1) is among the first stage's top k, for each k."
     targets = torch.as_tensor(targets, dtype=torch.long)
     _, cand = first.search(mention_vectors, max(ks))
@@ -230,7 +252,8 @@ def recall_at_k(first: FirstStage, mention_vectors: Tensor, targets, ks: Sequenc
 @torch.no_grad()
 def reference_rank(sd: dict[str, Tensor], entity_feats, mention_feats, gold=None, eval_batch: int = 20,
                   chunk_size: int = 6000, topk: int = 20) -> RankResult:
-    "The official evaluation algorithm (MIMIC/IIER `test_step`), re-implemented, on raw features and an official-format state dict."
+    """The official evaluation algorithm (MIMIC/IIER `test_step`), re-implemented, on raw features and an
+    official-format state dict."""
     sd = {k[8:] if k.startswith('matcher.') else k: v for k, v in sd.items()}
     e, N = entity_feats, len(entity_feats.text_cls)
     ranks, top_i, top_s = [], [], []
@@ -245,7 +268,9 @@ def reference_rank(sd: dict[str, Tensor], entity_feats, mention_feats, gold=None
         scores = torch.cat(scores, -1)
         if gold is not None:
             rank = torch.argsort(torch.argsort(scores, dim=-1, descending=True), dim=-1) + 1
-            ranks.append(rank.gather(1, torch.as_tensor(gold[ms:ms + eval_batch], dtype=torch.long)[:, None]).squeeze(1))
+            ranks.append(
+                rank.gather(1, torch.as_tensor(gold[ms:ms + eval_batch], dtype=torch.long)[:, None]).squeeze(1)
+            )
         ts, ti = scores.topk(min(topk, N), dim=1)
         top_s.append(ts); top_i.append(ti)
     return RankResult(torch.cat(ranks) if gold is not None else None, torch.cat(top_i), torch.cat(top_s))
@@ -257,13 +282,18 @@ def _feature_block(seed: int, block: int, n: int, **kw):
     return random_features(n, generator=torch.Generator().manual_seed(1_000_003 * seed + 7919 * block + 17), **kw)
 
 def _kb_blocks(seed: int, n_entities: int, **kw):
-    for b, s in enumerate(range(0, n_entities, _BLOCK)): yield _feature_block(seed, b, min(_BLOCK, n_entities - s), **kw)
+    for b, s in enumerate(range(0, n_entities, _BLOCK)):
+        yield _feature_block(seed, b, min(_BLOCK, n_entities - s), **kw)
 
 def _kb_features(seed: int, n_entities: int) -> SimpleNamespace:
-    "The same blocks as one batch, filled in place: peak memory is the batch plus one block (a `torch.cat` of the list would double it)."
+    """The same blocks as one batch, filled in place: peak memory is the batch plus one block (a `torch.cat` of the list
+    would double it)."""
     out = None
     for s, f in zip(range(0, n_entities, _BLOCK), _kb_blocks(seed, n_entities)):
-        if out is None: out = SimpleNamespace(**{k: getattr(f, k).new_empty((n_entities,) + getattr(f, k).shape[1:]) for k in FEATURE_NAMES})
+        if out is None:
+            out = SimpleNamespace(
+                **{k: getattr(f, k).new_empty((n_entities,) + getattr(f, k).shape[1:]) for k in FEATURE_NAMES}
+            )
         for k in FEATURE_NAMES: getattr(out, k)[s:s + len(f.text_cls)] = getattr(f, k)
     return out
 
@@ -283,7 +313,9 @@ def _rss_mb() -> float: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrs
 def _bench_worker(argv: list[str]) -> int:
     "One implementation in this process: prints nothing, writes JSON to the output path."
     impl, n_entities, n_queries, chunk, seed, threads, candidates, shards, out = argv
-    n_entities, n_queries, chunk, seed, threads, candidates, shards = map(int, (n_entities, n_queries, chunk, seed, threads, candidates, shards))
+    n_entities, n_queries, chunk, seed, threads, candidates, shards = map(
+        int, (n_entities, n_queries, chunk, seed, threads, candidates, shards)
+    )
     if threads > 0: torch.set_num_threads(threads)
     matcher, mentions, gold = _bench_setup(seed, n_entities, n_queries)
     base = _rss_mb()
@@ -312,9 +344,15 @@ def _bench_worker(argv: list[str]) -> int:
         t_work = time.perf_counter() - t
         one = []
         for _ in range(20):
-            t = time.perf_counter(); two_stage_rank(matcher, index_features(mentions, slice(0, 1)), cache, first, None, candidates=candidates)
+            t = time.perf_counter()
+            two_stage_rank(matcher, index_features(mentions, slice(0, 1)), cache, first, None, candidates=candidates)
             one.append(time.perf_counter() - t)
-        extra = {'index_seconds': t_index, 'one_mention_ms': 1000 * float(np.median(one)), 'candidates': candidates, 'shards': shards}
+        extra = {
+            'index_seconds': t_index,
+            'one_mention_ms': 1000 * float(np.median(one)),
+            'candidates': candidates,
+            'shards': shards,
+        }
     elif impl == 'reference':
         ents = _kb_features(seed, n_entities)
         sd = {k: v for k, v in matcher.state_dict().items()}
@@ -335,8 +373,20 @@ def _bench_worker(argv: list[str]) -> int:
 def _run_worker(impl: str, a, tmp: str) -> dict:
     out = os.path.join(tmp, f'{impl}.json')
     chunk = a.chunk if impl == 'ours' else a.reference_chunk
-    cmd = [sys.executable, '-c', 'import sys; from vpmel.rank import _bench_worker; sys.exit(_bench_worker(sys.argv[1:]))',
-           impl, str(a.entities), str(a.queries), str(chunk), str(a.seed), str(a.threads), str(a.candidates), str(a.shards), out]
+    cmd = [
+        sys.executable,
+        '-c',
+        'import sys; from vpmel.rank import _bench_worker; sys.exit(_bench_worker(sys.argv[1:]))',
+        impl,
+        str(a.entities),
+        str(a.queries),
+        str(chunk),
+        str(a.seed),
+        str(a.threads),
+        str(a.candidates),
+        str(a.shards),
+        out,
+    ]
     env = dict(os.environ)
     env.setdefault('MALLOC_MMAP_THRESHOLD_', str(1 << 20))   # large blocks go back to the OS when freed (both runs)
     r = subprocess.run(cmd, env=env, stderr=subprocess.PIPE, text=True)
@@ -377,18 +427,31 @@ def _check_bench_args(a):
 
 # %% ../nbs/07_rank.ipynb #35376ee2
 def bench_rank(argv: list[str]) -> int:
-    "`vpmel bench rank`: time full-KB ranking (ours, and with --reference the official algorithm re-implemented) and print JSON."
+    """`vpmel bench rank`: time full-KB ranking (ours, and with --reference the official algorithm re-implemented) and
+    print JSON."""
     p = CommandParser(prog='vpmel bench rank', description=bench_rank.__doc__)
     p.add_argument('--entities', type=int, default=12000,
                    help='KB size (VPWiki has 137,460 entities: --entities 137460)')
     p.add_argument('--queries', type=int, default=40, help='number of mentions')
-    p.add_argument('--reference', action='store_true', help='also run the official algorithm (re-implemented, `reference_rank`) and compare')
+    p.add_argument(
+        '--reference',
+        action='store_true',
+        help='also run the official algorithm (re-implemented, `reference_rank`) and compare',
+    )
     p.add_argument('--chunk', type=int, default=8192, help='entity chunk size of our ranking')
-    p.add_argument('--reference-chunk', type=int, default=6000, help="the reference's entity chunk (the official eval_chunk_size)")
-    p.add_argument('--two-stage', action='store_true', help='also run two-stage ranking (faiss first stage + exact rerank) and compare with ours')
+    p.add_argument(
+        '--reference-chunk', type=int, default=6000, help="the reference's entity chunk (the official eval_chunk_size)"
+    )
+    p.add_argument(
+        '--two-stage',
+        action='store_true',
+        help='also run two-stage ranking (faiss first stage + exact rerank) and compare with ours',
+    )
     p.add_argument('--first-stage', default='fp16', choices=FIRST_STAGES, help='the first stage index of --two-stage')
     p.add_argument('--candidates', type=int, default=100, help='first-stage candidates reranked by --two-stage')
-    p.add_argument('--shards', type=int, default=1, help='split the first-stage scan over this many threads (--two-stage)')
+    p.add_argument(
+        '--shards', type=int, default=1, help='split the first-stage scan over this many threads (--two-stage)'
+    )
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--threads', type=int, default=1, help='torch threads per run (0: torch default)')
     a = p.parse_args(argv)
@@ -400,14 +463,30 @@ def bench_rank(argv: list[str]) -> int:
         if a.reference: res['reference'] = _run_worker('reference', a, tmp)
         if a.two_stage: res['two_stage'] = _run_worker(f'two-stage-{a.first_stage}', a, tmp)
     for k, r in res.items():
-        out[k] = {x: r[x] for x in ('seconds', 'cpu_user_s', 'cpu_sys_s', 'entities_per_s', 'pairs_per_s', 'peak_rss_mb', 'baseline_rss_mb',
-                                    'peak_above_baseline_mb', 'threads')}
+        out[k] = {
+            x: r[x]
+            for x in (
+                'seconds',
+                'cpu_user_s',
+                'cpu_sys_s',
+                'entities_per_s',
+                'pairs_per_s',
+                'peak_rss_mb',
+                'baseline_rss_mb',
+                'peak_above_baseline_mb',
+                'threads',
+            )
+        }
         out[k]['metrics_on_random_features'] = mel_metrics(r['ranks'])
     if a.two_stage:
         t, o = res['two_stage'], res['ours']
-        out['two_stage'].update({k: t[k] for k in ('index_seconds', 'one_mention_ms', 'candidates', 'shards')}, first_stage=a.first_stage)
-        out['two_stage']['vs_exact'] = {'top1_equal_frac': float(np.mean([x[0] == y[0] for x, y in zip(t['topk_indices'], o['topk_indices'])])),
-                                        'ranks_equal_frac': float(np.mean(np.array(t['ranks']) == np.array(o['ranks'])))}
+        out['two_stage'].update(
+            {k: t[k] for k in ('index_seconds', 'one_mention_ms', 'candidates', 'shards')}, first_stage=a.first_stage
+        )
+        out['two_stage']['vs_exact'] = {
+            'top1_equal_frac': float(np.mean([x[0] == y[0] for x, y in zip(t['topk_indices'], o['topk_indices'])])),
+            'ranks_equal_frac': float(np.mean(np.array(t['ranks']) == np.array(o['ranks']))),
+        }
         out['two_stage_speedup_over_ours'] = o['seconds'] / t['seconds']
         if a.reference: out['two_stage_speedup'] = res['reference']['seconds'] / t['seconds']
     if a.reference:

@@ -58,8 +58,15 @@ class Mention:
     @classmethod
     def from_json(cls, d: dict) -> Mention:
         bbox = d.get('bbox')
-        return cls(id=str(d['id']), sentence=d['sentence'], mentions=d['mentions'], entities=d['entities'],
-                   answer=d['answer'], img_path=d['imgPath'], bbox=tuple(int(v) for v in bbox) if bbox is not None else None)
+        return cls(
+            id=str(d['id']),
+            sentence=d['sentence'],
+            mentions=d['mentions'],
+            entities=d['entities'],
+            answer=d['answer'],
+            img_path=d['imgPath'],
+            bbox=tuple(int(v) for v in bbox) if bbox is not None else None,
+        )
 
 # %% ../nbs/00_vpwiki.ipynb #cfc50b23
 class UnsafePathError(VpmelError, ValueError):
@@ -91,7 +98,8 @@ def write_split(path, mentions: Iterable[Mention]):
 def _read_json_file(path: Path, kind: type):
     how = f'`vpmel check {path.parent}` lists every problem'
     try: data = json.loads(path.read_text(encoding='utf-8'))
-    except (OSError, ValueError) as e: raise DatasetError(f'{path}: cannot read it ({type(e).__name__}: {e}); {how}') from e
+    except (OSError, ValueError) as e:
+        raise DatasetError(f'{path}: cannot read it ({type(e).__name__}: {e}); {how}') from e
     if not isinstance(data, kind):
         raise DatasetError(f'{path}: a JSON {kind.__name__} expected, found a {type(data).__name__}; {how}')
     return data
@@ -127,7 +135,11 @@ class MELDataset:
     def entity(self, qid: str) -> KBEntity: return self.kb[self.qid2id[qid]]
     def path(self, rel: str) -> Path: return resolve_in_root(self.root, rel)
     def __repr__(self):
-        return f'MELDataset({self.root}, {len(self.kb)} entities, ' + ', '.join(f'{k}: {len(v)}' for k, v in self.splits.items()) + ')'
+        return (
+            f'MELDataset({self.root}, {len(self.kb)} entities, '
+            + ', '.join(f'{k}: {len(v)}' for k, v in self.splits.items())
+            + ')'
+        )
 
 # %% ../nbs/00_vpwiki.ipynb #8b13bc6f
 def write_dataset(root, kb: Sequence[KBEntity], splits: dict[str, Sequence[Mention]], qid2id: dict | None = None):
@@ -142,7 +154,8 @@ def is_nil(answer) -> bool:
     return isinstance(answer, str) and answer.strip().lower() == 'nil'
 
 def load_dataset(root, splits: Sequence[str] = SPLITS) -> MELDataset:
-    "Read a dataset folder in the VPWiki / MIMIC format (absent splits are skipped; `nil` mentions are skipped and counted in `.n_nil`)."
+    """Read a dataset folder in the VPWiki / MIMIC format (absent splits are skipped; `nil` mentions are skipped and
+    counted in `.n_nil`)."""
     root = Path(root)
     kb = read_kb(root/KB_FILE)
     q = root/QID2ID_FILE
@@ -154,8 +167,10 @@ def load_dataset(root, splits: Sequence[str] = SPLITS) -> MELDataset:
         out[s] = [m for m in ms if not is_nil(m.answer)]
         bad = next((m for m in out[s] if m.answer not in qid2id), None)
         if bad is not None:
-            raise DatasetError(f'{root/s}.json: record {bad.id!r} answers {bad.answer!r}, which is not in {QID2ID_FILE}; '
-                               f'`vpmel check {root}` lists every problem')
+            raise DatasetError(
+                f'{root/s}.json: record {bad.id!r} answers {bad.answer!r}, which is not in {QID2ID_FILE}; '
+                f'`vpmel check {root}` lists every problem'
+            )
         n_nil[s] = len(ms) - len(out[s])
     return MELDataset(root, kb, qid2id, out, n_nil)
 
@@ -170,7 +185,7 @@ def dataset_kind(ds: MELDataset) -> str:
     return 'vp-mel' if ms and sum(is_blank_mention(m.mentions) for m in ms) * 2 >= len(ms) else 'mel'
 
 # %% ../nbs/00_vpwiki.ipynb #aecb77f9
-from PIL import Image, ImageFile
+from PIL import Image
 import warnings
 
 OnBadImage = Literal['raise', 'blank']
@@ -180,7 +195,8 @@ class BadImageError(VpmelError, OSError):
     "An image file that is missing, unreadable or truncated."
 
 def open_image(path: str | Path, mode: str = 'RGB') -> Image.Image:
-    "Open and fully decode the image at `path` (converted to `mode`); any failure becomes a `BadImageError` naming the file."
+    """Open and fully decode the image at `path` (converted to `mode`); any failure becomes a `BadImageError` naming the
+    file."""
     try:
         with Image.open(path) as im:
             im.load()
@@ -195,7 +211,8 @@ class ImageReader:
     root: Path
     on_bad_image: OnBadImage = 'raise'
     blank_size: tuple[int, int] = (224, 224)
-    n_bad: int = 0  # how many bad images this reader replaced by blanks (per process: each DataLoader worker has its own)
+    n_bad: int = 0  # how many bad images this reader replaced by blanks
+                    # (per process: each DataLoader worker has its own)
 
     def __post_init__(self):
         if self.on_bad_image not in ON_BAD_IMAGE:
@@ -209,7 +226,8 @@ class ImageReader:
         path = resolve_in_root(self.root, rel)  # UnsafePathError always propagates
         try: return open_image(path), True
         except BadImageError as e:
-            if self.on_bad_image == 'raise': raise BadImageError(f'{e}; `vpmel check {self.root}` lists every bad image') from e
+            if self.on_bad_image == 'raise':
+                raise BadImageError(f'{e}; `vpmel check {self.root}` lists every bad image') from e
             self.n_bad += 1
             warnings.warn(f'{e}; using a blank image (on_bad_image="blank", {self.n_bad} so far)', stacklevel=2)
             return self.blank(), False
@@ -233,7 +251,8 @@ class Problem:
 # %% ../nbs/00_vpwiki.ipynb #e6f7239d
 @dataclass
 class CheckReport:
-    "All problems of a dataset (folder or lone split file), with record counts per file and the number of `nil` answers."
+    """All problems of a dataset (folder or lone split file), with record counts per file and the number of `nil`
+    answers."""
     path: str
     problems: list[Problem] = field(default_factory=list)
     records: dict[str, int] = field(default_factory=dict)  # file -> number of records
@@ -291,7 +310,13 @@ def _read_json(path: Path, name: str, kind: type, rep: CheckReport):
     except json.JSONDecodeError as e:
         rep.add('error', name, None, None, f'malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}'); return None
     if not isinstance(obj, kind):
-        rep.add('error', name, None, None, f'top level must be a JSON {"list" if kind is list else "object"}, not {_tname(obj)}')
+        rep.add(
+            'error',
+            name,
+            None,
+            None,
+            f'top level must be a JSON {"list" if kind is list else "object"}, not {_tname(obj)}',
+        )
         return None
     return obj
 
@@ -316,9 +341,11 @@ def _check_bbox(v, name: str, rec: str, rep: CheckReport) -> tuple | None:
 def _check_mention(d, i: int, name: str, rep: CheckReport) -> str:
     "Check one mention record's keys and types; returns its label."
     rec = _record_label(d, i)
-    if not isinstance(d, dict): rep.add('error', name, rec, None, f'record must be a JSON object, not {_tname(d)}'); return rec
+    if not isinstance(d, dict):
+        rep.add('error', name, rec, None, f'record must be a JSON object, not {_tname(d)}'); return rec
     if 'id' not in d: rep.add('error', name, rec, 'id', 'missing key')
-    elif not (isinstance(d['id'], str) or _is_int(d['id'])): rep.add('error', name, rec, 'id', f'must be a string or int, not {_tname(d["id"])}')
+    elif not (isinstance(d['id'], str) or _is_int(d['id'])):
+        rep.add('error', name, rec, 'id', f'must be a string or int, not {_tname(d["id"])}')
     elif not str(d['id']).strip(): rep.add('error', name, rec, 'id', 'empty id')
     for k in _MENTION_KEYS[1:]: _check_str_field(d, k, name, rec, rep)
     if isinstance(d.get('imgPath'), str) and not d['imgPath']: rep.add('error', name, rec, 'imgPath', 'empty path')
@@ -328,9 +355,11 @@ def _check_mention(d, i: int, name: str, rep: CheckReport) -> str:
 def _check_entity(d, i: int, name: str, rep: CheckReport) -> str:
     "Check one KB record's keys and types; returns its label."
     rec = _record_label(d, i, int_ok=False)
-    if not isinstance(d, dict): rep.add('error', name, rec, None, f'record must be a JSON object, not {_tname(d)}'); return rec
+    if not isinstance(d, dict):
+        rep.add('error', name, rec, None, f'record must be a JSON object, not {_tname(d)}'); return rec
     if 'id' not in d: rep.add('error', name, rec, 'id', 'missing key')
-    elif not isinstance(d['id'], str) or not d['id'].strip(): rep.add('error', name, rec, 'id', f'must be a non-empty string QID, not {d["id"]!r}')
+    elif not isinstance(d['id'], str) or not d['id'].strip():
+        rep.add('error', name, rec, 'id', f'must be a non-empty string QID, not {d["id"]!r}')
     _check_str_field(d, 'entity_name', name, rec, rep)
     for k in ('attr', 'type'): _check_str_field(d, k, name, rec, rep, optional=True)
     il = d.get('image_list')
@@ -340,7 +369,8 @@ def _check_entity(d, i: int, name: str, rep: CheckReport) -> str:
 
 # %% ../nbs/00_vpwiki.ipynb #1c38e338
 def _check_images(root: Path, items: list, rep: CheckReport, lone: bool, progress: bool = False):
-    "`items`: (file, record label, field, relative path, bbox or None); lone files skip image checks when no image is there."
+    """`items`: (file, record label, field, relative path, bbox or None); lone files skip image checks when no image is
+    there."""
     safe, by_file = [], {}
     for f, rec, fld, rel, box in items:
         try: p = resolve_in_root(root, rel)
@@ -349,7 +379,13 @@ def _check_images(root: Path, items: list, rep: CheckReport, lone: bool, progres
     if lone:
         absent = {f for f, ps in by_file.items() if not any(p.exists() for p in ps)}
         for f in absent:
-            rep.add('note', f, None, None, f'none of its {len(by_file[f])} image paths exist under {root}: images not checked')
+            rep.add(
+                'note',
+                f,
+                None,
+                None,
+                f'none of its {len(by_file[f])} image paths exist under {root}: images not checked',
+            )
         safe = [t for t in safe if t[0] not in absent]
     seen: dict[Path, tuple[tuple[int, int] | None, str]] = {}
     it = safe
@@ -387,7 +423,8 @@ def _check_kb(root: Path, rep: CheckReport, img_items: list) -> list | None:
             if qid in first: rep.add('error', KB_FILE, rec, 'id', f'duplicate id (records #{first[qid]} and #{i})')
             else: first[qid] = i
         il = d.get('image_list') if isinstance(d, dict) else None
-        if isinstance(il, list): img_items += [(KB_FILE, rec, f'image_list[{k}]', p, None) for k, p in enumerate(il) if isinstance(p, str)]
+        if isinstance(il, list):
+            img_items += [(KB_FILE, rec, f'image_list[{k}]', p, None) for k, p in enumerate(il) if isinstance(p, str)]
     return kb_ids
 
 # %% ../nbs/00_vpwiki.ipynb #5dc03712
@@ -402,17 +439,43 @@ def _check_qid2id(root: Path, kb_ids: list, rep: CheckReport) -> set[str]:
     valid = set()
     for qid, row in q2i.items():
         if not _is_int(row): rep.add('error', QID2ID_FILE, f'id {qid}', qid, f'row must be an int, not {row!r}')
-        elif not 0 <= row < len(kb_ids): rep.add('error', QID2ID_FILE, f'id {qid}', qid, f'row {row} is outside the KB ({len(kb_ids)} entities)')
-        elif kb_ids[row] != qid: rep.add('error', QID2ID_FILE, f'id {qid}', qid, f'row {row} holds entity {kb_ids[row]!r}, not {qid!r}'
-                                          if kb_ids[row] else f'row {row} holds a record without a valid id')
+        elif not 0 <= row < len(kb_ids):
+            rep.add('error', QID2ID_FILE, f'id {qid}', qid, f'row {row} is outside the KB ({len(kb_ids)} entities)')
+        elif kb_ids[row] != qid:
+            rep.add(
+                'error',
+                QID2ID_FILE,
+                f'id {qid}',
+                qid,
+                (
+                    f'row {row} holds entity {kb_ids[row]!r}, not {qid!r}'
+                    if kb_ids[row]
+                    else f'row {row} holds a record without a valid id'
+                ),
+            )
         else: valid.add(qid)
     unindexed = [q for q in known if q not in q2i]
-    if unindexed: rep.add('warning', QID2ID_FILE, None, None, f'{len(unindexed)} KB entities are not indexed (e.g. {sorted(unindexed)[:3]})')
+    if unindexed:
+        rep.add(
+            'warning',
+            QID2ID_FILE,
+            None,
+            None,
+            f'{len(unindexed)} KB entities are not indexed (e.g. {sorted(unindexed)[:3]})',
+        )
     return valid
 
 # %% ../nbs/00_vpwiki.ipynb #5dc03713
 def _valid_box(box) -> tuple | None:
-    return tuple(box) if isinstance(box, list) and len(box) == 4 and all(_is_int(x) for x in box) and box[2] > box[0] and box[3] > box[1] else None
+    return (
+        tuple(box)
+        if isinstance(box, list)
+        and len(box) == 4
+        and all(_is_int(x) for x in box)
+        and box[2] > box[0]
+        and box[3] > box[1]
+        else None
+    )
 
 def _check_split(root: Path, name: str, known: set[str] | None, rep: CheckReport, img_items: list):
     "Phase 3: one split file's mentions: records, duplicate ids, answers the index knows, nil answers."
@@ -425,14 +488,29 @@ def _check_split(root: Path, name: str, known: set[str] | None, rep: CheckReport
         if not isinstance(d, dict): continue
         idv = d.get('id')
         if isinstance(idv, str) or _is_int(idv):
-            if str(idv) in first: rep.add('error', name, rec, 'id', f'duplicate id (records #{first[str(idv)]} and #{i})')
+            if str(idv) in first:
+                rep.add('error', name, rec, 'id', f'duplicate id (records #{first[str(idv)]} and #{i})')
             else: first[str(idv)] = i
         ans = d.get('answer')
         if is_nil(ans): n_nil += 1
         elif isinstance(ans, str) and known is not None and ans not in known:
-            rep.add('error', name, rec, 'answer', f'{ans!r} is not in the knowledge base' + (' index (qid2id)' if (root/QID2ID_FILE).exists() else ''))
-        if isinstance(d.get('imgPath'), str) and d['imgPath']: img_items.append((name, rec, 'imgPath', d['imgPath'], _valid_box(d.get('bbox'))))
-    if n_nil: rep.add('warning', name, None, 'answer', f'{n_nil} mentions have a nil answer: loaders skip them (as the official code does)')
+            rep.add(
+                'error',
+                name,
+                rec,
+                'answer',
+                f'{ans!r} is not in the knowledge base' + (' index (qid2id)' if (root/QID2ID_FILE).exists() else ''),
+            )
+        if isinstance(d.get('imgPath'), str) and d['imgPath']:
+            img_items.append((name, rec, 'imgPath', d['imgPath'], _valid_box(d.get('bbox'))))
+    if n_nil:
+        rep.add(
+            'warning',
+            name,
+            None,
+            'answer',
+            f'{n_nil} mentions have a nil answer: loaders skip them (as the official code does)',
+        )
     rep.n_nil += n_nil
 
 # %% ../nbs/00_vpwiki.ipynb #5dc03714
@@ -447,9 +525,11 @@ def check_dataset(path: str | Path, images: bool = True, progress: bool = False)
     if (root/KB_FILE).exists() and path.name != KB_FILE: kb_ids = _check_kb(root, rep, img_items)
     elif not lone: rep.add('error', KB_FILE, None, None, f'missing: a dataset folder needs {KB_FILE}')
     if kb_ids is not None: known = _check_qid2id(root, kb_ids, rep)
-    elif lone: rep.add('note', path.name, None, None, 'no knowledge base next to it: answers are not checked against a KB')
+    elif lone:
+        rep.add('note', path.name, None, None, 'no knowledge base next to it: answers are not checked against a KB')
     split_files = [path.name] if lone else [f'{s}.json' for s in SPLITS if (root/f'{s}.json').exists()]
-    if not lone and not split_files: rep.add('warning', str(path), None, None, f'no split file ({", ".join(s + ".json" for s in SPLITS)})')
+    if not lone and not split_files:
+        rep.add('warning', str(path), None, None, f'no split file ({", ".join(s + ".json" for s in SPLITS)})')
     for name in split_files: _check_split(root, name, known, rep, img_items)
     if images: _check_images(root, img_items, rep, lone, progress)
     return rep
@@ -458,8 +538,12 @@ def check_dataset(path: str | Path, images: bool = True, progress: bool = False)
 def cli_check(argv: list[str] | None = None) -> int:
     "`vpmel check PATH`: print the report of `check_dataset(PATH)`; exit status 1 on any error (2 on bad arguments)."
     import argparse, sys
-    ap = argparse.ArgumentParser(prog='vpmel check', description='Validate a VPWiki-format dataset folder or split JSON file (read-only).')
-    ap.add_argument('path', help='dataset folder (kb_entity.json, qid2id.json, train/dev/test.json, images) or one split .json file')
+    ap = argparse.ArgumentParser(
+        prog='vpmel check', description='Validate a VPWiki-format dataset folder or split JSON file (read-only).'
+    )
+    ap.add_argument(
+        'path', help='dataset folder (kb_entity.json, qid2id.json, train/dev/test.json, images) or one split .json file'
+    )
     ap.add_argument('--no-images', action='store_true', help='skip opening images')
     ap.add_argument('--max-problems', type=int, default=50, help='how many problems to print (default 50)')
     ap.add_argument('--progress', action='store_true', help='show a progress bar while decoding images')
