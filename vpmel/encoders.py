@@ -57,7 +57,6 @@ import importlib.util, json, os
 from pathlib import Path
 from typing import Callable, Sequence
 import torch.nn as nn
-from .files import scratch_dir
 
 LayerSpec = str | Sequence[int]
 
@@ -131,8 +130,8 @@ def register_tiny_clips() -> list[str]:
     import open_clip
     missing = [k for k in TINY_CLIPS if k not in open_clip.list_models()]
     if missing:
-        d = scratch_dir('vpmel_clip_cfg_')
-        for k in missing: (d/f'{k}.json').write_text(json.dumps(TINY_CLIPS[k]))
+        d = Path(os.environ.get('XDG_CACHE_HOME', '~/.cache')).expanduser()/'vpmel'/'clip_configs'   # not a temporary
+        for k in missing: write_json_atomic(d/f'{k}.json', TINY_CLIPS[k])   # folder: a killed process leaves none
         open_clip.add_model_config(d)
     return list(TINY_CLIPS)
 
