@@ -66,7 +66,8 @@ def train_check(data_preset: str, workers: int, two_stage: bool = False) -> dict
     report = None
     if two_stage:        # the trained model: exact vs two-stage ranking of the test split, first-stage recall@K
         from vpmel.iier import IIER
-        from vpmel.runs import ensure_data, mention_sets, two_stage_report
+        from vpmel.towers import ensure_data, mention_sets
+        from vpmel.evaluate import two_stage_report
         run = Path('runs')/cfg.name
         model = IIER.from_pretrained(run/'model').to('cuda' if torch.cuda.is_available() else 'cpu')
         ds = ensure_data(cfg)
