@@ -17,7 +17,8 @@ from browser_run_all import free_port, start_lab, open_and_run_all  # noqa: E402
 
 NOTEBOOK_CODE = """\
 from transformers.utils import logging; logging.disable_progress_bar()
-from vpmel.explore import PromptExplorer, ExplorerApp
+from vpmel.explore import PromptExplorer
+from vpmel.explorer_app import ExplorerApp
 app = ExplorerApp(PromptExplorer.from_run({run!r}, {data!r}))
 app.pick('test', {index})
 app.widget"""
@@ -25,7 +26,7 @@ app.widget"""
 def train_tiny(work: Path) -> Path:
     "A tiny IIER run (MiniVPWiki tiny, 4 epochs: seconds), as chapter 16's tests train it."
     code = f"""
-from vpmel.synth import build_minivpwiki
+from vpmel.minivpwiki import build_minivpwiki
 from vpmel.runs import preset, train_run
 root = build_minivpwiki({str(work/'tiny')!r}, preset='tiny', seed=0, progress=False)
 cfg = preset('tiny', data=str(root), name='explore-tiny'); cfg.train.epochs = 4

@@ -6,7 +6,9 @@ Usage (from the repository root, in the project's environment):
 A copy of the repository (without .git, .venv, data and runs) is served by JupyterLab on 127.0.0.1 with a token, so
 the browser never saves outputs into the real notebooks. For each chapter: open it in a fresh workspace, wait for the
 kernel, run all cells, wait until no cell is running, and fail on any error output or a "Select Kernel" dialog.
-Prints seconds per chapter and writes a screenshot of each under --shots (default /tmp/vpmel-browser)."""
+Prints seconds per chapter and writes a screenshot of each under --shots (default /tmp/vpmel-browser). With --save DIR,
+each chapter is saved by JupyterLab once it has run (in the copy) and copied to DIR with its outputs: the executed
+notebooks `.ci/build_book.py --executed DIR` renders as the HTML edition, without running the chapters again."""
 import argparse, json, secrets, shutil, socket, subprocess, sys, tempfile, time, urllib.request
 from pathlib import Path
 
@@ -61,6 +63,7 @@ def main() -> int:
     ap.add_argument('--timeout', type=float, default=300, help='seconds a chapter may take')
     ap.add_argument('--shots', default='/tmp/vpmel-browser', help='folder for screenshots')
     ap.add_argument('--chromium', default='/usr/bin/chromium')
+    ap.add_argument('--save', default=None, help='folder for the executed notebooks (as JupyterLab saves them)')
     a = ap.parse_args()
     from playwright.sync_api import sync_playwright
     work = Path(tempfile.mkdtemp(prefix='vpmel-browser-'))
@@ -68,6 +71,7 @@ def main() -> int:
     nbs, shots = work/'repo'/'nbs', Path(a.shots)
     shots.mkdir(parents=True, exist_ok=True)
     chapters = sorted(p.stem for p in nbs.glob('[0-9][0-9]_*.ipynb') if a.only is None or p.stem in a.only)
+    if a.save: Path(a.save).mkdir(parents=True, exist_ok=True)
     port, token = free_port(), secrets.token_hex(16)
     lab, results = start_lab(nbs, port, token), {}
     try:
@@ -77,6 +81,9 @@ def main() -> int:
                 page = browser.new_page(viewport={'width': 1400, 'height': 1000})
                 secs, problem = run_all(page, f'http://127.0.0.1:{port}/lab/workspaces/ci{i}/tree/{ch}.ipynb?reset&token={token}', a.timeout)
                 page.screenshot(path=str(shots/f'{ch}.png'))
+                if a.save:   # the command's promise settles once the file is written
+                    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+                    shutil.copy(nbs/f'{ch}.ipynb', Path(a.save)/f'{ch}.ipynb')
                 page.evaluate("() => window.jupyterapp.commands.execute('kernelmenu:shutdown')")
                 page.close()
                 results[ch] = {'seconds': round(secs, 1), 'problem': problem}

@@ -101,6 +101,26 @@ def render(nb, title: str, top: str = '', bottom: str = '') -> str:
     page = re.sub(r'(<body[^>]*>)', lambda m: m.group(1) + top, page, count=1)
     return page.replace('</body>', bottom + '</body>', 1) if bottom else page
 
+def render_executed(name: str, executed: Path, out: Path) -> dict:
+    """Write the page of a chapter executed elsewhere (`browser_run_all.py --save`: Run All in JupyterLab); its problem
+    is a missing notebook, a cell that did not run, or an error output."""
+    import nbformat
+    f, problem = executed/f'{name}.ipynb', ''
+    if not f.exists(): return {'chapter': name, 'seconds': 0.0, 'problem': f'no executed notebook {f}'}
+    nb = nbformat.read(f, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == 'code' and c.source.strip()]
+    if (bad := next((i for i, c in enumerate(code) if has_error(c)), None)) is not None:
+        problem = f'error output in code cell {bad}'
+    elif (todo := sum(c.get('execution_count') is None for c in code)):
+        problem = f'{todo} code cells did not run'
+    names = [p.stem for p in chapters()]
+    titles = {n: heading(nbformat.read(NBS/f'{n}.ipynb', as_version=4))[0] or n for n in names}
+    top = nav(names, titles, name, 'top')
+    if problem: top += f'<div class="book-stopped">Problem with this chapter: {html.escape(problem)}.</div>'
+    (out/f'{name}.html').write_text(render(as_book(nb), titles[name], top, nav(names, titles, name, 'bottom')),
+                                    encoding='utf-8')
+    return {'chapter': name, 'seconds': 0.0, 'problem': problem}
+
 def run_chapter(name: str, out: Path, timeout: float) -> dict:
     "Execute one chapter in a kernel (stops at the first error, or when the time is up), write its page; a summary."
     import nbformat
@@ -242,6 +262,8 @@ def main() -> int:
     ap.add_argument('--only', nargs='*', default=None, help='chapter names (e.g. 03_synth); default: all')
     ap.add_argument('--timeout', type=float, default=900, help='seconds a chapter may run (default 900)')
     ap.add_argument('--workers', type=int, default=2, help='chapters run at once (at most 2)')
+    ap.add_argument('--executed', default=None,
+                    help='render the notebooks of this folder (executed by browser_run_all.py --save) instead of running')
     ap.add_argument('--chapter', help=argparse.SUPPRESS)   # internal: run this one chapter
     a = ap.parse_args()
     out = Path(a.out).resolve()
@@ -252,6 +274,13 @@ def main() -> int:
     todo = [n for n in names if a.only is None or n in a.only]
     if a.only and (unknown := set(a.only) - set(names)): print(f'no such chapter: {sorted(unknown)}'); return 1
     out.mkdir(parents=True, exist_ok=True)
+    if a.executed:
+        t0, done = time.time(), [render_executed(n, Path(a.executed), out) for n in todo]
+        build_index(out, names)
+        bad = [r['chapter'] + ': ' + r['problem'] for r in done if r['problem']]
+        print('\n'.join(bad) + ('\n' if bad else '') +
+              f'{len(todo)} executed chapters + index.html rendered into {out} in {time.time() - t0:.0f} s, {len(bad)} with problems')
+        return 1 if bad else 0
     for n in todo: (out/f'{n}.html').unlink(missing_ok=True)
     previous = {}
     if (out/'build.json').exists():

@@ -20,7 +20,8 @@ import torch
 def sync(): torch.cuda.synchronize() if torch.cuda.is_available() else None
 
 def rank_check(n_entities: int, n_queries: int, candidates: int, dev: str) -> dict:
-    from vpmel.rank import _bench_setup, _kb_blocks, build_entity_cache, rank_entities, FirstStage, two_stage_rank
+    from vpmel.bench import _bench_setup, _kb_blocks
+    from vpmel.rank import build_entity_cache, rank_entities, FirstStage, two_stage_rank
     matcher, mentions, gold = _bench_setup(0, n_entities, n_queries)
     matcher = matcher.to(dev)
     to = lambda f: SimpleNamespace(**{k: v.to(dev) for k, v in vars(f).items()})
@@ -47,7 +48,7 @@ def rank_check(n_entities: int, n_queries: int, candidates: int, dev: str) -> di
 
 def train_check(data_preset: str, workers: int, two_stage: bool = False) -> dict:
     import vpmel.train as T
-    from vpmel.synth import build_minivpwiki
+    from vpmel.minivpwiki import build_minivpwiki
     from vpmel.runs import preset, train_run
     t = time.perf_counter()
     root = build_minivpwiki(Path('data/minivpwiki')/data_preset, preset=data_preset, workers=workers, progress=False)

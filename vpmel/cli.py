@@ -13,28 +13,28 @@ __all__ = ['BENCH_COMMANDS', 'COMMANDS', 'one_line', 'dispatch', 'cli_bench', 'm
 
 # %% ../nbs/14_cli.ipynb #f0e9e458
 BENCH_COMMANDS = {  # benchmark: (module, function(argv) -> int, one-line help)
-    'rank':  ('vpmel.rank', 'bench_rank', 'time full-KB ranking, optionally against the official algorithm'),
-    'train': ('vpmel.runs', 'bench_train', 'time IIER training steps'),
-    'explore': ('vpmel.explore', 'bench_explore', 'time the prompt explorer: a box change -> the whole-KB top-k'),
-    'ground': ('vpmel.construct', 'bench_ground', 'grounding accuracy (IoU >= 0.5) of every grounder on a MEL source'),
+    'rank':  ('vpmel.bench', 'bench_rank', 'time full-KB ranking, optionally against the official algorithm'),
+    'train': ('vpmel.bench', 'bench_train', 'time IIER training steps'),
+    'explore': ('vpmel.bench', 'bench_explore', 'time the prompt explorer: a box change -> the whole-KB top-k'),
+    'ground': ('vpmel.bench', 'bench_ground', 'grounding accuracy (IoU >= 0.5) of every grounder on a MEL source'),
 }
 
 COMMANDS = {  # command: (module, function(argv) -> int, one-line help)
     'demo':          ('vpmel.demo', 'cli_demo',
                       'the main job: build MiniVPWiki, train IIER and ablations, print results'),
-    'check':         ('vpmel.vpwiki', 'cli_check', 'validate a VPWiki-format dataset folder or split file'),
-    'synth':         ('vpmel.synth', 'cli_synth', 'generate MiniVPWiki, the offline benchmark'),
+    'check':         ('vpmel.check', 'cli_check', 'validate a VPWiki-format dataset folder or split file'),
+    'synth':         ('vpmel.minivpwiki', 'cli_synth', 'generate MiniVPWiki, the offline benchmark'),
     'pretrain_clip': ('vpmel.pretrain', 'cli_pretrain_clip', "pretrain the offline tiny CLIP on a dataset's KB"),
     'train':         ('vpmel.runs', 'cli_train', 'train IIER (or an ablation) and evaluate it on the whole KB'),
     'eval':          ('vpmel.runs', 'cli_eval', 'evaluate a trained run on a split'),
-    'detective':     ('vpmel.answers', 'cli_detective', 'Detective-VLM: train | generate | eval'),
-    'explore':       ('vpmel.explore', 'cli_explore',
+    'detective':     ('vpmel.detective_cli', 'cli_detective', 'Detective-VLM: train | generate | eval'),
+    'explore':       ('vpmel.explorer_app', 'cli_explore',
                       'the prompt explorer of a trained run as a web page (Voilà, localhost)'),
     'mel':           ('vpmel.mel', 'cli_mel',
                       'write MiniVPWiki as a MEL source (mention words, no prompt, true boxes aside)'),
-    'construct':     ('vpmel.construct', 'cli_construct',
+    'construct':     ('vpmel.construct_cli', 'cli_construct',
                       'build VP-MEL data from MEL source(s): ground, review, QA, draw the prompt'),
-    'review':        ('vpmel.construct', 'cli_review',
+    'review':        ('vpmel.construct_cli', 'cli_review',
                       'the review widget of a construction waiting for review as a web page (Voilà, localhost)'),
     'bench':         ('vpmel.cli', 'cli_bench', 'benchmarks: ' + ', '.join(f'`bench {k}`' for k in BENCH_COMMANDS)),
 }

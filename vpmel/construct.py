@@ -6,32 +6,27 @@
 from __future__ import annotations
 import hashlib, json, sys, time, warnings
 from collections import Counter
-from dataclasses import dataclass, field, asdict, replace
+from dataclasses import dataclass, asdict
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 from PIL import Image
 from .prompts import Box, validate_box, box_area, draw_prompt, PROMPT_STYLES
-from .vpwiki import (SPLITS, KBEntity, Mention, MELDataset, check_dataset, write_dataset, open_image,
-                           BadImageError, resolve_in_root)
-from .files import (VpmelError, FolderConflict, write_json_atomic, write_bytes_atomic, claim_folder, read_record,
-                          fingerprint, CommandParser, check_out_folder, remove_partial_writes)
-from .mel import Dropped, load_mel, mention_in_sentence, read_true_boxes, read_mel
-from .grounding import Proposal, grounding_query, grounder_record
+from .vpwiki import SPLITS, Mention, write_dataset, open_image, resolve_in_root
+from .check import check_dataset
+from .files import (FolderConflict, write_json_atomic, write_bytes_atomic, claim_folder, read_record, fingerprint,
+                          check_out_folder, remove_partial_writes)
+from .mel import mention_in_sentence, read_true_boxes
+from .grounding import grounder_record
 from .review import DecisionLog, DecisionLogError, ReviewItem, ReviewSession
+from .proposals import (ConstructError, Source, open_sources, merged_kb, Candidate, candidates, read_proposals,
+                             propose_all, exclusive_choices)
 
 # %% auto #0
-__all__ = ['CONSTRUCT_FILE', 'STATUS_FILE', 'REVIEW_FILE', 'CONSTRUCT_KIND', 'GROUNDERS', 'ConstructError', 'ConstructConfig',
-           'prompt_width', 'Source', 'open_sources', 'merged_kb', 'Candidate', 'candidates', 'to_ground',
-           'ProposalsError', 'read_proposals', 'propose_all', 'review_items', 'review_session', 'raw_scores',
-           'centred_claims', 'exclusive_choices', 'decided_boxes', 'qa_boxes', 'assign_splits', 'mask_sentence',
-           'write_vpmel', 'sources_record', 'construct_record', 'bound_review', 'construct', 'show_construction',
-           'open_review', 'review_notebook', 'cli_review', 'plot_construct_stats', 'kb_clip_dir', 'make_grounder',
-           'cli_construct', 'grounder_suite', 'evaluate_exclusive', 'grounding_table', 'bench_ground']
+__all__ = ['CONSTRUCT_FILE', 'STATUS_FILE', 'REVIEW_FILE', 'CONSTRUCT_KIND', 'ConstructConfig', 'to_ground', 'review_items',
+           'review_session', 'decided_boxes', 'qa_boxes', 'assign_splits', 'prompt_width', 'mask_sentence',
+           'write_vpmel', 'sources_record', 'construct_record', 'bound_review', 'construct', 'open_review']
 
 # %% ../nbs/21_construct.ipynb #eaf8d6c9
-class ConstructError(VpmelError, ValueError):
-    "A construction that cannot be done as asked: the message names the option or input, and the way out."
-
 @dataclass
 class ConstructConfig:
     "How a MEL source becomes VP-MEL data (see the prose)."
@@ -75,121 +70,10 @@ class ConstructConfig:
         if unknown := set(self.true_box_splits) - set(SPLITS):
             raise bad(f'--true-box-splits {sorted(unknown)}: the splits are {SPLITS}')
 
-def prompt_width(size: tuple[int, int]) -> int:
-    "The red rectangle's line width for an image of `size`: 2 px up to ~400 px, then ~1/160 of the shorter side."
-    return max(2, round(min(size) / 160))
-
-# %% ../nbs/21_construct.ipynb #abcb3825
-@dataclass
-class Source:
-    """One MEL source: its dataset, the prefix of its ids in the merged data, a short name for its KB image folder, and
-    what reading it dropped."""
-    ds: MELDataset
-    prefix: str = ''
-    name: str = 'src0'
-    dropped: Dropped = field(default_factory=Dropped)
-
-def open_sources(paths: Sequence, prefixes: Sequence[str] | None = None, images: bool = True) -> list[Source]:
-    """Read MEL sources (`load_mel`: faulty records dropped and counted, file and KB faults raised); prefixes default to
-    VPWiki's: '' for the first, 'wk' for the second, 's<k>_' after."""
-    paths = [Path(p) for p in paths]
-    if not paths: raise ConstructError('no MEL source given: name at least one source folder')
-    prefixes = (
-        list(prefixes)
-        if prefixes is not None
-        else (['', 'wk'] + [f's{k}_' for k in range(2, len(paths))])[: len(paths)]
-    )
-    if len(prefixes) != len(paths) or len(set(prefixes)) != len(prefixes):
-        raise ConstructError(f'need one distinct prefix per source, got {prefixes}')
-    out = []
-    for k, (p, pre) in enumerate(zip(paths, prefixes)):
-        ds, dropped = load_mel(p, images=images)
-        out.append(Source(ds, pre, f'src{k}', dropped))
-    return out
-
-def merged_kb(sources: Sequence[Source]) -> tuple[list[KBEntity], dict[str, tuple[Path, str]]]:
-    """The merged KB (sources in order, ids prefixed) and, per new KB image path, the (source root, path) to copy it
-    from."""
-    kb, copies, seen = [], {}, set()
-    for s in sources:
-        for e in s.ds.kb:
-            new = s.prefix + e.id
-            if new in seen:
-                raise ConstructError(f'entity id {new!r} comes twice in the merged KB (source {s.ds.root}): '
-                                     'give the sources distinct prefixes')
-            seen.add(new)
-            imgs = []
-            for rel in e.image_list:
-                nrel = f'kb_img/{s.name}/{rel}'
-                copies[nrel] = (s.ds.root, rel); imgs.append(nrel)
-            kb.append(replace(e, id=new, image_list=tuple(imgs)))
-    return kb, copies
-
 # %% ../nbs/21_construct.ipynb #9b9c8845
-@dataclass(frozen=True)
-class Candidate:
-    """A MEL mention on its way: its id in the output (prefix + source id), its source index, the record, the source
-    split."""
-    id: str
-    source: int
-    mention: Mention
-    split: str
-
-def candidates(sources: Sequence[Source]) -> list[Candidate]:
-    "Every non-nil mention of every source (nil ones are dropped by the loader and counted in `ds.n_nil`)."
-    return [Candidate(s.prefix + m.id, k, m, split) for k, s in enumerate(sources) for split in SPLITS
-            for m in s.ds.splits.get(split, [])]
-
 def to_ground(cands: Sequence[Candidate], cfg: ConstructConfig) -> list[Candidate]:
     "The candidates a grounder boxes: all but those of `cfg.true_box_splits` (drawn around the true boxes, to measure)."
     return [c for c in cands if c.split not in cfg.true_box_splits]
-
-# %% ../nbs/21_construct.ipynb #5a1e0c02
-class ProposalsError(VpmelError, ValueError):
-    "A proposals file with a damaged line: the message names the file, the line and the way out."
-
-def _proposals_line(raw: bytes) -> tuple[str, list[Proposal] | str]:
-    d = json.loads(raw)
-    return str(d['id']), (str(d['error']) if 'error' in d else [Proposal.from_json(x) for x in d['proposals']])
-
-def read_proposals(path) -> dict[str, list[Proposal] | str]:
-    """`work/proposals.jsonl`: mention id -> proposals, or the error text of an unreadable image. A torn last line (a
-    write cut short) is skipped: its mention is grounded again."""
-    out, p = {}, Path(path)
-    if not p.exists(): return out
-    lines = p.read_bytes().split(b'\n')
-    for k, raw in enumerate(lines):
-        if not raw.strip(): continue
-        try: key, v = _proposals_line(raw)
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-            if k == len(lines) - 1: break
-            raise ProposalsError(f'{p}, line {k + 1}: not a line of proposals ({type(e).__name__}: {e}): delete that '
-                                 'line (its mention is grounded again), or start again with --fresh') from None
-        out[key] = v
-    return out
-
-def propose_all(cands: Sequence[Candidate], sources: Sequence[Source], grounder, path, progress: bool = True,
-                top_k: int = 10) -> dict[str, list[Proposal] | str]:
-    "Ground every candidate not yet in `path` (resumable), appending a line per mention; returns all proposals."
-    done = read_proposals(path)
-    todo = [c for c in cands if c.id not in done]
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    from tqdm.auto import tqdm
-    with open(path, 'ab') as f:
-        data = path.read_bytes() if f.tell() else b'\n'
-        if not data.endswith(b'\n'):                   # a last line without its newline: whole, or torn by a crash
-            cut = data.rfind(b'\n') + 1
-            try: _proposals_line(data[cut:]); f.write(b'\n')
-            except (ValueError, KeyError, TypeError, IndexError, AttributeError): f.truncate(cut)
-        for c in tqdm(todo, desc=f'grounding ({grounder.name})', disable=not progress or not todo, mininterval=1):
-            try:
-                js = [p.to_json() for p in grounder(grounding_query(sources[c.source].ds, c.mention))[:top_k]]
-                # as a resumed run reads them
-                line, done[c.id] = {'id': c.id, 'proposals': js}, [Proposal.from_json(j) for j in js]
-            except (BadImageError, OSError) as e:
-                line, done[c.id] = {'id': c.id, 'error': str(e)}, str(e)
-            f.write((json.dumps(line) + '\n').encode()); f.flush()
-    return done
 
 # %% ../nbs/21_construct.ipynb #53358907
 def review_items(cands: Sequence[Candidate], sources: Sequence[Source], proposals: dict,
@@ -202,20 +86,12 @@ def review_items(cands: Sequence[Candidate], sources: Sequence[Source], proposal
         if not isinstance(ps, list): continue
         ds, m = sources[c.source].ds, c.mention
         e = ds.entity(m.answer) if m.answer in ds.qid2id else None
-        out.append(
-            ReviewItem(
-                c.id,
-                ds.path(m.img_path),
-                m.sentence,
-                m.mentions,
-                e.entity_name if e else m.entities,
-                [ds.path(p) for p in e.image_list] if e else [],
-                ps,
-                0 if suggested is None else suggested.get(c.id, 0),
-            )
-        )
+        out.append(ReviewItem(c.id, ds.path(m.img_path), m.sentence, m.mentions, e.entity_name if e else m.entities,
+                              [ds.path(p) for p in e.image_list] if e else [], ps,
+                              0 if suggested is None else suggested.get(c.id, 0)))
     return out
 
+# %% ../nbs/21_construct.ipynb #c1221236
 def review_session(cands, sources, proposals, log_path, cfg: ConstructConfig) -> ReviewSession:
     """The review of the candidates' proposals, suggesting `exclusive_choices` (with `cfg.exclusive`), auto-accepting at
     `cfg.auto_accept` in 'uncertain' mode."""
@@ -224,41 +100,7 @@ def review_session(cands, sources, proposals, log_path, cfg: ConstructConfig) ->
         review_items(cands, sources, proposals, sug), log_path, cfg.auto_accept if cfg.review == 'uncertain' else None
     )
 
-def _same_object(a: Box, b: Box, overlap: float) -> bool:
-    ix, iy = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
-    return ix > 0 and iy > 0 and ix * iy >= overlap * min(box_area(a), box_area(b))
-
-def raw_scores(proposals: Sequence[Proposal]) -> list[float]:
-    "Each proposal's raw score $s(r)$ (its confidence where the grounder gives none)."
-    return [p.score if p.raw is None else p.raw for p in proposals]
-
-def centred_claims(proposals: Sequence[Proposal]) -> list[float]:
-    """How far each proposal's raw score lies above the mention's average, $s_m(r) - \\bar s_m$: `exclusive_choices`'
-    claims."""
-    r = raw_scores(proposals); mean = sum(r) / len(r)
-    return [v - mean for v in r]
-
-def exclusive_choices(cands: Sequence[Candidate], proposals: dict, overlap: float = 0.5, max_loss: float = 0.1,
-                      claim: Callable[[Sequence[Proposal]], Sequence[float]] = centred_claims) -> dict[str, int | None]:
-    """Per candidate with proposals: the index of its proposal when the mentions of one image claim different objects,
-    or None (see the prose)."""
-    by_image: dict = {}
-    for c in cands:
-        if isinstance(proposals.get(c.id), list) and proposals[c.id]:
-            by_image.setdefault((c.source, c.mention.img_path), []).append(c.id)
-    out = {}
-    for ids in by_image.values():
-        held, got = [], {}
-        # best claim first
-        for _, j, i in sorted((-v, j, i) for j, k in enumerate(ids) for i, v in enumerate(claim(proposals[k]))):
-            k = ids[j]; b = proposals[k][i].box
-            if k in got or any(_same_object(b, h, overlap) for h in held): continue
-            got[k] = i; held.append(b)
-        for k in ids:
-            r, i = raw_scores(proposals[k]), got.get(k)
-            out[k] = i if i is not None and max(r) - r[i] <= max_loss else None
-    return out
-
+# %% ../nbs/21_construct.ipynb #4f1d2c7a
 def decided_boxes(cands: Sequence[Candidate], proposals: dict, cfg: ConstructConfig, log: DecisionLog | None = None,
                   true_boxes: dict | None = None) -> tuple[dict[str, Box], dict[str, str], list[str]]:
     "Per candidate: the box (first proposal, or the review's decision), or a drop reason, or 'waiting for review'."
@@ -310,6 +152,7 @@ def qa_boxes(cands: Sequence[Candidate], boxes: dict[str, Box], sources: Sequenc
         seen.add((key, m.answer)); out[c.id] = b
     return out
 
+# %% ../nbs/21_construct.ipynb #23efaf02
 def assign_splits(cands: Sequence[Candidate], cfg: ConstructConfig) -> tuple[dict[str, str], int]:
     "Each candidate's output split, and how many were moved so that no image crosses splits."
     order = {s: k for k, s in enumerate(SPLITS)}
@@ -326,6 +169,10 @@ def assign_splits(cands: Sequence[Candidate], cfg: ConstructConfig) -> tuple[dic
     return out, moved
 
 # %% ../nbs/21_construct.ipynb #8395490d
+def prompt_width(size: tuple[int, int]) -> int:
+    "The red rectangle's line width for an image of `size`: 2 px up to ~400 px, then ~1/160 of the shorter side."
+    return max(2, round(min(size) / 160))
+
 def mask_sentence(sentence: str, mention: str, token: str = '[MASK]') -> str:
     """The sentence with the (first occurrence of the) mention words replaced by `token`; unchanged if they are not
     there."""
@@ -336,6 +183,7 @@ def _png_bytes(img: Image.Image) -> bytes:
     import io
     buf = io.BytesIO(); img.save(buf, format='PNG', compress_level=1); return buf.getvalue()
 
+# %% ../nbs/21_construct.ipynb #fc2e7a68
 def write_vpmel(
     out,
     sources: Sequence[Source],
@@ -393,6 +241,7 @@ def construct_record(srcs: Sequence[Source], grounder, cfg: ConstructConfig, tru
             'config': json.loads(json.dumps(asdict(cfg))),
             'true_boxes': None if true_boxes is None else fingerprint({str(k): list(v) for k, v in true_boxes.items()})}
 
+# %% ../nbs/21_construct.ipynb #e144f3b0
 def bound_review(work, proposals: dict) -> Path:
     """The decisions log of `work/`, bound to the proposals it reviews: `review.json` holds their fingerprint, written
     before the first decision; a log that holds decisions on other proposals raises `DecisionLogError`."""
@@ -408,6 +257,7 @@ def bound_review(work, proposals: dict) -> Path:
         write_json_atomic(f, {'proposals': fp})
     return log
 
+# %% ../nbs/21_construct.ipynb #36a5ff12
 def _dropped_reading(srcs: Sequence[Source]) -> dict:
     "What reading the sources dropped, summed: records by reason, KB images, the first records named."
     recs = Counter()
@@ -415,13 +265,9 @@ def _dropped_reading(srcs: Sequence[Source]) -> dict:
     return {'records_dropped': dict(sorted(recs.items())), 'kb_images_dropped': sum(s.dropped.kb_images for s in srcs),
             'records_dropped_examples': [f'{s.name}: {e}' for s in srcs for e in s.dropped.examples][:10]}
 
-# %% ../nbs/21_construct.ipynb #b803af28
-def construct(sources: Sequence, out, grounder, cfg: ConstructConfig | None = None,
-              prefixes: Sequence[str] | None = None, true_boxes: dict | None = None, progress: bool = True,
-              check: bool = True, fresh: bool = False) -> dict:
-    """MEL source folder(s) -> a VP-MEL dataset in `out` (see the prose); returns the summary (`construct.json`).
-    Every input is checked before `out` is touched; `out`'s record must be this construction's, unless `fresh`."""
-    cfg, out, t0 = cfg or ConstructConfig(), Path(out), time.time()
+def _checked_inputs(sources: Sequence, out: Path, cfg: ConstructConfig, prefixes: Sequence[str] | None,
+                    true_boxes: dict | None) -> tuple[list[Source], dict | None, list[Candidate]]:
+    "The sources, their true boxes and candidates: every input read and checked before the output folder is touched."
     srcs = list(sources) if all(isinstance(s, Source) for s in sources) else open_sources(sources, prefixes)
     if cfg.true_box_splits and true_boxes is None:
         if len(srcs) != 1: raise ConstructError('true_box_splits needs true_boxes when there are several sources')
@@ -432,27 +278,24 @@ def construct(sources: Sequence, out, grounder, cfg: ConstructConfig | None = No
         raise ConstructError(f'mention id {dup!r} comes from two sources: give the sources distinct prefixes')
     if any(out.resolve() in (r := Path(s.ds.root).resolve(), *r.parents) for s in srcs):
         raise ConstructError(f'--out {out} holds a MEL source of this construction: choose another --out')
-    claim_folder(check_out_folder(out), CONSTRUCT_KIND, construct_record(srcs, grounder, cfg, true_boxes), fresh,
-                 _OUT_NAMES, _WAY_OUT)
-    # left by a run killed in the middle of a write
-    remove_partial_writes(out, recursive=True)
-    work = out/'work'
-    proposals = propose_all(to_ground(cands, cfg), srcs, grounder, work/'proposals.jsonl', progress)
-    log = None
-    if cfg.review != 'none':
-        with warnings.catch_warnings(record=True) as said:         # a log's partial last line: say it on one line
-            warnings.simplefilter('always')
-            log = review_session(to_ground(cands, cfg), srcs, proposals, bound_review(work, proposals), cfg).log
-        for w in said: print(f'warning: {w.message}', file=sys.stderr)
-    boxes, dropped, waiting = decided_boxes(cands, proposals, cfg, log, true_boxes)
-    summary = {'sources': [str(Path(s.ds.root).resolve()) for s in srcs], 'prefixes': [s.prefix for s in srcs],
-               'grounder': grounder.name, 'config': json.loads(json.dumps(asdict(cfg))), 'candidates': len(cands),
-               'nil_dropped': sum(sum(s.ds.n_nil.values()) for s in srcs)} | _dropped_reading(srcs)
-    if waiting:
-        summary |= {'waiting_for_review': len(waiting), 'written': False}
-        (out/CONSTRUCT_FILE).unlink(missing_ok=True)               # an earlier run's dataset is not this one
-        write_json_atomic(work/STATUS_FILE, summary, indent=1)
-        return summary
+    return srcs, true_boxes, cands
+
+# %% ../nbs/21_construct.ipynb #8b9ba3f5
+def _review_log(cands: Sequence[Candidate], srcs: Sequence[Source], proposals: dict, work: Path,
+                cfg: ConstructConfig) -> DecisionLog | None:
+    "The review's decisions so far (None without a review); a log's partial last line is said in one line on stderr."
+    if cfg.review == 'none': return None
+    with warnings.catch_warnings(record=True) as said:         # a log's partial last line: say it on one line
+        warnings.simplefilter('always')
+        log = review_session(to_ground(cands, cfg), srcs, proposals, bound_review(work, proposals), cfg).log
+    for w in said: print(f'warning: {w.message}', file=sys.stderr)
+    return log
+
+# %% ../nbs/21_construct.ipynb #073aabd4
+def _write_construction(out: Path, srcs: Sequence[Source], cands: Sequence[Candidate], boxes: dict[str, Box],
+                        dropped: dict[str, str], log: DecisionLog | None, cfg: ConstructConfig, summary: dict,
+                        progress: bool, check: bool, t0: float) -> dict:
+    "QA, splits, the dataset written and checked, then the summary: in `work/`, then, last, `construct.json`."
     boxes = qa_boxes(cands, boxes, srcs, cfg, dropped)
     splits, moved = assign_splits([c for c in cands if c.id in boxes], cfg)
     recs = write_vpmel(out, srcs, cands, boxes, splits, cfg, progress)
@@ -465,46 +308,36 @@ def construct(sources: Sequence, out, grounder, cfg: ConstructConfig | None = No
     if check:
         rep = check_dataset(out, images=True)
         summary['check'] = 'ok' if rep.ok else [str(p) for p in rep.errors[:10]]
-    write_json_atomic(work/STATUS_FILE, summary, indent=1)
+    write_json_atomic(out/'work'/STATUS_FILE, summary, indent=1)
     summary['seconds'] = round(time.time() - t0, 1)
     write_json_atomic(out/CONSTRUCT_FILE, summary, indent=1)         # last: the dataset is whole
     return summary
 
-# %% ../nbs/21_construct.ipynb #2881849c
-def show_construction(out, ids: Sequence[str] | None = None, n: int = 4, top: int = 3):
-    "Figure: per mention, the source image with the top proposals, and the written VP-MEL image (red prompt)."
-    import matplotlib.pyplot as plt, matplotlib.patches as patches
-    from vpmel.vpwiki import load_dataset
-    out = Path(out)
-    s, ds = json.loads((out/CONSTRUCT_FILE).read_text()), load_dataset(out)
-    props = read_proposals(out/'work'/'proposals.jsonl')
-    recs = {m.id: m for v in ds.splits.values() for m in v}
-    ids = list(ids) if ids is not None else [i for i in recs if isinstance(props.get(i), list)][:n]
-    fig, axs = plt.subplots(2, len(ids), figsize=(3.1 * len(ids), 6.4), squeeze=False)
-    for k, i in enumerate(ids):
-        m = recs[i]
-        axs[0, k].imshow(Image.open(out/'raw_img'/f'mention_{i}.png'))
-        for j, p in enumerate((props.get(i) or [])[:top]):
-            x0, y0, x1, y1 = p.box
-            axs[0, k].add_patch(
-                patches.Rectangle(
-                    (x0 - 0.5, y0 - 0.5),
-                    x1 - x0,
-                    y1 - y0,
-                    fill=False,
-                    lw=1.5,
-                    ls='-' if j == 0 else ':',
-                    ec=plt.cm.tab10.colors[j],
-                )
-            )
-            axs[0, k].text(x0, y0 - 1, f'{p.score:.2f}', color=plt.cm.tab10.colors[j], fontsize=7)
-        axs[0, k].set_title(f'{ds.entity(m.answer).entity_name}', fontsize=8)
-        axs[1, k].imshow(Image.open(ds.path(m.img_path)))
-        axs[1, k].set_title(f'"{m.sentence[:40]}{"…" if len(m.sentence) > 40 else ""}"', fontsize=7)
-    for ax in axs.flat: ax.set_xticks([]); ax.set_yticks([])
-    axs[0, 0].set_ylabel(f'proposals ({s["grounder"]})', fontsize=8); axs[1, 0].set_ylabel('VP-MEL mention', fontsize=8)
-    fig.tight_layout()
-    return fig
+# %% ../nbs/21_construct.ipynb #b803af28
+def construct(sources: Sequence, out, grounder, cfg: ConstructConfig | None = None,
+              prefixes: Sequence[str] | None = None, true_boxes: dict | None = None, progress: bool = True,
+              check: bool = True, fresh: bool = False) -> dict:
+    """MEL source folder(s) -> a VP-MEL dataset in `out` (see the prose); returns the summary (`construct.json`).
+    Every input is checked before `out` is touched; `out`'s record must be this construction's, unless `fresh`."""
+    cfg, out, t0 = cfg or ConstructConfig(), Path(out), time.time()
+    srcs, true_boxes, cands = _checked_inputs(sources, out, cfg, prefixes, true_boxes)
+    claim_folder(check_out_folder(out), CONSTRUCT_KIND, construct_record(srcs, grounder, cfg, true_boxes), fresh,
+                 _OUT_NAMES, _WAY_OUT)
+    # left by a run killed in the middle of a write
+    remove_partial_writes(out, recursive=True)
+    work = out/'work'
+    proposals = propose_all(to_ground(cands, cfg), srcs, grounder, work/'proposals.jsonl', progress)
+    log = _review_log(cands, srcs, proposals, work, cfg)
+    boxes, dropped, waiting = decided_boxes(cands, proposals, cfg, log, true_boxes)
+    summary = {'sources': [str(Path(s.ds.root).resolve()) for s in srcs], 'prefixes': [s.prefix for s in srcs],
+               'grounder': grounder.name, 'config': json.loads(json.dumps(asdict(cfg))), 'candidates': len(cands),
+               'nil_dropped': sum(sum(s.ds.n_nil.values()) for s in srcs)} | _dropped_reading(srcs)
+    if waiting:
+        summary |= {'waiting_for_review': len(waiting), 'written': False}
+        (out/CONSTRUCT_FILE).unlink(missing_ok=True)               # an earlier run's dataset is not this one
+        write_json_atomic(work/STATUS_FILE, summary, indent=1)
+        return summary
+    return _write_construction(out, srcs, cands, boxes, dropped, log, cfg, summary, progress, check, t0)
 
 # %% ../nbs/21_construct.ipynb #6a0e7b02
 def open_review(out) -> ReviewSession:
@@ -528,225 +361,3 @@ def open_review(out) -> ReviewSession:
         raise FolderConflict(f'{out} {why}: construct it again (vpmel construct ... --fresh: its decisions are lost)')
     props = read_proposals(out/'work'/'proposals.jsonl')
     return review_session(to_ground(candidates(srcs), cfg), srcs, props, bound_review(out/'work', props), cfg)
-
-# %% ../nbs/21_construct.ipynb #6a0e7b07
-def review_notebook(out) -> dict:
-    "A one-cell notebook with the review widget of the construction in `out` (what `vpmel review` serves)."
-    from vpmel.explore import one_cell_notebook
-    return one_cell_notebook('from vpmel.review import ReviewApp\nfrom vpmel.construct import open_review\n'
-                             f'ReviewApp(open_review({str(Path(out).resolve())!r})).widget', 'review')
-
-def cli_review(argv: list[str] | None = None) -> int:
-    "`vpmel review OUT`: the review widget of a construction waiting for review, as a web page (Voilà) on localhost."
-    from vpmel.explore import serve_notebook
-    ap = CommandParser(prog='vpmel review', description='Serve the review widget of a vpmel construct --review run '
-                       'on http://127.0.0.1:PORT (Voilà).')
-    ap.add_argument('out', help='the --out folder of vpmel construct --review uncertain|all')
-    ap.add_argument('--port', type=int, default=8867)
-    ap.add_argument('--print-command', action='store_true', help='print the Voilà command instead of running it')
-    a = ap.parse_args(argv)
-    with warnings.catch_warnings(record=True) as said:             # a log's partial last line: one line, below
-        warnings.simplefilter('always')
-        n = len(open_review(a.out).pending())
-    for w in said: print(f'warning: {w.message}', file=sys.stderr)
-    return serve_notebook(Path(a.out)/'work'/'vpmel-review.ipynb', review_notebook(a.out), a.port, a.print_command,
-                          'vpmel review', f'{a.out} ({n} mentions to review)')
-
-# %% ../nbs/21_construct.ipynb #f0a4917e
-def plot_construct_stats(out):
-    "Figure: mentions per source and split, drop reasons, box sizes, entity types of a constructed dataset."
-    import matplotlib.pyplot as plt, seaborn as sns
-    from vpmel.vpwiki import load_dataset
-    out = Path(out)
-    s, ds = json.loads((out/CONSTRUCT_FILE).read_text()), load_dataset(out)
-    fig, axs = plt.subplots(1, 4, figsize=(15, 3.2))
-    rows = [
-        (
-            split,
-            next(
-                (src for src, pre in zip(s['sources'], s['prefixes']) if pre and m.id.startswith(pre)), s['sources'][0]
-            ),
-        )
-        for split, v in ds.splits.items()
-        for m in v
-    ]
-    cnt = Counter(rows)
-    srcs = sorted({r[1] for r in rows})
-    for k, src in enumerate(srcs):
-        axs[0].bar(
-            [x + 0.8 * k / len(srcs) for x in range(3)],
-            [cnt[(sp, src)] for sp in SPLITS],
-            width=0.8 / len(srcs),
-            label=Path(src).name,
-        )
-    axs[0].set_xticks(range(3), SPLITS); axs[0].legend(fontsize=7); axs[0].set_title('mentions per split and source')
-    d = s.get('dropped', {}) | {'nil answer': s.get('nil_dropped', 0)}
-    axs[1].barh(list(d), list(d.values()), color='grey')
-    axs[1].set_title('dropped, by reason'); axs[1].tick_params(labelsize=7)
-    fr = []
-    for v in ds.splits.values():
-        for m in v:
-            with Image.open(ds.path(m.img_path)) as im: W, H = im.size
-            fr.append(box_area(m.bbox) / (W * H))
-    sns.histplot(fr, bins=30, ax=axs[2]); axs[2].set_title('box area / image area'); axs[2].set_xlabel('')
-    ty = Counter(ds.entity(m.answer).type or '?' for v in ds.splits.values() for m in v)
-    axs[3].barh(list(ty), list(ty.values())); axs[3].set_title('answer entity types'); axs[3].tick_params(labelsize=7)
-    fig.tight_layout()
-    return fig
-
-# %% ../nbs/21_construct.ipynb #09b016b5
-GROUNDERS = ('kb-image', 'owlv2', 'grounding-dino', 'centre', 'largest', 'random-window', 'random-region', 'true')
-
-def kb_clip_dir(root, steps: int = 600, seed: int = 0) -> Path:
-    """The book's tiny CLIP for the KB-image grounder: pretrained on the source's KB only (no scene), cached under
-    `<root>/clip/`."""
-    from vpmel.pretrain import pretrain_tiny_clip, default_clip_dir
-    from vpmel.vpwiki import load_dataset
-    return pretrain_tiny_clip(
-        load_dataset(root, ()), default_clip_dir(root, steps, 0.0, seed), steps=steps, seed=seed, scene_fraction=0.0
-    )
-
-def make_grounder(
-    name: str, source, clip: str | None = None, detector: str | None = None, seed: int = 0, text_weight: float = 0.5
-):
-    "A grounder by command-line name (see `GROUNDERS`) for the MEL source folder `source`."
-    from vpmel import grounding as G
-    if name == 'kb-image':
-        from vpmel.encoders import load_clip
-        return G.KBImageGrounder(
-            load_clip(f'local-dir:{Path(clip or kb_clip_dir(source, seed=seed)).resolve()}'), text_weight=text_weight
-        )
-    if name in ('owlv2', 'grounding-dino'):
-        from vpmel.detectors import DetectorGrounder
-        return DetectorGrounder.from_pretrained(detector, kind=name)
-    simple = {'centre': G.CentreBox, 'largest': G.LargestRegion, 'random-window': lambda: G.RandomWindow(seed),
-              'random-region': lambda: G.RandomRegion(seed), 'true': lambda: G.TrueBox(read_true_boxes(source))}
-    if name not in simple: raise ConstructError(f'unknown grounder {name!r}: choose one of {", ".join(GROUNDERS)}')
-    return simple[name]()
-
-def cli_construct(argv: list[str] | None = None) -> int:
-    "`vpmel construct`: MEL source(s) -> a VP-MEL dataset (ground, review, QA, split, draw the prompt, check)."
-    ap = CommandParser(prog='vpmel construct',
-                       description='Build VP-MEL data (VPWiki format) from MEL source(s) in MIMIC format.')
-    ap.add_argument('sources', nargs='+', help='MEL source folders (a second one gets the wk id prefix, as in VPWiki)')
-    ap.add_argument('--out', required=True)
-    ap.add_argument('--grounder', default='kb-image', choices=GROUNDERS)
-    ap.add_argument(
-        '--clip',
-        default=None,
-        help='kb-image: a CLIP folder in open_clip format (default: tiny CLIP pretrained on the KB)',
-    )
-    ap.add_argument('--detector', default=None, help='owlv2 / grounding-dino: a checkpoint name or local folder')
-    ap.add_argument('--review', default='none', choices=('none', 'uncertain', 'all'))
-    ap.add_argument('--auto-accept', type=float, default=0.9)
-    ap.add_argument(
-        '--min-confidence',
-        type=float,
-        default=0.0,
-        help='without review: drop mentions whose best proposal scores lower',
-    )
-    ap.add_argument(
-        '--not-exclusive',
-        action='store_true',
-        help='ground each mention alone (default: the mentions of an image claim different objects: '
-        'the box without review, the suggested proposal with it)',
-    )
-    ap.add_argument(
-        '--max-loss', type=float, default=0.1, help='exclusive: how far below its best a free box may score (raw score)'
-    )
-    ap.add_argument('--style', default='rect', choices=PROMPT_STYLES)
-    ap.add_argument('--width', type=int, default=None, help='prompt line width (default: scaled to the image)')
-    ap.add_argument('--mask-mentions', action='store_true', help='also replace the mention words in the sentence')
-    ap.add_argument('--splits', default='source', choices=('source', 'by-image'))
-    ap.add_argument(
-        '--true-box-splits', nargs='*', default=(), help='measurement only: splits drawn with the true boxes'
-    )
-    ap.add_argument('--seed', type=int, default=0)
-    ap.add_argument('--fresh', action='store_true', help='start OUT again when another config or other sources made it '
-                    '(its proposals and review decisions are lost)')
-    ap.add_argument('--quiet', action='store_true')
-    a = ap.parse_args(argv)
-    cfg = ConstructConfig(style=a.style, width=a.width, mask_mentions=a.mask_mentions, splits=a.splits, seed=a.seed,
-                          review=a.review, auto_accept=a.auto_accept, min_confidence=a.min_confidence,
-                          true_box_splits=tuple(a.true_box_splits), exclusive=not a.not_exclusive,
-                          exclusive_max_loss=a.max_loss)
-    srcs = open_sources(a.sources)                                 # every source checked before anything is made
-    g = make_grounder(a.grounder, a.sources[0], a.clip, a.detector, a.seed)
-    s = construct(srcs, a.out, g, cfg, progress=not a.quiet, fresh=a.fresh)
-    if not s['written']:
-        print(f"{s['waiting_for_review']} mentions wait for review: `vpmel review {a.out}` (a web page), "
-              f"or in a notebook `from vpmel.review import ReviewApp; from vpmel.construct import open_review; "
-              f"ReviewApp(open_review({str(a.out)!r}))`; "
-              f"then run this command again"); return 0
-    print(json.dumps({k: s[k] for k in ('mentions', 'dropped', 'nil_dropped', 'records_dropped', 'kb_images_dropped',
-                                        'moved_to_keep_images_in_one_split', 'auto_accepted', 'check', 'seconds')}))
-    return 0 if s.get('check') == 'ok' else 1
-
-# %% ../nbs/21_construct.ipynb #bf2f11a3
-def grounder_suite(source, names: Sequence[str] = GROUNDERS[:-1], clip: str | None = None, owlv2: str = 'tiny',
-                   grounding_dino: str = 'tiny', seed: int = 0, text_weight: float = 0.5) -> list:
-    "Grounders by name for measuring on `source`; detectors 'tiny' are chapter 19's random offline models."
-    out = []
-    for n in names:
-        if n in ('owlv2', 'grounding-dino') and (owlv2 if n == 'owlv2' else grounding_dino) == 'tiny':
-            from vpmel import detectors as D
-            model, proc = (D.tiny_owlv2 if n == 'owlv2' else D.tiny_grounding_dino)(seed)
-            out.append(D.DetectorGrounder(model, proc, name=f'{n} (tiny, random weights)'))
-        else: out.append(make_grounder(n, source, clip, owlv2 if n == 'owlv2' else grounding_dino, seed, text_weight))
-    return out
-
-def evaluate_exclusive(grounder, ds, split: str, true_boxes: dict, max_losses: Sequence[float] = (float('inf'), 0.1),
-                       overlap: float = 0.5, n: int | None = None, iou: float = 0.5, top_k: int = 10,
-                       progress: bool = False) -> list[dict]:
-    """`evaluate_grounder` for the mentions of an image grounded together (`exclusive_choices`), a row per `max_loss`:
-    every mention of the images is grounded (absent entities claim objects too) and the depicted ones are scored;
-    `n`: the images of the first `n` depicted mentions."""
-    from vpmel.grounding import ground_mentions, grounding_row
-    imgs = {m.img_path for m in [m for m in ds.splits[split] if m.id in true_boxes][:n]}
-    ms = [m for m in ds.splits[split] if m.img_path in imgs]
-    props, t = ground_mentions(grounder, ds, ms, progress)
-    # as construction reads them
-    props = {k: [Proposal.from_json(p.to_json()) for p in ps[:top_k]] for k, ps in props.items()}
-    cands = [Candidate(str(m.id), 0, m, split) for m in ms]
-    return [grounding_row(f'{grounder.name} + exclusive (max loss {ml:g})', props, true_boxes,
-                          exclusive_choices(cands, props, overlap, ml), t, iou) for ml in max_losses]
-
-def grounding_table(source, split: str = 'test', n: int | None = None, progress: bool = True,
-                    exclusive: Sequence[float] = (float('inf'), 0.1), **kw) -> list[dict]:
-    """`evaluate_grounder` for every grounder of `grounder_suite(source, **kw)` on the depicted mentions of `split`;
-    the KB-image grounder also with its mentions grounded together, at each max loss of `exclusive`."""
-    from vpmel.grounding import evaluate_grounder, KBImageGrounder
-    ds, tb, rows = read_mel(source, images=False), read_true_boxes(source), []   # a faulty source: one error, no number
-    for g in grounder_suite(source, **kw):
-        rows.append(evaluate_grounder(g, ds, split, tb, n=n, progress=progress))
-        if isinstance(g, KBImageGrounder) and exclusive:
-            rows += evaluate_exclusive(g, ds, split, tb, exclusive, n=n, progress=progress)
-    return rows
-
-def bench_ground(argv: list[str]) -> int:
-    "`vpmel bench ground SRC`: the grounding table of a MiniVPWiki MEL source (JSON lines, then a markdown table)."
-    ap = CommandParser(prog='vpmel bench ground',
-                       description='Grounding accuracy of every grounder on a MEL source with true boxes.')
-    ap.add_argument('source', nargs='?', default='data/minivpwiki-mel/cpu')
-    ap.add_argument('--split', default='test')
-    ap.add_argument('--n', type=int, default=None, help='first n depicted mentions (default: all)')
-    ap.add_argument('--grounders', nargs='+', default=list(GROUNDERS[:-1]), choices=GROUNDERS)
-    ap.add_argument('--clip', default=None)
-    ap.add_argument('--owlv2', default='tiny', help="'tiny' (offline, random) or a checkpoint name / folder")
-    ap.add_argument('--grounding-dino', default='tiny', help="'tiny' (offline, random) or a checkpoint name / folder")
-    ap.add_argument('--text-weight', type=float, default=0.5, help="kb-image: weight of the entity text's similarity")
-    ap.add_argument('--exclusive', type=float, nargs='*', default=[float('inf'), 0.1], metavar='MAX_LOSS',
-                    help='kb-image: also ground the mentions of an image together, a row per max loss (none: skip)')
-    ap.add_argument('--threads', type=int, default=None)
-    a = ap.parse_args(argv)
-    if a.threads:
-        import torch; torch.set_num_threads(a.threads)
-    rows = grounding_table(a.source, a.split, a.n, progress=True, exclusive=a.exclusive, names=a.grounders, clip=a.clip,
-                           owlv2=a.owlv2, grounding_dino=a.grounding_dino, text_weight=a.text_weight)
-    for r in rows: print(json.dumps(r))
-    print('\n| grounder | acc@IoU0.5 | mean IoU | any proposal @0.5 | kept | acc of kept | ms / mention |'
-          '\n|---|---|---|---|---|---|---|')
-    for r in rows:
-        print(f"| {r['grounder']} | {r['acc@0.5']} | {r['mean_iou']} | {r['any@0.5']} | {r['kept']} "
-              f"| {r['acc@0.5_of_kept']} | {r['ms_per_mention']} |")
-    return 0

@@ -12,8 +12,9 @@ import numpy as np
 
 from .files import write_json_atomic
 from .train import read_metrics
-from .runs import preset, ablate, train_run, run_name, ABLATIONS, PRESETS
-from .detective import DETECTIVE_PRESETS
+from .config import preset, ablate, run_name, ABLATIONS, PRESETS
+from .runs import train_run
+from .detective_training import DETECTIVE_PRESETS
 
 # %% auto #0
 __all__ = ['DEFAULT_ABLATIONS', 'DETECTIVE_ABLATIONS', 'TABLE_METRICS', 'run_demo', 'summarise', 'format_table', 'plot_demo',

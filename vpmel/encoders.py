@@ -6,6 +6,7 @@
 from __future__ import annotations
 from dataclasses import dataclass, fields, asdict
 import torch
+from fastcore.basics import patch
 from .files import write_json_atomic
 from .files import VpmelError
 
@@ -167,6 +168,7 @@ def _offline_clip_file(name: str, tag: str) -> str:
                          f"(vpmel train --clip-weights PATH, an open_clip checkpoint file) "
                          "or --clip-weights none for random weights")
 
+# %% ../nbs/05_encoders.ipynb #333212f3
 def load_clip(name: str, pretrained: str | None = None, quick_gelu: bool | None = None):
     """An open_clip CLIP model from a name (+ pretrained tag or local checkpoint file) or a local folder in open_clip
     format."""
@@ -336,42 +338,51 @@ class MultimodalEncoder(nn.Module):
         from open_clip.transform import PreprocessCfg, image_transform_v2
         return image_transform_v2(PreprocessCfg(**self.preprocess_cfg), is_train=train)
 
-    # The expensive part (the towers) and the cheap trainable part (the projections) are separate methods, so a
-    # frozen backbone's outputs can be computed once and cached (chapter 13), and `encode` is simply both.
-    def image_backbone(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
-        "Tower outputs: `image_layers_cls` [B, n_layers, W] and `image_patches` [B, P, W]."
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.freeze_vision):
-            cls, patches = vit_layer_tokens(self.visual, pixel_values, self.layers)
-        return {'image_layers_cls': cls, 'image_patches': patches}
+# %% ../nbs/05_encoders.ipynb #52fe5fab
+@patch
+def image_backbone(self: MultimodalEncoder, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+    "Tower outputs: `image_layers_cls` [B, n_layers, W] and `image_patches` [B, P, W]."
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.freeze_vision):
+        cls, patches = vit_layer_tokens(self.visual, pixel_values, self.layers)
+    return {'image_layers_cls': cls, 'image_patches': patches}
 
-    def text_backbone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        "Tower outputs: `text_global` [B, G], `text_hidden` [B, L, H] and the `attention_mask`."
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.freeze_text):
-            g, toks = self.text(input_ids, attention_mask)
-        return {'text_global': g, 'text_hidden': toks, 'attention_mask': attention_mask}
+@patch
+def text_backbone(
+    self: MultimodalEncoder, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    "Tower outputs: `text_global` [B, G], `text_hidden` [B, L, H] and the `attention_mask`."
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.freeze_text):
+        g, toks = self.text(input_ids, attention_mask)
+    return {'text_global': g, 'text_hidden': toks, 'attention_mask': attention_mask}
 
-    def backbone(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        "Both towers' outputs for a batch of (text, image) items."
-        if not (len(input_ids) == len(attention_mask) == len(pixel_values)):
-            raise ValueError(
-                f'batch sizes differ: {len(input_ids)} ids, {len(attention_mask)} masks, {len(pixel_values)} images'
-            )
-        return {**self.text_backbone(input_ids, attention_mask), **self.image_backbone(pixel_values)}
-
-    def project(self, bb: dict[str, torch.Tensor]) -> Features:
-        "`Features` from tower outputs (the trainable projections)."
-        return Features(
-            self.text_cls_proj(bb['text_global']),
-            self.text_tok_proj(bb['text_hidden']),
-            bb['attention_mask'].bool(),
-            self.image_cls_proj(self.image_cls_norm(bb['image_layers_cls'].flatten(1))),
-            self.image_tok_proj(bb['image_patches']),
+@patch
+def backbone(
+    self: MultimodalEncoder, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    "Both towers' outputs for a batch of (text, image) items."
+    if not (len(input_ids) == len(attention_mask) == len(pixel_values)):
+        raise ValueError(
+            f'batch sizes differ: {len(input_ids)} ids, {len(attention_mask)} masks, {len(pixel_values)} images'
         )
+    return {**self.text_backbone(input_ids, attention_mask), **self.image_backbone(pixel_values)}
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor) -> Features:
-        "Encode a batch of (text, image) items into `Features`."
-        return self.project(self.backbone(input_ids, attention_mask, pixel_values))
+# %% ../nbs/05_encoders.ipynb #b0d61271
+@patch
+def project(self: MultimodalEncoder, bb: dict[str, torch.Tensor]) -> Features:
+    "`Features` from tower outputs (the trainable projections)."
+    return Features(
+        self.text_cls_proj(bb['text_global']),
+        self.text_tok_proj(bb['text_hidden']),
+        bb['attention_mask'].bool(),
+        self.image_cls_proj(self.image_cls_norm(bb['image_layers_cls'].flatten(1))),
+        self.image_tok_proj(bb['image_patches']),
+    )
 
-    forward = encode
+@patch
+def encode(
+    self: MultimodalEncoder, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
+) -> Features:
+    "Encode a batch of (text, image) items into `Features`."
+    return self.project(self.backbone(input_ids, attention_mask, pixel_values))
+
+MultimodalEncoder.forward = MultimodalEncoder.encode

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from safetensors.torch import load_file, save as st_save
 
 from .files import write_json_atomic, write_bytes_atomic
@@ -77,6 +78,7 @@ def gather_features(f: Features) -> Features:
     "`Features` of the whole global batch (`all_gather_cat` of every field)."
     return Features(**{k.name: all_gather_cat(getattr(f, k.name)) for k in fields(f)})
 
+# %% ../nbs/08_iier.ipynb #e3246252
 CLIP_ARCH_FILE = 'clip/open_clip_config.json'   # the CLIP's architecture and preprocessing, in open_clip's format
 BACKBONE_KEYS = ('text_global', 'text_hidden', 'image_layers_cls', 'image_patches', 'attention_mask')
 
@@ -106,42 +108,46 @@ class IIER(nn.Module):
         "Where the model lives (inputs given to `encode` are moved there)."
         return next(self.matcher.parameters()).device
 
-    def forward(self, batch: dict) -> dict:
-        """In-batch scores of every unit and the fused one, and the contrastive loss (four terms). Under several
-        processes the features of all of them are gathered first, so every mention meets the whole global batch."""
-        m, e = gather_features(self.encode(batch['mention'])), gather_features(self.encode(batch['entity']))
-        scores = self.matcher(m, e)
-        scale = self.cfg.loss_scale if self.cfg.matcher == 'iier' else 1.0
-        scaled = {k: v * scale for k, v in scores.items()} if scale != 1 else scores
-        idx = batch['entity'].get('index')
-        loss, parts = iier_loss(scaled, None if idx is None else all_gather_cat(idx))
-        return {'loss': loss, 'scores': scores, **{f'loss_{k}': v for k, v in parts.items()}}
+# %% ../nbs/08_iier.ipynb #75fc2a6f
+@patch
+def forward(self: IIER, batch: dict) -> dict:
+    """In-batch scores of every unit and the fused one, and the contrastive loss (four terms). Under several
+    processes the features of all of them are gathered first, so every mention meets the whole global batch."""
+    m, e = gather_features(self.encode(batch['mention'])), gather_features(self.encode(batch['entity']))
+    scores = self.matcher(m, e)
+    scale = self.cfg.loss_scale if self.cfg.matcher == 'iier' else 1.0
+    scaled = {k: v * scale for k, v in scores.items()} if scale != 1 else scores
+    idx = batch['entity'].get('index')
+    loss, parts = iier_loss(scaled, None if idx is None else all_gather_cat(idx))
+    return {'loss': loss, 'scores': scores, **{f'loss_{k}': v for k, v in parts.items()}}
 
-    def save_pretrained(self, path):
-        """`config.json` + `model.safetensors` in folder `path` (written atomically). A CLIP read from a local folder
-        also leaves its architecture there (`open_clip_config.json`), so the folder loads from any working directory."""
-        path = Path(path); path.mkdir(parents=True, exist_ok=True)
-        sd = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
-        write_bytes_atomic(path/'model.safetensors', st_save(sd))
-        write_json_atomic(path/'config.json', self.cfg.to_json(), indent=2)
-        name = self.cfg.encoder.clip_model
-        src = Path(name.removeprefix('local-dir:'))/Path(CLIP_ARCH_FILE).name
-        if src.exists():
-            (path/CLIP_ARCH_FILE).parent.mkdir(exist_ok=True); write_bytes_atomic(path/CLIP_ARCH_FILE, src.read_bytes())
+# %% ../nbs/08_iier.ipynb #68e67683
+@patch
+def save_pretrained(self: IIER, path):
+    """`config.json` + `model.safetensors` in folder `path` (written atomically). A CLIP read from a local folder
+    also leaves its architecture there (`open_clip_config.json`), so the folder loads from any working directory."""
+    path = Path(path); path.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
+    write_bytes_atomic(path/'model.safetensors', st_save(sd))
+    write_json_atomic(path/'config.json', self.cfg.to_json(), indent=2)
+    name = self.cfg.encoder.clip_model
+    src = Path(name.removeprefix('local-dir:'))/Path(CLIP_ARCH_FILE).name
+    if src.exists():
+        (path/CLIP_ARCH_FILE).parent.mkdir(exist_ok=True); write_bytes_atomic(path/CLIP_ARCH_FILE, src.read_bytes())
 
-    @classmethod
-    def from_pretrained(cls, path) -> IIER:
-        "Rebuild from `save_pretrained` output; the CLIP weights come from the file, never from the hub."
-        path = Path(path)
-        cfg = IIERConfig.from_json(json.loads((path/'config.json').read_text()))
-        arch = IIERConfig.from_json(cfg.to_json())
-        arch.encoder.pretrained = None  # architecture only: the weights below replace any pretrained ones
-        if (path/CLIP_ARCH_FILE).exists():
-            arch.encoder.clip_model = f'local-dir:{(path/CLIP_ARCH_FILE).parent.resolve()}'
-        # open_clip warns that no CLIP weights are there
-        was = logging.root.manager.disable; logging.disable(logging.WARNING)
-        try: model = cls(arch)
-        finally: logging.disable(was)
-        model.load_state_dict(load_file(str(path/'model.safetensors')))
-        model.cfg = cfg
-        return model
+@patch(cls_method=True)
+def from_pretrained(cls: IIER, path) -> IIER:
+    "Rebuild from `save_pretrained` output; the CLIP weights come from the file, never from the hub."
+    path = Path(path)
+    cfg = IIERConfig.from_json(json.loads((path/'config.json').read_text()))
+    arch = IIERConfig.from_json(cfg.to_json())
+    arch.encoder.pretrained = None  # architecture only: the weights below replace any pretrained ones
+    if (path/CLIP_ARCH_FILE).exists():
+        arch.encoder.clip_model = f'local-dir:{(path/CLIP_ARCH_FILE).parent.resolve()}'
+    # open_clip warns that no CLIP weights are there
+    was = logging.root.manager.disable; logging.disable(logging.WARNING)
+    try: model = cls(arch)
+    finally: logging.disable(was)
+    model.load_state_dict(load_file(str(path/'model.safetensors')))
+    model.cfg = cfg
+    return model

@@ -10,6 +10,7 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
+from fastcore.basics import patch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -55,6 +56,7 @@ RAW_IMG = 'raw_img/mention_{id}.png'                 # the scene without the pro
 
 PromptFn = Callable[[Image.Image, Sequence[int]], Image.Image]
 
+# %% ../nbs/04_loading.ipynb #a99c9e73
 class MentionDataset(Dataset):
     """Mention items `{id, text, image, index, image_ok}` of one split: `index` is the gold entity's KB row.
     `prompt`: 'dataset' (prompted image), 'none' (raw scene) or a callable redrawing the prompt on the raw scene."""
@@ -100,25 +102,29 @@ class MentionDataset(Dataset):
 
     def __len__(self) -> int: return len(self.mentions)
 
-    def text(self, i: int) -> str:
-        m = self.mentions[i]
-        det = self.detective[m.id] if self.detective is not None else None
-        if self.text_fn is not None: return self.text_fn(m, det)
-        f = dict(id=m.id, mentions=m.mentions, sentence=m.sentence, detective=det)
-        return (self.template if det is None else self.detective_template).format(**f)
+# %% ../nbs/04_loading.ipynb #ec7cd745
+@patch
+def text(self: MentionDataset, i: int) -> str:
+    m = self.mentions[i]
+    det = self.detective[m.id] if self.detective is not None else None
+    if self.text_fn is not None: return self.text_fn(m, det)
+    f = dict(id=m.id, mentions=m.mentions, sentence=m.sentence, detective=det)
+    return (self.template if det is None else self.detective_template).format(**f)
 
-    def pil_image(self, i: int) -> tuple[Image.Image, bool]:
-        "The PIL image of mention `i` as the prompt mode asks, and whether it was read fine."
-        m = self.mentions[i]
-        if self.prompt == 'dataset': return self.reader(m.img_path)
-        img, ok = self.reader(RAW_IMG.format(id=m.id))
-        if callable(self.prompt) and ok: img = self.prompt(img, m.bbox)
-        return img, ok
+@patch
+def pil_image(self: MentionDataset, i: int) -> tuple[Image.Image, bool]:
+    "The PIL image of mention `i` as the prompt mode asks, and whether it was read fine."
+    m = self.mentions[i]
+    if self.prompt == 'dataset': return self.reader(m.img_path)
+    img, ok = self.reader(RAW_IMG.format(id=m.id))
+    if callable(self.prompt) and ok: img = self.prompt(img, m.bbox)
+    return img, ok
 
-    def __getitem__(self, i: int) -> dict:
-        img, ok = self.pil_image(i)
-        return {'id': self.mentions[i].id, 'text': self.text(i), 'image': self.transform(img),
-                'index': self.rows[i], 'image_ok': ok}
+@patch
+def __getitem__(self: MentionDataset, i: int) -> dict:
+    img, ok = self.pil_image(i)
+    return {'id': self.mentions[i].id, 'text': self.text(i), 'image': self.transform(img),
+            'index': self.rows[i], 'image_ok': ok}
 
 # %% ../nbs/04_loading.ipynb #4c135ef3
 class EntityDataset(Dataset):

@@ -9,15 +9,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image
-from .prompts import Box
-from .vpwiki import (SPLITS, KB_FILE, QID2ID_FILE, Mention, MELDataset, CheckReport, check_dataset,
-                           load_dataset, read_split, read_kb, write_dataset, is_nil, resolve_in_root, is_blank_mention,
-                           UnsafePathError, _check_mention)
+from .prompts import Box, png
+from .vpwiki import (SPLITS, KB_FILE, QID2ID_FILE, Mention, MELDataset, load_dataset, read_split, read_kb,
+                          write_dataset, is_nil, resolve_in_root, is_blank_mention, UnsafePathError)
+from .check import CheckReport, check_dataset, check_mention
 from .files import (VpmelError, write_json_atomic, write_bytes_atomic, claim_folder, files_fingerprint, CommandParser,
                          check_out_folder, remove_partial_writes)
 from .world import glyph_box
-from .synth import (PRESETS, SynthConfig, Plan, make_plan, render_scene, render_all, SynthError,
-                          _png, _render_task, _tasks)
+from .synth import PRESETS, SynthConfig, Plan, make_plan, render_scene
+from .minivpwiki import render_all, SynthError, render_task, render_tasks
 
 # %% auto #0
 __all__ = ['MEL_FORMAT', 'BOXES_FILE', 'SOURCE_FILE', 'MEL_KIND', 'mention_spans', 'mention_in_sentence', 'check_mel',
@@ -119,10 +119,10 @@ _MEL_WAY_OUT = 'pass --fresh (fresh=True) to write it again, or choose another -
 
 def _render_scene_task(task) -> int:
     root, sc, looks, cfg, rel = task
-    write_bytes_atomic(Path(root)/rel, _png(render_scene(sc, looks, cfg)))
+    write_bytes_atomic(Path(root)/rel, png(render_scene(sc, looks, cfg), compress_level=1))
     return 1
 
-def _run_task(t) -> int: return _render_task(t) if t[0] == 'kb' else _render_scene_task(t)
+def _run_task(t) -> int: return render_task(t) if t[0] == 'kb' else _render_scene_task(t)
 
 def default_mel_out(preset: str, seed: int = 0) -> Path:
     "`data/minivpwiki-mel/<preset>` (seed 0) or `<preset>-seed<seed>`."
@@ -151,7 +151,7 @@ def build_mel_source(out=None, preset: str = 'cpu', seed: int = 0, nil_p: float 
     write_dataset(out, plan.kb, splits)
     write_json_atomic(out/BOXES_FILE, boxes)
     write_json_atomic(out/'scenes.json', scenes)
-    tasks = [t for t in _tasks(plan, out) if t[0] == 'kb']
+    tasks = [t for t in render_tasks(plan, out) if t[0] == 'kb']
     tasks += [(str(out), sc, {r: plan.looks[r] for r in sc.rows}, config, s['image'])
               for sc, s in zip(plan.scenes, scenes)]
     tasks = [t for t in tasks if not (out/t[-1]).exists()]     # finishing an interrupted write: each file is whole
@@ -200,7 +200,7 @@ def _image_fault(root: Path, rel: str, images: bool, seen: dict) -> str | None:
 
 def _record_fault(d, i: int, name: str, root: Path, qid2id: dict, seen_id: dict, images: bool, seen_img: dict):
     "`(label, why, detail)`: why mention record #`i` of `name` cannot be used ('nil': a nil answer; None: it can)."
-    rep = CheckReport(name); rec = _check_mention(d, i, name, rep)
+    rep = CheckReport(name); rec = check_mention(d, i, name, rep)
     if rep.errors: e = rep.errors[0]; return rec, 'malformed record', f'{e.field or "record"}: {e.message}'
     mid = str(d['id'])
     if mid in seen_id: return rec, 'duplicate id', f'also {seen_id[mid]}'

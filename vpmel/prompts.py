@@ -4,14 +4,14 @@
 
 # %% ../nbs/01_prompts.ipynb #436f285e
 from __future__ import annotations
-import math
+import base64, io, math
 from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
 # %% auto #0
 __all__ = ['Box', 'PROMPT_STYLES', 'validate_box', 'clip_box', 'rescale_box', 'box_area', 'box_iou', 'crop_with_margin',
-           'draw_prompt', 'find_prompt_box', 'show_prompt_styles']
+           'moved_box', 'draw_prompt', 'find_prompt_box', 'png', 'png_uri', 'show_prompt_styles']
 
 # %% ../nbs/01_prompts.ipynb #316781f1
 Box = tuple[int, int, int, int]
@@ -66,6 +66,13 @@ def crop_with_margin(img: Image.Image, box, margin: float = 0.1) -> Image.Image:
     mx, my = round(margin * (x1 - x0)), round(margin * (y1 - y0))
     return img.crop(clip_box((x0 - mx, y0 - my, x1 + mx, y1 + my), img.size))
 
+# %% ../nbs/01_prompts.ipynb #moved0002
+def moved_box(box: Box, center: tuple[float, float], size: tuple[int, int]) -> Box:
+    "`box`'s width and height centred on `center`, shifted to lie inside an image of `size=(w, h)`."
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    x0 = min(max(round(center[0] - bw / 2), 0), size[0] - bw); y0 = min(max(round(center[1] - bh / 2), 0), size[1] - bh)
+    return (x0, y0, x0 + bw, y0 + bh)
+
 # %% ../nbs/01_prompts.ipynb #4e208682
 PROMPT_STYLES = ('rect', 'ellipse', 'arrow', 'darken')
 
@@ -118,6 +125,15 @@ def find_prompt_box(img: Image.Image, color=(255, 0, 0), tol: int = 60, min_pixe
     ys, xs = np.nonzero((np.abs(a - np.asarray(color, dtype=np.int16)) <= tol).all(-1))
     if len(xs) < min_pixels: return None
     return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+
+# %% ../nbs/01_prompts.ipynb #pngbyt02
+def png(img: Image.Image, compress_level: int = 6) -> bytes:
+    "`img` as PNG bytes (`compress_level` 0-9: 6 is PIL's default; 1 is fast)."
+    b = io.BytesIO(); img.save(b, format='PNG', compress_level=compress_level); return b.getvalue()
+
+def png_uri(img: Image.Image) -> str:
+    "`img` as a `data:image/png;base64,...` URI, for an `<img src=...>` in HTML."
+    return 'data:image/png;base64,' + base64.b64encode(png(img)).decode()
 
 # %% ../nbs/01_prompts.ipynb #38ae9b89
 def show_prompt_styles(img: Image.Image, box, styles: Sequence[str] = PROMPT_STYLES, **kw):

@@ -4,23 +4,19 @@
 
 # %% ../nbs/07_rank.ipynb #8684568b
 from __future__ import annotations
-import json, math, os, resource, subprocess, sys, tempfile, time
+import math
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .units import (IIERMatcher, cat_caches, index_cache, cache_len, random_features, index_features,
-                         reference_matcher_forward, FEATURE_NAMES)
-from .files import VpmelError, CommandParser
+from .units import IIERMatcher, cat_caches, index_cache, cache_len, index_features
 
 # %% auto #0
-__all__ = ['HITS_AT', 'FIRST_STAGES', 'build_entity_cache', 'RankResult', 'rank_entities', 'brute_force_rank', 'mel_metrics',
-           'first_stage_vectors', 'FirstStage', 'two_stage_rank', 'recall_at_k', 'reference_rank', 'BenchError',
-           'bench_rank']
+__all__ = ['HITS_AT', 'FIRST_STAGES', 'build_entity_cache', 'RankResult', 'brute_force_rank', 'rank_entities', 'mel_metrics',
+           'first_stage_vectors', 'FirstStage', 'two_stage_rank', 'recall_at_k']
 
 # %% ../nbs/07_rank.ipynb #38fa3504
 def _alloc_like(cache, n: int):
@@ -67,6 +63,17 @@ class RankResult:
     topk_indices: Tensor     # [M, k] long, best first
     topk_scores: Tensor      # [M, k]
 
+@torch.no_grad()
+def brute_force_rank(matcher: IIERMatcher, mention_feats, entity_feats, gold, topk: int = 20) -> RankResult:
+    "Reference: the full `[M, N]` score matrix through the units' straightforward `reference`, then count and sort."
+    s = matcher.reference_pair_scores(mention_feats, entity_feats)['fused']
+    gold = torch.as_tensor(gold, dtype=torch.long)
+    gs = s.gather(1, gold[:, None])
+    better = (s > gs).sum(1) - (s.gather(1, gold[:, None]) > gs).squeeze(1).long()   # gold never beats itself
+    ts, ti = s.topk(min(topk, s.shape[1]), dim=1)
+    return RankResult(better + 1, ti, ts)
+
+# %% ../nbs/07_rank.ipynb #829e74a1
 @torch.no_grad()
 def rank_entities(
     matcher: IIERMatcher,
@@ -118,16 +125,6 @@ def rank_entities(
     return RankResult(
         torch.cat(ranks).cpu() if gold is not None else None, torch.cat(top_i).cpu(), torch.cat(top_s).cpu()
     )
-
-@torch.no_grad()
-def brute_force_rank(matcher: IIERMatcher, mention_feats, entity_feats, gold, topk: int = 20) -> RankResult:
-    "Reference: the full `[M, N]` score matrix through the units' straightforward `reference`, then count and sort."
-    s = matcher.reference_pair_scores(mention_feats, entity_feats)['fused']
-    gold = torch.as_tensor(gold, dtype=torch.long)
-    gs = s.gather(1, gold[:, None])
-    better = (s > gs).sum(1) - (s.gather(1, gold[:, None]) > gs).squeeze(1).long()   # gold never beats itself
-    ts, ti = s.topk(min(topk, s.shape[1]), dim=1)
-    return RankResult(better + 1, ti, ts)
 
 # %% ../nbs/07_rank.ipynb #7838ded4
 HITS_AT = (1, 3, 5, 10, 20)
@@ -247,254 +244,3 @@ def recall_at_k(
     targets = torch.as_tensor(targets, dtype=torch.long)
     _, cand = first.search(mention_vectors, max(ks))
     return {k: float((cand[:, :k] == targets[:, None]).any(1).float().mean() * 100) for k in ks if k <= len(first)}
-
-# %% ../nbs/07_rank.ipynb #2ec3629f
-@torch.no_grad()
-def reference_rank(sd: dict[str, Tensor], entity_feats, mention_feats, gold=None, eval_batch: int = 20,
-                  chunk_size: int = 6000, topk: int = 20) -> RankResult:
-    """The official evaluation algorithm (MIMIC/IIER `test_step`), re-implemented, on raw features and an
-    official-format state dict."""
-    sd = {k[8:] if k.startswith('matcher.') else k: v for k, v in sd.items()}
-    e, N = entity_feats, len(entity_feats.text_cls)
-    ranks, top_i, top_s = [], [], []
-    for ms in range(0, len(mention_feats.text_cls), eval_batch):
-        m = index_features(mention_feats, slice(ms, ms + eval_batch))
-        scores = []
-        for es in range(0, N, chunk_size):
-            sl = slice(es, es + chunk_size)
-            score, _ = reference_matcher_forward(sd, e.text_cls[sl], e.text_tokens[sl], m.text_cls, m.text_tokens,
-                                                e.image_cls[sl], e.image_tokens[sl], m.image_cls, m.image_tokens)
-            scores.append(score)
-        scores = torch.cat(scores, -1)
-        if gold is not None:
-            rank = torch.argsort(torch.argsort(scores, dim=-1, descending=True), dim=-1) + 1
-            ranks.append(
-                rank.gather(1, torch.as_tensor(gold[ms:ms + eval_batch], dtype=torch.long)[:, None]).squeeze(1)
-            )
-        ts, ti = scores.topk(min(topk, N), dim=1)
-        top_s.append(ts); top_i.append(ti)
-    return RankResult(torch.cat(ranks) if gold is not None else None, torch.cat(top_i), torch.cat(top_s))
-
-# %% ../nbs/07_rank.ipynb #4a043fa7
-_BLOCK = 500
-
-def _feature_block(seed: int, block: int, n: int, **kw):
-    return random_features(n, generator=torch.Generator().manual_seed(1_000_003 * seed + 7919 * block + 17), **kw)
-
-def _kb_blocks(seed: int, n_entities: int, **kw):
-    for b, s in enumerate(range(0, n_entities, _BLOCK)):
-        yield _feature_block(seed, b, min(_BLOCK, n_entities - s), **kw)
-
-def _kb_features(seed: int, n_entities: int) -> SimpleNamespace:
-    """The same blocks as one batch, filled in place: peak memory is the batch plus one block (a `torch.cat` of the list
-    would double it)."""
-    out = None
-    for s, f in zip(range(0, n_entities, _BLOCK), _kb_blocks(seed, n_entities)):
-        if out is None:
-            out = SimpleNamespace(
-                **{k: getattr(f, k).new_empty((n_entities,) + getattr(f, k).shape[1:]) for k in FEATURE_NAMES}
-            )
-        for k in FEATURE_NAMES: getattr(out, k)[s:s + len(f.text_cls)] = getattr(f, k)
-    return out
-
-def _bench_setup(seed: int, n_entities: int, n_queries: int):
-    torch.manual_seed(seed)
-    matcher = IIERMatcher().eval()
-    with torch.no_grad():  # non-trivial LayerNorm affines, like a trained model
-        for n, p in matcher.named_parameters():
-            if 'norm' in n: p.add_(0.1 * torch.randn_like(p))
-    mentions = _feature_block(seed, -1, n_queries)
-    gold = torch.randint(0, n_entities, (n_queries,), generator=torch.Generator().manual_seed(seed))
-    return matcher, mentions, gold
-
-def _rss_mb() -> float: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB
-
-# %% ../nbs/07_rank.ipynb #79129d3a
-def _bench_worker(argv: list[str]) -> int:
-    "One implementation in this process: prints nothing, writes JSON to the output path."
-    impl, n_entities, n_queries, chunk, seed, threads, candidates, shards, out = argv
-    n_entities, n_queries, chunk, seed, threads, candidates, shards = map(
-        int, (n_entities, n_queries, chunk, seed, threads, candidates, shards)
-    )
-    if threads > 0: torch.set_num_threads(threads)
-    matcher, mentions, gold = _bench_setup(seed, n_entities, n_queries)
-    base = _rss_mb()
-    ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    t_work, extra = 0., {}
-    if impl == 'ours':
-        gen_time = [0.]
-        def timed_blocks():   # feature generation stands in for the encoder: not timed
-            it = _kb_blocks(seed, n_entities)
-            while True:
-                t = time.perf_counter(); f = next(it, None); gen_time[0] += time.perf_counter() - t
-                if f is None: return
-                box = [f]; del f
-                yield box.pop()
-        t = time.perf_counter()
-        cache = build_entity_cache(matcher, timed_blocks(), total=n_entities)
-        res = rank_entities(matcher, mentions, cache, gold, chunk_size=chunk)
-        t_work = time.perf_counter() - t - gen_time[0]
-    elif impl.startswith('two-stage-'):   # the index is built once per model (persisted): timed apart from the queries
-        t = time.perf_counter()
-        cache = build_entity_cache(matcher, _kb_blocks(seed, n_entities), total=n_entities)
-        first = FirstStage.from_cache(matcher, cache, kind=impl.removeprefix('two-stage-'), shards=shards)
-        t_index = time.perf_counter() - t
-        t = time.perf_counter()
-        res = two_stage_rank(matcher, mentions, cache, first, gold, candidates=candidates)
-        t_work = time.perf_counter() - t
-        one = []
-        for _ in range(20):
-            t = time.perf_counter()
-            two_stage_rank(matcher, index_features(mentions, slice(0, 1)), cache, first, None, candidates=candidates)
-            one.append(time.perf_counter() - t)
-        extra = {
-            'index_seconds': t_index,
-            'one_mention_ms': 1000 * float(np.median(one)),
-            'candidates': candidates,
-            'shards': shards,
-        }
-    elif impl == 'reference':
-        ents = _kb_features(seed, n_entities)
-        sd = {k: v for k, v in matcher.state_dict().items()}
-        t = time.perf_counter()
-        res = reference_rank(sd, ents, mentions, gold, eval_batch=20, chunk_size=chunk)
-        t_work = time.perf_counter() - t
-    else: raise ValueError(f'unknown implementation {impl!r}')
-    peak, ru1 = _rss_mb(), resource.getrusage(resource.RUSAGE_SELF)
-    json.dump({'impl': impl, 'seconds': t_work, 'cpu_user_s': ru1.ru_utime - ru0.ru_utime,
-               'cpu_sys_s': ru1.ru_stime - ru0.ru_stime, 'entities_per_s': n_entities / t_work,
-               'pairs_per_s': n_entities * n_queries / t_work, 'peak_rss_mb': peak, 'baseline_rss_mb': base,
-               'peak_above_baseline_mb': peak - base, 'threads': torch.get_num_threads(),
-               'ranks': res.ranks.tolist(), 'topk_indices': res.topk_indices.tolist(),
-               'topk_scores': res.topk_scores.tolist(), **extra}, open(out, 'w'))
-    return 0
-
-# %% ../nbs/07_rank.ipynb #9467581a
-def _run_worker(impl: str, a, tmp: str) -> dict:
-    out = os.path.join(tmp, f'{impl}.json')
-    chunk = a.chunk if impl == 'ours' else a.reference_chunk
-    cmd = [
-        sys.executable,
-        '-c',
-        'import sys; from vpmel.rank import _bench_worker; sys.exit(_bench_worker(sys.argv[1:]))',
-        impl,
-        str(a.entities),
-        str(a.queries),
-        str(chunk),
-        str(a.seed),
-        str(a.threads),
-        str(a.candidates),
-        str(a.shards),
-        out,
-    ]
-    env = dict(os.environ)
-    env.setdefault('MALLOC_MMAP_THRESHOLD_', str(1 << 20))   # large blocks go back to the OS when freed (both runs)
-    r = subprocess.run(cmd, env=env, stderr=subprocess.PIPE, text=True)
-    if r.returncode:
-        why = f'exit status {r.returncode}' if r.returncode > 0 else f'killed by signal {-r.returncode}' + \
-              (': out of memory? fewer --entities or --queries need less' if r.returncode == -9 else '')
-        raise BenchError(f"the {impl} run failed ({why}): {(r.stderr.strip().splitlines() or ['no message'])[-1]}")
-    sys.stderr.write(r.stderr)                                # its warnings, if any
-    with open(out) as f: return json.load(f)
-
-# %% ../nbs/07_rank.ipynb #8b57ac68
-def _agreement(a: dict, b: dict, tol: float = 1e-3) -> dict:
-    "Top-k agreement of two bench results; disagreements between near-equal scores (|diff| <= tol*scale) count as ties."
-    ai, bi = np.array(a['topk_indices']), np.array(b['topk_indices'])
-    as_, bs = np.array(a['topk_scores']), np.array(b['topk_scores'])
-    scale = max(1.0, float(np.abs(as_).max()))
-    same_order = (ai == bi).all(1)
-    # where the index lists differ, the sorted score lists must still agree: the swapped entities are (near-)ties
-    ties_aside = same_order | (np.abs(as_ - bs).max(1) <= tol * scale)
-    return {'topk_same_order_frac': float(same_order.mean()),
-            'topk_same_set_frac': float(np.mean([set(x) == set(y) for x, y in zip(ai, bi)])),
-            'topk_agree_ties_aside': bool(ties_aside.all()),
-            'topk_max_score_diff': float(np.abs(as_ - bs).max()),
-            'ranks_equal_frac': float(np.mean(np.array(a['ranks']) == np.array(b['ranks'])))}
-
-class BenchError(VpmelError, ValueError):
-    "A benchmark that cannot run as asked: a number out of range, or a run that failed."
-
-_BENCH_MIN = {'entities': 1, 'queries': 1, 'chunk': 1, 'reference_chunk': 1, 'candidates': 1, 'shards': 1, 'threads': 0}
-
-def _check_bench_args(a):
-    "One-line `BenchError`s for numbers `vpmel bench rank` cannot run with (argparse checked their type)."
-    for k, lo in _BENCH_MIN.items():
-        if getattr(a, k) < lo: raise BenchError(f"--{k.replace('_', '-')} must be at least {lo}, got {getattr(a, k)}")
-    if a.two_stage and min(a.candidates, a.entities) < 20:
-        raise BenchError(f'--two-stage keeps the top 20, so --candidates and --entities must be at least 20, '
-                         f'got {a.candidates} and {a.entities}')
-
-# %% ../nbs/07_rank.ipynb #35376ee2
-def bench_rank(argv: list[str]) -> int:
-    """`vpmel bench rank`: time full-KB ranking (ours, and with --reference the official algorithm re-implemented) and
-    print JSON."""
-    p = CommandParser(prog='vpmel bench rank', description=bench_rank.__doc__)
-    p.add_argument('--entities', type=int, default=12000,
-                   help='KB size (VPWiki has 137,460 entities: --entities 137460)')
-    p.add_argument('--queries', type=int, default=40, help='number of mentions')
-    p.add_argument(
-        '--reference',
-        action='store_true',
-        help='also run the official algorithm (re-implemented, `reference_rank`) and compare',
-    )
-    p.add_argument('--chunk', type=int, default=8192, help='entity chunk size of our ranking')
-    p.add_argument(
-        '--reference-chunk', type=int, default=6000, help="the reference's entity chunk (the official eval_chunk_size)"
-    )
-    p.add_argument(
-        '--two-stage',
-        action='store_true',
-        help='also run two-stage ranking (faiss first stage + exact rerank) and compare with ours',
-    )
-    p.add_argument('--first-stage', default='fp16', choices=FIRST_STAGES, help='the first stage index of --two-stage')
-    p.add_argument('--candidates', type=int, default=100, help='first-stage candidates reranked by --two-stage')
-    p.add_argument(
-        '--shards', type=int, default=1, help='split the first-stage scan over this many threads (--two-stage)'
-    )
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--threads', type=int, default=1, help='torch threads per run (0: torch default)')
-    a = p.parse_args(argv)
-    _check_bench_args(a)
-    out = {'entities': a.entities, 'queries': a.queries, 'text_tokens': [40, 512], 'image_tokens': [50, 96],
-           'hidden': 96, 'seed': a.seed}
-    with tempfile.TemporaryDirectory() as tmp:
-        res = {'ours': _run_worker('ours', a, tmp)}
-        if a.reference: res['reference'] = _run_worker('reference', a, tmp)
-        if a.two_stage: res['two_stage'] = _run_worker(f'two-stage-{a.first_stage}', a, tmp)
-    for k, r in res.items():
-        out[k] = {
-            x: r[x]
-            for x in (
-                'seconds',
-                'cpu_user_s',
-                'cpu_sys_s',
-                'entities_per_s',
-                'pairs_per_s',
-                'peak_rss_mb',
-                'baseline_rss_mb',
-                'peak_above_baseline_mb',
-                'threads',
-            )
-        }
-        out[k]['metrics_on_random_features'] = mel_metrics(r['ranks'])
-    if a.two_stage:
-        t, o = res['two_stage'], res['ours']
-        out['two_stage'].update(
-            {k: t[k] for k in ('index_seconds', 'one_mention_ms', 'candidates', 'shards')}, first_stage=a.first_stage
-        )
-        out['two_stage']['vs_exact'] = {
-            'top1_equal_frac': float(np.mean([x[0] == y[0] for x, y in zip(t['topk_indices'], o['topk_indices'])])),
-            'ranks_equal_frac': float(np.mean(np.array(t['ranks']) == np.array(o['ranks']))),
-        }
-        out['two_stage_speedup_over_ours'] = o['seconds'] / t['seconds']
-        if a.reference: out['two_stage_speedup'] = res['reference']['seconds'] / t['seconds']
-    if a.reference:
-        o, f = res['ours'], res['reference']
-        out['speedup'] = f['seconds'] / o['seconds']
-        out['cpu_speedup'] = (f['cpu_user_s'] + f['cpu_sys_s']) / (o['cpu_user_s'] + o['cpu_sys_s'])
-        out['peak_rss_ratio'] = f['peak_rss_mb'] / o['peak_rss_mb']
-        out['peak_above_baseline_ratio'] = f['peak_above_baseline_mb'] / max(o['peak_above_baseline_mb'], 1e-9)
-        out.update(_agreement(o, f))
-    print(json.dumps(out, indent=1))
-    return 0

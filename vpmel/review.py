@@ -4,23 +4,22 @@
 
 # %% ../nbs/20_review.ipynb #9ed6be2a
 from __future__ import annotations
-import base64, html, io, json, math, numbers, os, warnings
+import json, math, numbers, os, warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from PIL import Image, ImageOps
+from PIL import Image
+from fastcore.basics import patch
 
-from .prompts import Box, validate_box, clip_box
+from .prompts import Box, validate_box, moved_box
 from .grounding import Proposal
 from .vpwiki import Mention, BadImageError, open_image, load_dataset
-from .mel import mention_spans
 from .files import VpmelError
 
 # %% auto #0
-__all__ = ['DECISIONS', 'UNDO', 'REJECT_REASONS', 'DRAWN', 'ReviewError', 'Decision', 'DecisionLogError', 'read_decisions',
-           'current_decisions', 'DecisionLog', 'ReviewItem', 'dataset_items', 'stand_in_proposals', 'Progress',
-           'ReviewSession', 'mark_mention', 'ReviewApp']
+__all__ = ['DECISIONS', 'UNDO', 'ReviewError', 'Decision', 'DecisionLogError', 'read_decisions', 'current_decisions',
+           'DecisionLog', 'ReviewItem', 'dataset_items', 'stand_in_proposals', 'Progress', 'ReviewSession']
 
 # %% ../nbs/20_review.ipynb #37e90d9a
 DECISIONS = ('accept', 'redraw', 'reject')   # what a person (or the auto-accept threshold) decides for a mention
@@ -69,26 +68,21 @@ class Decision:
         if d == UNDO and any(v is not None for v in (self.proposal, self.reason, self.score)):
             raise ValueError('an undo line carries only the id')
 
-    def to_json(self) -> dict:
-        return {'id': self.id, 'decision': self.decision, 'box': None if self.box is None else list(self.box),
-                'proposal': self.proposal, 'reason': self.reason, 'auto': self.auto, 'score': self.score}
+# %% ../nbs/20_review.ipynb #f1a20b02
+@patch
+def to_json(self: Decision) -> dict:
+    return {'id': self.id, 'decision': self.decision, 'box': None if self.box is None else list(self.box),
+            'proposal': self.proposal, 'reason': self.reason, 'auto': self.auto, 'score': self.score}
 
-    @classmethod
-    def from_json(cls, d) -> Decision:
-        if not isinstance(d, dict): raise ValueError(f'a decision is a JSON object, not {type(d).__name__}')
-        missing = [k for k in ('id', 'decision') if k not in d]
-        if missing: raise ValueError(f'no {" or ".join(missing)} key')
-        unknown = sorted(set(d) - {'id', 'decision', 'box', 'proposal', 'reason', 'auto', 'score'})
-        if unknown: raise ValueError(f'unknown keys {unknown}')
-        return cls(
-            d['id'],
-            d['decision'],
-            d.get('box'),
-            d.get('proposal'),
-            d.get('reason'),
-            d.get('auto', False),
-            d.get('score'),
-        )
+@patch(cls_method=True)
+def from_json(cls: Decision, d) -> Decision:
+    if not isinstance(d, dict): raise ValueError(f'a decision is a JSON object, not {type(d).__name__}')
+    missing = [k for k in ('id', 'decision') if k not in d]
+    if missing: raise ValueError(f'no {" or ".join(missing)} key')
+    unknown = sorted(set(d) - {'id', 'decision', 'box', 'proposal', 'reason', 'auto', 'score'})
+    if unknown: raise ValueError(f'unknown keys {unknown}')
+    return cls(d['id'], d['decision'], d.get('box'), d.get('proposal'), d.get('reason'), d.get('auto', False),
+               d.get('score'))
 
 # %% ../nbs/20_review.ipynb #504df4ee
 class DecisionLogError(VpmelError, ValueError):
@@ -188,34 +182,37 @@ class DecisionLog:
         self.record(Decision(str(id), UNDO))
         return old
 
-    def _mend_tail(self, fd: int) -> bytes:
-        "Before this log's first write: cut off a torn last line; a complete last line without its newline gets one."
-        self._mended = True
-        size = os.fstat(fd).st_size
-        if size == 0: return b''
-        data = self.path.read_bytes()
-        if data.endswith(b'\n'): return b''
-        cut = data.rfind(b'\n') + 1
-        try: _parse_line(data[cut:]); return b'\n'
-        except (ValueError, TypeError): pass
-        if self.torn is None:                     # torn since it was read (else reading said so already)
-            warnings.warn(f'{self.path}: cutting off a partial last line (a write cut short): {data[cut:][:60]!r}')
-        os.ftruncate(fd, cut)
-        return b''
+# %% ../nbs/20_review.ipynb #f1a20b05
+@patch
+def _mend_tail(self: DecisionLog, fd: int) -> bytes:
+    "Before this log's first write: cut off a torn last line; a complete last line without its newline gets one."
+    self._mended = True
+    size = os.fstat(fd).st_size
+    if size == 0: return b''
+    data = self.path.read_bytes()
+    if data.endswith(b'\n'): return b''
+    cut = data.rfind(b'\n') + 1
+    try: _parse_line(data[cut:]); return b'\n'
+    except (ValueError, TypeError): pass
+    if self.torn is None:                     # torn since it was read (else reading said so already)
+        warnings.warn(f'{self.path}: cutting off a partial last line (a write cut short): {data[cut:][:60]!r}')
+    os.ftruncate(fd, cut)
+    return b''
 
-    def _write(self, data: bytes):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.exists()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, 'O_BINARY', 0), 0o644)
-        try:
-            if not self._mended: data = self._mend_tail(fd) + data
-            n = os.write(fd, data)
-            if n != len(data):
-                self._mended = False          # a torn line now: cut it off before the next write
-                raise OSError(f'{self.path}: wrote {n} of {len(data)} bytes (disk full?); the decision was not saved')
-            os.fsync(fd)
-        finally: os.close(fd)
-        if new: _fsync_dir(self.path.parent)  # the new file's name is durable too
+@patch
+def _write(self: DecisionLog, data: bytes):
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    new = not self.path.exists()
+    fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, 'O_BINARY', 0), 0o644)
+    try:
+        if not self._mended: data = self._mend_tail(fd) + data
+        n = os.write(fd, data)
+        if n != len(data):
+            self._mended = False          # a torn line now: cut it off before the next write
+            raise OSError(f'{self.path}: wrote {n} of {len(data)} bytes (disk full?); the decision was not saved')
+        os.fsync(fd)
+    finally: os.close(fd)
+    if new: _fsync_dir(self.path.parent)  # the new file's name is durable too
 
 # %% ../nbs/20_review.ipynb #e3c07572
 @dataclass
@@ -245,9 +242,8 @@ class ReviewItem:
         if k is not None and (
             isinstance(k, bool) or not isinstance(k, numbers.Integral) or not (k == 0 or 0 <= k < len(self.proposals))
         ):
-            raise ValueError(
-                f'mention {self.id}: suggested is a proposal index 0..{len(self.proposals) - 1} or None, got {k!r}'
-            )
+            raise ValueError(f'mention {self.id}: suggested is a proposal index 0..{len(self.proposals) - 1} or None, '
+                             f'got {k!r}')
         self.kb_images = list(self.kb_images)
         self._size = None
 
@@ -257,26 +253,29 @@ class ReviewItem:
     def suggestion(self) -> Proposal | None:
         return None if self.suggested is None or not self.proposals else self.proposals[self.suggested]
 
-    def load_image(self) -> Image.Image:
-        "The image in RGB; `ReviewError` naming the file if it cannot be read."
-        if isinstance(self.image, Image.Image): return self.image.convert('RGB')
-        try: return open_image(self.image)
-        except BadImageError as e: raise ReviewError(f'mention {self.id}: {e}') from None
+# %% ../nbs/20_review.ipynb #f1a20b06
+@patch
+def load_image(self: ReviewItem) -> Image.Image:
+    "The image in RGB; `ReviewError` naming the file if it cannot be read."
+    if isinstance(self.image, Image.Image): return self.image.convert('RGB')
+    try: return open_image(self.image)
+    except BadImageError as e: raise ReviewError(f'mention {self.id}: {e}') from None
 
-    @property
-    def size(self) -> tuple[int, int]:
-        "`(width, height)` of the image (only its header is read)."
-        if self._size is None:
-            if isinstance(self.image, Image.Image): self._size = self.image.size
-            else:
-                try:
-                    with Image.open(self.image) as im: self._size = im.size
-                except Exception as e:
-                    raise ReviewError(
-                        f'mention {self.id}: cannot read image {self.image}: {type(e).__name__}: {e}'
-                    ) from None
-        return self._size
+@patch(as_prop=True)
+def size(self: ReviewItem) -> tuple[int, int]:
+    "`(width, height)` of the image (only its header is read)."
+    if self._size is None:
+        if isinstance(self.image, Image.Image): self._size = self.image.size
+        else:
+            try:
+                with Image.open(self.image) as im: self._size = im.size
+            except Exception as e:
+                raise ReviewError(
+                    f'mention {self.id}: cannot read image {self.image}: {type(e).__name__}: {e}'
+                ) from None
+    return self._size
 
+# %% ../nbs/20_review.ipynb #f1a20b09
 def dataset_items(root, split: str = 'test', propose: Callable[[Mention, ReviewItem], list[Proposal]] | None = None,
                   limit: int | None = None) -> list[ReviewItem]:
     """Review items for the mentions of `split` in a VPWiki-format folder, with `propose(mention, item)`'s proposals
@@ -288,14 +287,9 @@ def dataset_items(root, split: str = 'test', propose: Callable[[Mention, ReviewI
     for m in ds.splits[split][:limit]:
         raw = ds.root/RAW_IMG.format(id=m.id)
         e = ds.entity(m.answer) if m.answer in ds.qid2id else None
-        it = ReviewItem(
-            m.id,
-            raw if raw.exists() else ds.path(m.img_path),
-            m.sentence,
-            m.mentions.strip() or m.entities,
-            e.entity_name if e else m.entities,
-            [ds.path(p) for p in e.image_list] if e else [],
-        )
+        it = ReviewItem(m.id, raw if raw.exists() else ds.path(m.img_path), m.sentence,
+                        m.mentions.strip() or m.entities, e.entity_name if e else m.entities,
+                        [ds.path(p) for p in e.image_list] if e else [])
         if propose is not None: it = replace(it, proposals=propose(m, it))
         out.append(it)
     return out
@@ -303,19 +297,14 @@ def dataset_items(root, split: str = 'test', propose: Callable[[Mention, ReviewI
 def stand_in_proposals(m: Mention, item: ReviewItem, scores: tuple[float, float] = (0.9, 0.4)) -> list[Proposal]:
     """Two made-up proposals for a mention whose box is known (MiniVPWiki), until a grounder (chapter 18) makes real
     ones: the box itself (`scores[0]`) and the same box moved by half its size (`scores[1]`)."""
-    from vpmel.explore import moved_box
     if m.bbox is None: return []
     x0, y0, x1, y1 = m.bbox
     w, h = item.size
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     dx, dy = ((x1 - x0) / 2, (y1 - y0) / 2)
-    shifted = moved_box(
-        m.bbox, (cx + dx if cx + dx < w * 0.75 else cx - dx, cy + dy if cy + dy < h * 0.75 else cy - dy), (w, h)
-    )
-    return [
-        Proposal(tuple(m.bbox), scores[0], 'stand-in: the known box'),
-        Proposal(shifted, scores[1], 'stand-in: moved'),
-    ]
+    to = (cx + dx if cx + dx < w * 0.75 else cx - dx, cy + dy if cy + dy < h * 0.75 else cy - dy)
+    return [Proposal(tuple(m.bbox), scores[0], 'stand-in: the known box'),
+            Proposal(moved_box(m.bbox, to, (w, h)), scores[1], 'stand-in: moved')]
 
 # %% ../nbs/20_review.ipynb #9c3aab85
 @dataclass
@@ -330,6 +319,7 @@ class Progress:
     def __str__(self):
         return f'{self.done} / {self.total} decided ({self.auto} auto-accepted), {self.pending} to review'
 
+# %% ../nbs/20_review.ipynb #f1a20b11
 class ReviewSession:
     "A review of `items` whose decisions go to `log` (a `DecisionLog` or a path); see the prose above."
     def __init__(self, items: Iterable[ReviewItem], log: DecisionLog | str | Path, auto_accept: float | None = None):
@@ -343,8 +333,7 @@ class ReviewSession:
             raise ValueError(f'auto_accept is a score or None, got {auto_accept!r}')
         self.log = log if isinstance(log, DecisionLog) else DecisionLog(log)
         self.auto_accept = auto_accept
-        self._history: list[tuple[str, str]] = []        # this session's actions, newest
-                                                         # last: ('decided' | 'skipped', id)
+        self._history: list[tuple[str, str]] = []        # this session's actions: ('decided' | 'skipped', id)
         self.auto_accepted = self.log.append(self._auto_decisions()) if auto_accept is not None else []
         self._queue = [it.id for it in self.items if it.id not in self.log]
 
@@ -378,343 +367,67 @@ class ReviewSession:
         "Mention `id`'s current decision."
         return self.log.get(id)
 
-    def _item(self) -> ReviewItem:
-        if not self._queue: raise ReviewError('nothing left to review')
-        return self.current
+# %% ../nbs/20_review.ipynb #f1a20b13
+@patch
+def _item(self: ReviewSession) -> ReviewItem:
+    if not self._queue: raise ReviewError('nothing left to review')
+    return self.current
 
-    def _decide(self, d: Decision) -> Decision:
-        self.log.record(d)                       # on disk first: if that fails, nothing else changes
-        self._queue.remove(d.id); self._history.append(('decided', d.id))
-        return d
+@patch
+def _decide(self: ReviewSession, d: Decision) -> Decision:
+    self.log.record(d)                       # on disk first: if that fails, nothing else changes
+    self._queue.remove(d.id); self._history.append(('decided', d.id))
+    return d
 
-    def accept(self, k: int | None = None) -> Decision:
-        "Accept the current mention's proposal `k` as it is (default: the suggested one)."
-        it = self._item()
-        if k is None and it.proposals and it.suggested is None:
-            raise ReviewError(
-                f'mention {it.id}: no proposal is suggested (other mentions of the image claim them): '
-                'choose one, draw the box, or reject it'
-            )
-        k = it.suggested if k is None else k
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 <= k < len(it.proposals):
-            raise ReviewError(f'mention {it.id} has no proposals: draw the box, or reject it' if not it.proposals else
-                              f'mention {it.id} has proposals 0..{len(it.proposals) - 1}, not {k!r}')
-        p = it.proposals[k]
-        try: box = validate_box(p.box, it.size)
-        except (TypeError, ValueError) as e:
-            raise ReviewError(f'proposal {k} of mention {it.id} cannot be used ({e}): draw the box instead') from None
-        return self._decide(Decision(it.id, 'accept', box, int(k), None, False, float(p.score)))
-
-    def redraw(self, box) -> Decision:
-        "Save the reviewer's own `box` (`[x0, y0, x1, y1]`, image pixels) for the current mention."
-        it = self._item()
-        try: box = validate_box(box, it.size)
-        except (TypeError, ValueError) as e: raise ReviewError(str(e)) from None
-        return self._decide(Decision(it.id, 'redraw', box))
-
-    def reject(self, reason: str) -> Decision:
-        "Reject the current mention, saying why."
-        it = self._item()
-        if not isinstance(reason, str) or not reason.strip():
-            raise ReviewError('say why the mention is rejected (e.g. "not in image")')
-        return self._decide(Decision(it.id, 'reject', reason=reason.strip()))
-
-    def skip(self) -> ReviewItem | None:
-        "Put the current mention at the end of the queue; returns the new current one."
-        it = self._item()
-        self._queue.append(self._queue.pop(0)); self._history.append(('skipped', it.id))
-        return self.current
-
-    def undo(self) -> ReviewItem:
-        "Take back this session's last decision or skip; its mention becomes the current one again."
-        if not self._history: raise ReviewError('nothing to undo in this session')
-        what, id = self._history.pop()
-        if what == 'decided': self.log.undo(id)
-        if id in self._queue: self._queue.remove(id)
-        self._queue.insert(0, id)
-        return self.by_id[id]
-
-# %% ../nbs/20_review.ipynb #8c7d9b69
-def mark_mention(sentence: str, mention: str) -> str:
-    """`sentence` as HTML (escaped) with each occurrence of the `mention` words (`mention_spans`: any case, whole words)
-    in `<mark>`."""
-    out, last = [], 0
-    for a, b in mention_spans(mention, sentence):
-        out += [html.escape(sentence[last:a]), '<mark>', html.escape(sentence[a:b]), '</mark>']; last = b
-    return ''.join(out) + html.escape(sentence[last:])
-
-def _png(img: Image.Image) -> bytes:
-    b = io.BytesIO(); img.save(b, format='PNG'); return b.getvalue()
-
-def _data_uri(img: Image.Image) -> str: return 'data:image/png;base64,' + base64.b64encode(_png(img)).decode()
-
-def _thumbnail(img: Image.Image, side: int) -> Image.Image:
-    "`img` fitted in a `side` x `side` square, aspect kept; small images enlarged with crisp pixels."
-    return ImageOps.contain(img, (side, side), Image.NEAREST if max(img.size) < side else Image.BILINEAR)
-
-# %% ../nbs/20_review.ipynb #f965c169
-REJECT_REASONS = ('not in image', 'ambiguous', 'wrong entity', 'other')
-DRAWN = 'yours'                  # the label of a box the reviewer draws
-_COLOURS = ['#2ca02c', '#1f77b4', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#17becf', '#bcbd22', '#7f7f7f']
-_STYLE = ('<style>.vpmel-review .vpmel-bbox .buttons, .vpmel-review .vpmel-bbox .classes { display: none; }'
-          '.vpmel-review .vpmel-bbox .image { margin-top: 14px; } .vpmel-review .vpmel-bbox svg { overflow: visible; }'
-          '.vpmel-review mark { background: #ffe066; padding: 0 2px; } '
-          '.vpmel-review .vpmel-kb img { image-rendering: pixelated;'
-          ' margin: 2px; border: 1px solid #ccc; vertical-align: top; }</style>')
-_KEYS = ('<details><summary>keys and mouse</summary><small>Drag on the image: draw your box. Click a box: select it; '
-         '<b>Tab</b> / <b>Shift+Tab</b>: next / previous box. '
-         'Selected box: <b>W A S D</b> move, <b>Q E</b> narrower / wider, '
-         '<b>F R</b> shorter / taller (<b>Shift</b>: 10 px), <b>Delete</b> remove. '
-         '<b>Enter</b>: Accept, <b>Space</b>: Skip '
-         '(when the image has the keyboard: click beside it, or draw). <b>Esc</b>: leave the image. '
-         'Accept saves the selected box; '
-         'with none selected, the box you drew; else the suggested proposal (1 unless it says otherwise). '
-         'A proposal as shown is saved as <i>accept</i>, a box you drew '
-         'or changed as <i>redraw</i>. Reject and Undo have no key, on purpose.</small></details>')
-
-class ReviewApp:
-    """The widgets over a `ReviewSession`: the image with the proposals in `jupyter-bbox-widget` (draw or edit a box
-    there), the sentence with the mention marked, the answer entity's KB images, Accept / Reject (+ reason) / Skip /
-    Undo and the progress. Every handler is a plain method that never raises: bad input shows a red message."""
-    def __init__(self, session: ReviewSession, display_side: int = 384, max_side: int = 1024, thumb_side: int = 72):
-        import ipywidgets as W
-        from jupyter_bbox_widget import BBoxWidget
-        self.s, self.display_side, self.max_side, self.thumb_side = session, display_side, max_side, thumb_side
-        self.scale, self._shown, self._busy = 1.0, [], False
-        self.bbox = BBoxWidget(classes=[DRAWN], label=DRAWN, colors=_COLOURS)   # its Enter / Space keys: Submit / Skip
-        self.bbox.add_class('vpmel-bbox')          # for browser tests: the image to draw on is `.vpmel-bbox img`
-        self.bbox.on_submit(self.accept); self.bbox.on_skip(self.skip)
-        self.bbox.observe(self._on_boxes, names=['bboxes', 'selected_index'])
-        self.accept_button = W.Button(description='Accept', button_style='success', icon='check',
-                                      tooltip='Save the box shown below the sentence (Enter on the image)')
-        self.reject_button = W.Button(
-            description='Reject', button_style='danger', icon='times', tooltip='The mention cannot get a box: say why'
+@patch
+def accept(self: ReviewSession, k: int | None = None) -> Decision:
+    "Accept the current mention's proposal `k` as it is (default: the suggested one)."
+    it = self._item()
+    if k is None and it.proposals and it.suggested is None:
+        raise ReviewError(
+            f'mention {it.id}: no proposal is suggested (other mentions of the image claim them): '
+            'choose one, draw the box, or reject it'
         )
-        self.reason = W.Dropdown(
-            options=REJECT_REASONS, value=REJECT_REASONS[0], description='because', layout=W.Layout(width='230px')
-        )
-        self.reason_text = W.Text(placeholder='details (needed for "other")', layout=W.Layout(width='220px'))
-        self.skip_button = W.Button(description='Skip', icon='arrow-right', tooltip='Decide later (Space on the image)')
-        self.undo_button = W.Button(
-            description='Undo', icon='undo', tooltip="Take back this session's last decision or skip"
-        )
-        for b, fn in (
-            (self.accept_button, self.accept),
-            (self.reject_button, self.reject),
-            (self.skip_button, self.skip),
-            (self.undo_button, self.undo),
-        ):
-            b.add_class('vpmel-' + b.description.lower())
-            b.on_click(lambda _, fn=fn: fn())
-        self.progress, self.title, self.sentence, self.kb, self.will_save, self.status = (W.HTML() for _ in range(6))
-        self.widget = W.VBox(
-            [
-                W.HTML(_STYLE),
-                self.progress,
-                W.HBox(
-                    [
-                        self.bbox,
-                        W.VBox([self.title, self.sentence, self.will_save, self.kb], layout=W.Layout(width='440px')),
-                    ]
-                ),
-                W.HBox(
-                    [
-                        self.accept_button,
-                        self.reject_button,
-                        self.reason,
-                        self.reason_text,
-                        self.skip_button,
-                        self.undo_button,
-                    ]
-                ),
-                self.status,
-                W.HTML(_KEYS),
-            ]
-        )
-        self.widget.add_class('vpmel-review')
-        self.show()
+    k = it.suggested if k is None else k
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 <= k < len(it.proposals):
+        raise ReviewError(f'mention {it.id} has no proposals: draw the box, or reject it' if not it.proposals else
+                          f'mention {it.id} has proposals 0..{len(it.proposals) - 1}, not {k!r}')
+    p = it.proposals[k]
+    try: box = validate_box(p.box, it.size)
+    except (TypeError, ValueError) as e:
+        raise ReviewError(f'proposal {k} of mention {it.id} cannot be used ({e}): draw the box instead') from None
+    return self._decide(Decision(it.id, 'accept', box, int(k), None, False, float(p.score)))
 
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
+@patch
+def redraw(self: ReviewSession, box) -> Decision:
+    "Save the reviewer's own `box` (`[x0, y0, x1, y1]`, image pixels) for the current mention."
+    it = self._item()
+    try: box = validate_box(box, it.size)
+    except (TypeError, ValueError) as e: raise ReviewError(str(e)) from None
+    return self._decide(Decision(it.id, 'redraw', box))
 
-    def message(self, text: str = '', error: bool = False):
-        "Show `text` under the buttons (red for an error)."
-        cls = 'vpmel-message vpmel-error' if error else 'vpmel-message'
-        self.status.value = (
-            f'<span class="{cls}" style="color:{"#b00" if error else "#333"}">{html.escape(text)}</span>'
-            if text
-            else ''
-        )
+# %% ../nbs/20_review.ipynb #f1a20b17
+@patch
+def reject(self: ReviewSession, reason: str) -> Decision:
+    "Reject the current mention, saying why."
+    it = self._item()
+    if not isinstance(reason, str) or not reason.strip():
+        raise ReviewError('say why the mention is rejected (e.g. "not in image")')
+    return self._decide(Decision(it.id, 'reject', reason=reason.strip()))
 
-    def _guard(self, fn) -> bool:
-        "Run a handler: `ReviewError` shows its message, any other failure its type and message; nothing raises."
-        try: fn(); return True
-        except ReviewError as e: self.message(str(e), error=True)
-        except Exception as e: self.message(f'{type(e).__name__}: {e}', error=True)
-        return False
+@patch
+def skip(self: ReviewSession) -> ReviewItem | None:
+    "Put the current mention at the end of the queue; returns the new current one."
+    it = self._item()
+    self._queue.append(self._queue.pop(0)); self._history.append(('skipped', it.id))
+    return self.current
 
-    # --- what is shown ----------------------------------------------------------------------------------------------
-    def show(self):
-        "Show the current mention (or say that all are decided)."
-        self._busy = True
-        try: ok = self._guard(self._show)
-        finally: self._busy = False
-        self._update_choice()
-        return ok
-
-    def _show(self):
-        s, it = self.s, self.s.current
-        self.progress.value = f'<b class="vpmel-progress">{html.escape(str(s.progress))}</b>'
-        for b in (self.accept_button, self.reject_button, self.skip_button): b.disabled = it is None
-        self.undo_button.disabled = not s.can_undo
-        self.bbox.selected_index = -1
-        if it is None:
-            self._shown, self.bbox.bboxes = [], []
-            self.bbox.image_bytes = _png(Image.new('RGB', (self.display_side, self.display_side // 2), (245, 245, 245)))
-            self.title.value = (f'<b>All {len(s.items)} mentions are decided.</b> '
-                                f'The decisions are in <code>{html.escape(str(s.log.path))}</code>.')
-            self.sentence.value = self.kb.value = ''
-            return
-        why = '' if it.suggested == 0 or not it.proposals else '<br><small>(' + (
-            'none suggested: other mentions of this image claim these boxes' if it.suggested is None else
-            f'proposal {it.suggested + 1} suggested: another mention of this image claims proposal 1') + ')</small>'
-        self.title.value = (
-            f'<b>mention {html.escape(it.id)}</b>: where is <b>{html.escape(it.entity_name or it.mention)}</b>? '
-            f'<small>({len(s.pending())} to review)</small>{why}'
-        )
-        note = '' if not it.mention.strip() or it.mention.strip().lower() in it.sentence.lower() else \
-               f'<br><small>(the mention words <i>{html.escape(it.mention)}</i> are not in the sentence)</small>'
-        self.sentence.value = f'<p class="vpmel-sentence">{mark_mention(it.sentence, it.mention)}{note}</p>'
-        self.kb.value = self._kb_html(it)
-        self._shown, self.bbox.bboxes = [], []
-        try: img = it.load_image()
-        except ReviewError:
-            self.bbox.image_bytes = _png(Image.new('RGB', (self.display_side, self.display_side // 2), (230, 230, 230)))
-            raise
-        w, h = img.size
-        if max(w, h) > self.max_side: self.scale = self.max_side / max(w, h)
-        else: self.scale = float(max(1, self.display_side // max(w, h)))
-        shown = img if self.scale == 1 else img.resize((max(1, round(w * self.scale)), max(1, round(h * self.scale))),
-                                                        Image.NEAREST if self.scale > 1 else Image.BILINEAR)
-        labels = [self._label(k, p, it.suggested) for k, p in enumerate(it.proposals)]
-        self.bbox.classes = [DRAWN] + labels                     # one colour each
-        self.bbox.label = DRAWN
-        self.bbox.image_bytes = _png(shown)
-        self._shown = [self._widget_box(p.box, label) for p, label in zip(it.proposals, labels)]
-        self.bbox.bboxes = [dict(b) for b in self._shown]
-        self.message()
-
-    @staticmethod
-    def _label(k: int, p: Proposal, suggested: int | None = 0) -> str:
-        return f'{k + 1}: {p.score:.2f}' + (' suggested' if k == suggested and k != 0 else '')
-
-    def _widget_box(self, box, label: str) -> dict:
-        s = self.scale
-        return {'x': round(box[0] * s), 'y': round(box[1] * s), 'width': round((box[2] - box[0]) * s),
-                'height': round((box[3] - box[1]) * s), 'label': label}
-
-    def _kb_html(self, it: ReviewItem) -> str:
-        name = html.escape(it.entity_name or '(answer entity unknown)')
-        if not it.kb_images: return f'<div class="vpmel-kb"><small><b>{name}</b> has no KB image</small></div>'
-        imgs = []
-        for src in it.kb_images[:6]:
-            try:
-                im = src.convert('RGB') if isinstance(src, Image.Image) else open_image(src)
-                imgs.append(f'<img src="{_data_uri(_thumbnail(im, self.thumb_side))}" '
-                            f'title="{html.escape(str(getattr(src, "filename", src)))}">')
-            except Exception:
-                imgs.append(f'<small style="color:#b00">unreadable: {html.escape(Path(str(src)).name)}</small>')
-        more = f' <small>(+{len(it.kb_images) - 6} more)</small>' if len(it.kb_images) > 6 else ''
-        return f'<div class="vpmel-kb"><small><b>{name}</b> in the KB:</small><br>{"".join(imgs)}{more}</div>'
-
-    # --- what Accept saves --------------------------------------------------------------------------------------------
-    @staticmethod
-    def _geo(b) -> tuple | None:
-        try: return tuple(int(round(float(b[k]))) for k in ('x', 'y', 'width', 'height'))
-        except (KeyError, TypeError, ValueError, OverflowError): return None
-
-    def _image_box(self, b) -> Box | None:
-        "A widget box in image pixels, clipped to the image; None for a box of zero size (the start of a drag)."
-        if self._geo(b) is None: return None
-        from vpmel.explore import box_from_widget
-        box = clip_box(box_from_widget(b, self.scale), self.s.current.size)
-        return box if box[2] > box[0] and box[3] > box[1] else None
-
-    def choice(self) -> tuple[str, object]:
-        """What Accept saves now: `('accept', k)` for proposal `k` as shown, or `('redraw', box)` for a box drawn or
-        changed: the selected box; with none selected, the last box drawn; else the suggested proposal if it is still
-        shown, else the first one still shown."""
-        if self.s.current is None: raise ReviewError('nothing left to review')
-        self.s.current.size                       # an unreadable image: its ReviewError says so
-        shown = {}
-        for k, b in enumerate(self._shown): shown.setdefault(self._geo(b), k)   # two equal boxes: the better one
-        boxes = [b for b in (self.bbox.bboxes or []) if isinstance(b, dict) and self._geo(b) is not None]
-        def what(b):
-            if self._geo(b) in shown: return 'accept', shown[self._geo(b)]
-            box = self._image_box(b)
-            return None if box is None else ('redraw', box)
-        sel = self.bbox.selected_index
-        if (
-            0 <= sel < len(self.bbox.bboxes or [])
-            and isinstance(self.bbox.bboxes[sel], dict)
-            and self._geo(self.bbox.bboxes[sel]) is not None
-        ):
-            c = what(self.bbox.bboxes[sel])
-            if c is not None: return c
-        drawn = [c for c in map(what, boxes) if c is not None and c[0] == 'redraw']
-        if drawn: return drawn[-1]
-        kept = sorted(shown[self._geo(b)] for b in boxes if self._geo(b) in shown)
-        if kept: return 'accept', self.s.current.suggested if self.s.current.suggested in kept else kept[0]
-        raise ReviewError('no box to accept: draw one around the mention, or reject it')
-
-    def _update_choice(self):
-        try:
-            what, v = self.choice()
-            if what == 'accept':
-                p = self.s.current.proposals[v]
-                text = f'Accept saves proposal <b>{v + 1}</b> {list(p.box)} (score {p.score:.2f})'
-            else: text = f'Accept saves <b>your box</b> {list(v)} (redraw)'
-        except ReviewError as e: text = html.escape(str(e)) if self.s.current is not None else ''
-        except Exception as e:
-            text = f'<span style="color:#b00">{html.escape(type(e).__name__)}: {html.escape(str(e))}</span>'
-        self.will_save.value = f'<p class="vpmel-choice">{text}</p>' if text else ''
-
-    def _on_boxes(self, change):
-        if not self._busy: self._update_choice()
-
-    # --- actions ------------------------------------------------------------------------------------------------------
-    def _after(self, text: str):
-        self.show()
-        if not self.status.value: self.message(text)
-
-    def accept(self):
-        "Save what `choice()` says: a proposal as shown (accept) or your box (redraw); then the next mention."
-        def go():
-            what, v = self.choice()
-            d = self.s.accept(v) if what == 'accept' else self.s.redraw(v)
-            self._after(f'mention {d.id}: {d.decision} {list(d.box)} saved')
-        self._guard(go)
-
-    def reject(self):
-        "Reject the mention with the reason picked (and the details typed); then the next mention."
-        def go():
-            why, more = self.reason.value, self.reason_text.value.strip()
-            if why == 'other' and not more: raise ReviewError('say why in the details box (reason "other")')
-            d = self.s.reject(more if why == 'other' else f'{why}: {more}' if more else why)
-            self.reason_text.value = ''
-            self._after(f'mention {d.id}: rejected ({d.reason}) saved')
-        self._guard(go)
-
-    def skip(self):
-        "Leave the mention for later."
-        def go():
-            id = self.s.current.id if self.s.current else None
-            self.s.skip(); self._after(f'mention {id}: skipped for now')
-        self._guard(go)
-
-    def undo(self):
-        "Take back the last decision or skip of this session, and show its mention again."
-        def go():
-            it = self.s.undo(); self._after(f'mention {it.id} is back: decide again')
-        self._guard(go)
+@patch
+def undo(self: ReviewSession) -> ReviewItem:
+    "Take back this session's last decision or skip; its mention becomes the current one again."
+    if not self._history: raise ReviewError('nothing to undo in this session')
+    what, id = self._history.pop()
+    if what == 'decided': self.log.undo(id)
+    if id in self._queue: self._queue.remove(id)
+    self._queue.insert(0, id)
+    return self.by_id[id]

@@ -4,23 +4,19 @@
 
 # %% ../nbs/03_synth.ipynb #53c50847
 from __future__ import annotations
-import io, json, multiprocessing as mp, os, random, time
-from dataclasses import dataclass, asdict, field
-from pathlib import Path
+import random
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from PIL import Image
-from .vpwiki import KBEntity, Mention, SPLITS, write_dataset
-from .files import (VpmelError, write_bytes_atomic, write_json_atomic, claim_folder, read_record, CommandParser,
-                         check_out_folder, remove_partial_writes)
+from .vpwiki import KBEntity, Mention, SPLITS
 from .prompts import draw_prompt, box_area
 from .world import (PALETTE, PATTERNS, MARKS, GLYPHS, TYPES, Look, Pose, auto_ink, glyph_box, draw_glyph, background,
                          make_name, _word, place_glyphs, random_clutter, draw_clutter)
 
 # %% auto #0
-__all__ = ['PRESETS', 'FORMAT', 'SynthConfig', 'make_looks', 'Scene', 'Plan', 'make_plan', 'scene_records', 'plan_stats',
-           'render_kb_image', 'render_scene', 'render_all', 'SynthError', 'default_out', 'build_minivpwiki',
-           'show_scene', 'format_stats', 'cli_synth']
+__all__ = ['PRESETS', 'SynthConfig', 'make_looks', 'Scene', 'Plan', 'make_plan', 'scene_records', 'plan_stats', 'render_kb_image',
+           'render_scene', 'show_scene']
 
 # %% ../nbs/03_synth.ipynb #3ef0c132
 @dataclass(frozen=True)
@@ -76,6 +72,7 @@ class SynthConfig:
         inks = len(self.colours) - 1 if self.two_tone else 1
         return len(self.types) * len(self.colours) * (1 + (len(PATTERNS) - 1) * inks) * len(MARKS)
 
+# %% ../nbs/03_synth.ipynb #b201f2c2
 PRESETS = {
     'tiny': SynthConfig(n_entities=40, n_train=60, n_dev=20, n_test=20, clutter=(2, 5)),
     'cpu': SynthConfig(),
@@ -295,6 +292,7 @@ def scene_records(plan: Plan) -> list[dict]:
                     'named': [plan.kb[r].id for r in sc.named]})
     return out
 
+# %% ../nbs/03_synth.ipynb #11c9d3a7
 def plan_stats(plan: Plan) -> dict:
     "Dataset statistics (counts and shares) computed from a plan."
     looks, kb = plan.looks, plan.kb
@@ -335,10 +333,7 @@ def plan_stats(plan: Plan) -> dict:
         'test_targets_seen_in_train': r3(sum(t in train for t in split_targets['test']) / max(1, per['test'])),
     }
 
-# %% ../nbs/03_synth.ipynb #f960e7c8
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO(); img.save(buf, format='PNG', compress_level=1); return buf.getvalue()
-
+# %% ../nbs/03_synth.ipynb #85a07c06
 def render_kb_image(look: Look, bg_seed: int, pose: Pose, cfg: SynthConfig) -> Image.Image:
     img = background(cfg.image_size, bg_seed, cfg.noise, cfg.blotch)
     draw_glyph(img, look, pose)
@@ -349,104 +344,6 @@ def render_scene(scene: Scene, looks: Mapping[int, Look] | Sequence[Look], cfg: 
     img = draw_clutter(background(cfg.image_size, scene.seed, cfg.noise, cfg.blotch), scene.clutter)
     for r, p in zip(scene.rows, scene.poses): draw_glyph(img, looks[r], p)
     return img
-
-def _render_task(task) -> int:
-    "Render and write one task: ('kb', root, look, seed, pose, cfg, rel) or ('scene', root, scene, looks, cfg)."
-    if task[0] == 'kb':
-        _, root, look, seed, pose, cfg, rel = task
-        write_bytes_atomic(Path(root) / rel, _png(render_kb_image(look, seed, pose, cfg)))
-        return 1
-    _, root, scene, looks, cfg = task
-    raw = render_scene(scene, looks, cfg); raw_png = _png(raw)
-    for mid, _row, box in scene.mentions:
-        write_bytes_atomic(Path(root) / f'raw_img/mention_{mid}.png', raw_png)
-        write_bytes_atomic(Path(root) / f'{scene.split}_img/mention_{mid}.png',
-                           _png(draw_prompt(raw, box, 'rect', width=cfg.prompt_width)))
-    return 2 * len(scene.mentions)
-
-def _tasks(plan: Plan, root: Path):
-    for lk, e, poses in zip(plan.looks, plan.kb, plan.kb_poses):
-        for (seed, pose), rel in zip(poses, e.image_list): yield ('kb', str(root), lk, seed, pose, plan.cfg, rel)
-    for sc in plan.scenes:
-        yield ('scene', str(root), sc, {r: plan.looks[r] for r in sc.rows}, plan.cfg)
-
-# %% ../nbs/03_synth.ipynb #1fb32058
-def _die_with_parent(parent: int):
-    "Pool initializer: on Linux a worker is killed with its parent, so a killed build leaves no orphan behind."
-    try:
-        import ctypes; ctypes.CDLL(None).prctl(1, 9)   # PR_SET_PDEATHSIG = 1, SIGKILL = 9
-    except (OSError, AttributeError): pass            # not Linux: orphans exit when their task queue breaks
-    if os.getppid() != parent: os._exit(1)            # the parent died before the line above
-
-def render_all(tasks: list, fn, workers: int = 2, desc: str = 'rendering', progress: bool = True):
-    "Run `fn` on every task, in `workers` forked processes (1: in this one), with a progress bar."
-    from tqdm.auto import tqdm
-    bar = tqdm(total=len(tasks), desc=desc, disable=not progress, mininterval=1)
-    if workers > 1:
-        with mp.get_context('fork').Pool(workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
-            for _ in pool.imap_unordered(fn, tasks, chunksize=16): bar.update()
-    else:
-        for t in tasks: fn(t); bar.update()
-    bar.close()
-
-# %% ../nbs/03_synth.ipynb #b12386aa
-class SynthError(VpmelError, ValueError):
-    "A `vpmel synth` request that cannot be built: an unknown preset, a bad number, a folder that cannot be one."
-
-# %% ../nbs/03_synth.ipynb #207f45b8
-FORMAT = 'minivpwiki-1'
-_OWN_FILES = ('kb_entity.json', 'qid2id.json', 'train.json', 'dev.json', 'test.json', 'scenes.json', 'stats.json',
-              'meta.json')
-_OWN_DIRS = ('train_img', 'dev_img', 'test_img', 'raw_img', 'kb_img')
-_DERIVED_DIRS = ('clip', 'detective', 'cache')   # made from the data by later chapters: go with it when made afresh
-_WAY_OUT = 'pass --fresh (fresh=True) to generate it again, or choose another --out'
-
-def default_out(preset: str, seed: int = 0) -> Path:
-    """`data/minivpwiki/<preset>` for seed 0 (where the training presets look), `data/minivpwiki/<preset>-seed<seed>`
-    otherwise."""
-    return Path('data') / 'minivpwiki' / (preset if seed == 0 else f'{preset}-seed{seed}')
-
-def _meta(preset: str, seed: int, cfg: SynthConfig) -> dict:
-    return {'format': FORMAT, 'preset': preset, 'seed': seed,
-            'about': 'MiniVPWiki: a procedural VP-MEL benchmark in the VPWiki format, generated by vpmel.synth. '
-                     'Layout: kb_entity.json, qid2id.json, {train,dev,test}.json (mentions with bbox), '
-                     '{split}_img/mention_<id>.png (red rect prompt), raw_img/mention_<id>.png (no prompt), '
-                     'kb_img/<qid>_<k>.png, stats.json. Rebuild: vpmel synth --preset <preset> --seed <seed>.',
-            'config': json.loads(json.dumps(asdict(cfg)))}
-
-def _made_by(meta: dict) -> dict: return {k: meta[k] for k in ('format', 'preset', 'seed', 'config')}
-
-def _complete(out: Path, meta: dict) -> bool:
-    "The folder holds this dataset, whole: its record says so and `meta.json`, written last, is there."
-    try: return read_record(out) == {'kind': 'minivpwiki', 'made_by': _made_by(meta)} and \
-                json.loads((out / 'meta.json').read_text()) == meta
-    except (OSError, ValueError): return False
-
-# %% ../nbs/03_synth.ipynb #80453086
-def build_minivpwiki(out: str | Path | None = None, preset: str = 'cpu', seed: int = 0, overwrite: bool = False,
-                     workers: int = 2, config: SynthConfig | None = None, progress: bool = True,
-                     fresh: bool = False) -> Path:
-    """Generate MiniVPWiki (`preset`, `seed`) into `out` (default `default_out(preset, seed)`); return at once if it
-    is there whole, finish it if a build was interrupted. `fresh` (or its older name `overwrite`) starts it again."""
-    if config is None:
-        if preset not in PRESETS:
-            raise SynthError(f'unknown preset {preset!r}: choose one of {", ".join(sorted(PRESETS))}')
-        config = PRESETS[preset]
-    if workers < 1: raise SynthError(f'workers must be at least 1, got {workers}')
-    out = Path(out) if out is not None else default_out(preset, seed)
-    meta, fresh = _meta(preset, seed, config), fresh or overwrite
-    if not fresh and _complete(out, meta): return out
-    claim_folder(check_out_folder(out), 'minivpwiki', _made_by(meta), fresh=fresh,
-                 known=_OWN_FILES + _OWN_DIRS + _DERIVED_DIRS, way_out=_WAY_OUT)
-    remove_partial_writes(out, *(out / d for d in _OWN_DIRS))    # what a killed build left half-written
-    plan = make_plan(config, seed)
-    stats = plan_stats(plan)
-    write_dataset(out, plan.kb, {s: plan.mentions(s) for s in SPLITS})
-    write_json_atomic(out / 'scenes.json', scene_records(plan))
-    render_all(list(_tasks(plan, out)), _render_task, workers, 'rendering MiniVPWiki', progress)
-    write_json_atomic(out / 'stats.json', stats, indent=1)
-    write_json_atomic(out / 'meta.json', meta, indent=1)
-    return out
 
 # %% ../nbs/03_synth.ipynb #b4d5e96c
 def show_scene(plan: Plan, i: int, mention: int = 0):
@@ -474,43 +371,3 @@ def show_scene(plan: Plan, i: int, mention: int = 0):
     fig.suptitle(f'"{sc.sentence}"', fontsize=9)
     fig.tight_layout()
     return fig
-
-# %% ../nbs/03_synth.ipynb #d3ed650f
-def format_stats(st: dict) -> str:
-    "Human-readable lines for a `stats.json` dict."
-    pct = lambda k: f'{100 * st[k]:.1f} %'
-    return '\n'.join([
-        f"entities {st['entities']} ({pct('entities_without_image')} without image, "
-        f"{pct('entities_never_mentioned')} never mentioned), "
-        f"KB images {st['kb_images']}",
-        'mentions ' + ', '.join(f'{k} {v}' for k, v in st['mentions'].items())
-        + ' (scenes ' + ', '.join(f'{k} {v}' for k, v in st['scenes'].items()) + ')',
-        f"captions naming >= 2 entities {pct('captions_ge2_names')}, naming the target {pct('target_named')}",
-        f"targets with a hard negative in the KB {pct('hard_negative')}, "
-        f"not the largest entity {pct('target_not_largest')}, "
-        f"sharing their scene with a same-type entity {pct('same_type_in_scene')}",
-        f"entities per scene {st['entities_per_scene']}, "
-        f"test targets seen in train {pct('test_targets_seen_in_train')}"])
-
-def cli_synth(argv: list[str] | None = None) -> int:
-    "`vpmel synth`: generate the MiniVPWiki benchmark (or find it built, or finish it) and print its statistics."
-    ap = CommandParser(prog='vpmel synth',
-                       description='Generate MiniVPWiki, an offline VP-MEL benchmark in the VPWiki format.')
-    ap.add_argument('--preset', choices=sorted(PRESETS), default='cpu', help='dataset size (default: cpu)')
-    ap.add_argument(
-        '--out',
-        default=None,
-        help='dataset folder (default: data/minivpwiki/<preset>, or <preset>-seed<seed> for seed > 0)',
-    )
-    ap.add_argument('--seed', type=int, default=0)
-    ap.add_argument('--fresh', action='store_true',
-                    help='generate the folder again from scratch (also when another config made it)')
-    ap.add_argument('--overwrite', action='store_true', help='the older name of --fresh')
-    ap.add_argument('--workers', type=int, default=2, help='rendering processes (at least 1)')
-    a = ap.parse_args(argv)
-    t = time.time()
-    out = build_minivpwiki(a.out, a.preset, a.seed, fresh=a.fresh or a.overwrite, workers=a.workers)
-    st = json.loads((out / 'stats.json').read_text())
-    print(f'MiniVPWiki preset {a.preset!r} seed {a.seed} in {out} ({time.time() - t:.1f} s)')
-    print(format_stats(st))
-    return 0

@@ -10,13 +10,13 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch import nn, Tensor
 
 # %% auto #0
 __all__ = ['FEATURE_NAMES', 'UNITS', 'random_features', 'index_features', 'cat_features', 'index_cache', 'cat_caches',
            'cache_len', 'TextInteractionUnit', 'DualGate', 'VisualInteractionUnit', 'CrossModalInteractionUnit',
-           'IIERMatcher', 'contrastive_loss', 'iier_loss', 'official_state_dict_shapes', 'load_official_state_dict',
-           'reference_matcher_forward']
+           'IIERMatcher', 'contrastive_loss', 'iier_loss', 'official_state_dict_shapes', 'load_official_state_dict']
 
 # %% ../nbs/06_units.ipynb #b0a89bf2
 def random_features(n: int, text_len: int = 40, dt: int = 512, patches: int = 50, dv: int = 96,
@@ -103,58 +103,63 @@ class TextInteractionUnit(nn.Module):
         return {'k': self.fc_key(feats.text_tokens), 'v': self.fc_value(feats.text_tokens), 'bias': bias,
                 'cls': feats.text_cls}
 
-    def pair_scores(self, mc: dict, ec: dict) -> Tensor:
-        "Scores `[M, N]` of every mention against every entity."
-        q, w, c = ec['q'], ec['w'], ec['c']
-        k, v, bias = mc['k'], mc['v'], mc['bias']
-        N, Le, d = q.shape; M, Lm, _ = k.shape
-        kf = k.reshape(M * Lm, d).T
-        step = max(1, self.max_block // max(1, Le * M * Lm))
-        # without autograd, reuse two workspaces (no fresh allocation, hence no page faults, per block)
-        reuse = not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, c, w)))
-        if reuse: ws = q.new_empty((2, min(step, N) * Le * M * Lm))
-        g2l = []
-        for s in range(0, N, step):
-            qb = q[s:s + step]; n = qb.shape[0]
-            if reuse:
-                logits = torch.mm(qb.reshape(n * Le, d), kf, out=ws[0, :n * Le * M * Lm].view(n * Le, M * Lm))
-                logits = logits.view(n, Le, M, Lm)                             # [n, Le, M, Lm]
-                if bias is not None: logits.add_(bias)
-                p = torch.softmax(logits, -1, out=ws[1, :logits.numel()].view(logits.shape)).view(n, Le, M * Lm)
-            else:
-                logits = (qb.reshape(n * Le, d) @ kf).view(n, Le, M, Lm)
-                if bias is not None: logits = logits + bias
-                p = logits.softmax(-1).view(n, Le, M * Lm)
-            abar = torch.bmm(w[s:s + step].unsqueeze(1), p).view(n, M, Lm)     # attention averaged over queries
-            ctx = self.layer_norm(torch.einsum('nmj,mjd->mnd', abar, v))       # [M, n, d]
-            g2l.append(torch.einsum('mnd,nd->mn', ctx, c[s:s + step]))
-        g2l = torch.cat(g2l, 1) if g2l else q.new_zeros(M, 0)
-        return (g2l + mc['cls'] @ ec['cls'].T) / 2
-
-    def token_attention(self, mc: dict, ec: dict) -> Tensor:
-        """`[M, N, Lm]`: how much each entity reads each mention token (attention averaged over its real tokens; padding
-        gets 0)."""
-        logits = torch.einsum('nid,mjd->nmij', ec['q'], mc['k'])
-        if mc['bias'] is not None: logits = logits + mc['bias'][None, :, None, :]
-        return torch.einsum('ni,nmij->mnj', ec['w'], logits.softmax(-1))
-
     def forward(self, mention_feats, entity_feats) -> Tensor:
         "Scores `[M, N]` (all pairs)."
         return self.pair_scores(self.prepare_mentions(mention_feats), self.prepare_entities(entity_feats))
 
-    def reference(self, mention_feats, entity_feats) -> Tensor:
-        "Straightforward broadcast version (materialises `[N, M, Le, Lm]` and `[N, M, Le, d]`): for tests."
-        em, mm = self._mask(entity_feats, 'entity'), self._mask(mention_feats, 'mention')
-        q, k = self.fc_query(entity_feats.text_tokens), self.fc_key(mention_feats.text_tokens)
-        v = self.fc_value(mention_feats.text_tokens)
-        logits = torch.einsum('nid,mjd->nmij', q, k) / math.sqrt(self.hidden)
-        logits = logits.masked_fill(~mm[None, :, None, :], float('-inf'))
-        ctx = logits.softmax(-1) @ v[None]                                      # [N, M, Le, d]
-        emf = em.to(ctx.dtype)[:, None, :, None]
-        ctx = self.layer_norm((ctx * emf).sum(2) / emf.sum(2))                 # [N, M, d]
-        g2l = (ctx * self.fc_cls(entity_feats.text_cls)[:, None]).sum(-1).T    # [M, N]
-        g2g = mention_feats.text_cls @ entity_feats.text_cls.T
-        return (g2l + g2g) / 2
+# %% ../nbs/06_units.ipynb #27bbf40c
+@patch
+def pair_scores(self: TextInteractionUnit, mc: dict, ec: dict) -> Tensor:
+    "Scores `[M, N]` of every mention against every entity."
+    q, w, c = ec['q'], ec['w'], ec['c']
+    k, v, bias = mc['k'], mc['v'], mc['bias']
+    N, Le, d = q.shape; M, Lm, _ = k.shape
+    kf = k.reshape(M * Lm, d).T
+    step = max(1, self.max_block // max(1, Le * M * Lm))
+    # without autograd, reuse two workspaces (no fresh allocation, hence no page faults, per block)
+    reuse = not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, c, w)))
+    if reuse: ws = q.new_empty((2, min(step, N) * Le * M * Lm))
+    g2l = []
+    for s in range(0, N, step):
+        qb = q[s:s + step]; n = qb.shape[0]
+        if reuse:
+            logits = torch.mm(qb.reshape(n * Le, d), kf, out=ws[0, :n * Le * M * Lm].view(n * Le, M * Lm))
+            logits = logits.view(n, Le, M, Lm)                             # [n, Le, M, Lm]
+            if bias is not None: logits.add_(bias)
+            p = torch.softmax(logits, -1, out=ws[1, :logits.numel()].view(logits.shape)).view(n, Le, M * Lm)
+        else:
+            logits = (qb.reshape(n * Le, d) @ kf).view(n, Le, M, Lm)
+            if bias is not None: logits = logits + bias
+            p = logits.softmax(-1).view(n, Le, M * Lm)
+        abar = torch.bmm(w[s:s + step].unsqueeze(1), p).view(n, M, Lm)     # attention averaged over queries
+        ctx = self.layer_norm(torch.einsum('nmj,mjd->mnd', abar, v))       # [M, n, d]
+        g2l.append(torch.einsum('mnd,nd->mn', ctx, c[s:s + step]))
+    g2l = torch.cat(g2l, 1) if g2l else q.new_zeros(M, 0)
+    return (g2l + mc['cls'] @ ec['cls'].T) / 2
+
+# %% ../nbs/06_units.ipynb #98b1017f
+@patch
+def token_attention(self: TextInteractionUnit, mc: dict, ec: dict) -> Tensor:
+    """`[M, N, Lm]`: how much each entity reads each mention token (attention averaged over its real tokens; padding
+    gets 0)."""
+    logits = torch.einsum('nid,mjd->nmij', ec['q'], mc['k'])
+    if mc['bias'] is not None: logits = logits + mc['bias'][None, :, None, :]
+    return torch.einsum('ni,nmij->mnj', ec['w'], logits.softmax(-1))
+
+@patch
+def reference(self: TextInteractionUnit, mention_feats, entity_feats) -> Tensor:
+    "Straightforward broadcast version (materialises `[N, M, Le, Lm]` and `[N, M, Le, d]`): for tests."
+    em, mm = self._mask(entity_feats, 'entity'), self._mask(mention_feats, 'mention')
+    q, k = self.fc_query(entity_feats.text_tokens), self.fc_key(mention_feats.text_tokens)
+    v = self.fc_value(mention_feats.text_tokens)
+    logits = torch.einsum('nid,mjd->nmij', q, k) / math.sqrt(self.hidden)
+    logits = logits.masked_fill(~mm[None, :, None, :], float('-inf'))
+    ctx = logits.softmax(-1) @ v[None]                                      # [N, M, Le, d]
+    emf = em.to(ctx.dtype)[:, None, :, None]
+    ctx = self.layer_norm((ctx * emf).sum(2) / emf.sum(2))                 # [N, M, d]
+    g2l = (ctx * self.fc_cls(entity_feats.text_cls)[:, None]).sum(-1).T    # [M, N]
+    g2g = mention_feats.text_cls @ entity_feats.text_cls.T
+    return (g2l + g2g) / 2
 
 # %% ../nbs/06_units.ipynb #db345917
 class DualGate(nn.Module):
@@ -288,35 +293,41 @@ class IIERMatcher(nn.Module):
                                image_cls=self.image_cls_layernorm(feats.image_cls),
                                image_tokens=self.image_tokens_layernorm(feats.image_tokens))
 
-    def prepare_entities(self, feats) -> dict:
-        "Entity-side cache (compute once per knowledge base, in batches, and `cat_caches`)."
-        f = self.normed(feats)
-        return {u: self.unit(u).prepare_entities(f) for u in self.units}
-
-    def prepare_mentions(self, feats) -> dict:
-        f = self.normed(feats)
-        return {u: self.unit(u).prepare_mentions(f) for u in self.units}
-
-    def unit_scores(self, mention_cache: dict, entity_cache: dict) -> dict[str, Tensor]:
-        "`{unit: [M, N]}` for every enabled unit, plus `'fused'` (their mean)."
-        out = {u: self.unit(u).pair_scores(mention_cache[u], entity_cache[u]) for u in self.units}
-        out['fused'] = sum(out.values()) / len(self.units)
-        return out
-
     def pair_scores(self, mention_cache: dict, entity_cache: dict) -> Tensor:
         "Fused scores `[M, N]`."
         return self.unit_scores(mention_cache, entity_cache)['fused']
 
-    def forward(self, mention_feats, entity_feats) -> dict[str, Tensor]:
-        "All-pairs scores per unit and fused, e.g. the in-batch `[B, B]` matrices for training."
-        return self.unit_scores(self.prepare_mentions(mention_feats), self.prepare_entities(entity_feats))
+# %% ../nbs/06_units.ipynb #b232cf73
+@patch
+def prepare_entities(self: IIERMatcher, feats) -> dict:
+    "Entity-side cache (compute once per knowledge base, in batches, and `cat_caches`)."
+    f = self.normed(feats)
+    return {u: self.unit(u).prepare_entities(f) for u in self.units}
 
-    def reference_pair_scores(self, mention_feats, entity_feats) -> dict[str, Tensor]:
-        "Same as `forward`, through every unit's straightforward `reference`: for tests."
-        m, e = self.normed(mention_feats), self.normed(entity_feats)
-        out = {u: self.unit(u).reference(m, e) for u in self.units}
-        out['fused'] = sum(out.values()) / len(self.units)
-        return out
+@patch
+def prepare_mentions(self: IIERMatcher, feats) -> dict:
+    f = self.normed(feats)
+    return {u: self.unit(u).prepare_mentions(f) for u in self.units}
+
+@patch
+def unit_scores(self: IIERMatcher, mention_cache: dict, entity_cache: dict) -> dict[str, Tensor]:
+    "`{unit: [M, N]}` for every enabled unit, plus `'fused'` (their mean)."
+    out = {u: self.unit(u).pair_scores(mention_cache[u], entity_cache[u]) for u in self.units}
+    out['fused'] = sum(out.values()) / len(self.units)
+    return out
+
+@patch
+def forward(self: IIERMatcher, mention_feats, entity_feats) -> dict[str, Tensor]:
+    "All-pairs scores per unit and fused, e.g. the in-batch `[B, B]` matrices for training."
+    return self.unit_scores(self.prepare_mentions(mention_feats), self.prepare_entities(entity_feats))
+
+@patch
+def reference_pair_scores(self: IIERMatcher, mention_feats, entity_feats) -> dict[str, Tensor]:
+    "Same as `forward`, through every unit's straightforward `reference`: for tests."
+    m, e = self.normed(mention_feats), self.normed(entity_feats)
+    out = {u: self.unit(u).reference(m, e) for u in self.units}
+    out['fused'] = sum(out.values()) / len(self.units)
+    return out
 
 # %% ../nbs/06_units.ipynb #5e45ab6a
 def contrastive_loss(logits: Tensor, entity_index: Tensor | None = None, symmetric: bool = False) -> Tensor:
@@ -371,38 +382,3 @@ def load_official_state_dict(matcher: IIERMatcher, sd: dict[str, Tensor]) -> IIE
     sd = {k: v for k, v in sd.items() if not k.startswith(drop) and not k.startswith('encoder.')}
     matcher.load_state_dict(sd, strict=True)
     return matcher
-
-# %% ../nbs/06_units.ipynb #3b009386
-def reference_matcher_forward(sd: dict[str, Tensor], entity_text_cls, entity_text_tokens, mention_text_cls,
-                             mention_text_tokens, entity_image_cls, entity_image_tokens, mention_image_cls,
-                             mention_image_tokens) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-    """The official MIMIC matcher forward (same argument order), from a state dict:
-    `(score [M, N], (text, visual, cross))`."""
-    P = lambda n: (sd[f'{n}.weight'], sd[f'{n}.bias'])
-    lin = lambda x, n: F.linear(x, *P(n))
-    ln = lambda x, n: F.layer_norm(x, x.shape[-1:], *P(n))
-    etc, mtc = ln(entity_text_cls, 'text_cls_layernorm'), ln(mention_text_cls, 'text_cls_layernorm')
-    ett, mtt = ln(entity_text_tokens, 'text_tokens_layernorm'), ln(mention_text_tokens, 'text_tokens_layernorm')
-    eic, mic = ln(entity_image_cls, 'image_cls_layernorm'), ln(mention_image_cls, 'image_cls_layernorm')
-    eit, mit = ln(entity_image_tokens, 'image_tokens_layernorm'), ln(mention_image_tokens, 'image_tokens_layernorm')
-    # TGLU
-    ecls = lin(etc, 'tglu.fc_cls').unsqueeze(1)                                   # [N, 1, d]
-    q = lin(ett, 'tglu.fc_query').unsqueeze(1)                                    # [N, 1, L, d]
-    k, v = lin(mtt, 'tglu.fc_key').unsqueeze(0), lin(mtt, 'tglu.fc_value').unsqueeze(0)  # [1, M, L, d]
-    att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), -1)     # [N, M, L, L]
-    ctx = ln((att @ v).mean(-2), 'tglu.layer_norm')                               # [N, M, d]
-    text = ((ecls * ctx).sum(-1).T + mtc @ etc.T) / 2                             # [M, N]
-    # VDLU
-    def dual(n, qc, kc, vt):
-        qc, kc, vt = lin(qc, f'{n}.cls_fc'), lin(kc, f'{n}.cls_fc'), lin(vt, f'{n}.tokens_fc')
-        u = lin(ln(vt.mean(-2).unsqueeze(0) + qc.unsqueeze(1), f'{n}.add_layer_norm'), f'{n}.fc')   # [a, b, d]
-        agg = ln(u * torch.tanh(lin(u, f'{n}.gate_fc')) + kc.unsqueeze(0), f'{n}.layer_norm')
-        return (agg * ln(qc.unsqueeze(1), f'{n}.layer_norm')).sum(-1)
-    visual = (dual('vdlu.dual_ent2men', eic, mic, mit).T + dual('vdlu.dual_men2ent', mic, eic, eit)) / 2
-    # CMFU
-    def fuse(tc, it):
-        t, p = lin(tc, 'cmfu.text_fc'), lin(it, 'cmfu.image_fc')
-        a = torch.softmax(t.unsqueeze(1) @ p.transpose(-1, -2), -1)              # [B, 1, P]
-        return ln(t * torch.tanh(lin(t, 'cmfu.gate_fc')) + (a @ p).squeeze(1), 'cmfu.gate_layer_norm')
-    cross = fuse(mtc, mit) @ fuse(etc, eit).T
-    return (text + visual + cross) / 3, (text, visual, cross)
