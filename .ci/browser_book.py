@@ -24,11 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # has one, so the list stays true)
 NO_FIGURES = {
     '00_files': 'folders, atomic writes and records: files, nothing to look at',
-    '00_vpwiki': 'the on-disk format and its validation: JSON records and fault reports (pictures start in 01-03)',
-    '05_encoders': 'feature extractors: tensor shapes and layer choices, checked by numbers',
-    '07_rank': 'whole-KB ranking, metrics and speed: formulas, tables and timings',
-    '08_iier': 'the units of 06 put together into one model with its loss: scores and losses, no images of its own',
-    '14_cli': 'the command dispatcher: commands and one-line messages',
+    '01_vpwiki': 'the on-disk format and its validation: JSON records and fault reports (pictures start in 01-03)',
+    '08_encoders': 'feature extractors: tensor shapes and layer choices, checked by numbers',
+    '10_rank': 'whole-KB ranking, metrics and speed: formulas, tables and timings',
+    '11_iier': 'the units of 06 put together into one model with its loss: scores and losses, no images of its own',
+    '37_cli': 'the command dispatcher: commands and one-line messages',
 }
 
 PAGE_JS = """() => {

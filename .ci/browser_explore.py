@@ -24,7 +24,7 @@ app.pick('test', {index})
 app.widget"""
 
 def train_tiny(work: Path) -> Path:
-    "A tiny IIER run (MiniVPWiki tiny, 4 epochs: seconds), as chapter 16's tests train it."
+    "A tiny IIER run (MiniVPWiki tiny, 4 epochs: seconds), as chapter 26's tests train it."
     code = f"""
 from vpmel.minivpwiki import build_minivpwiki
 from vpmel.runs import preset, train_run

@@ -3,14 +3,14 @@
 Usage (from the repository root, in the project's environment):
     apt-get install -y chromium && pip install playwright && python .ci/browser_review.py
 
-In a temporary folder: MiniVPWiki `tiny` (a second), and a one-cell notebook that opens `ReviewApp` (chapter 20a) on
+In a temporary folder: MiniVPWiki `tiny` (a second), and a one-cell notebook that opens `ReviewApp` (chapter 32) on
 its first three test mentions with stand-in proposals and a decisions log in that folder. JupyterLab (127.0.0.1, with
 a token) runs it; then, as a person would:
 1. drag a new box on the first mention's image with real mouse events and press Enter (the box widget's Submit key);
 2. click Accept on the second mention, leaving its proposals as they are.
 The log must then hold a `redraw` of the first mention with the drawn box (within 3 image pixels) and an `accept` of
 the second one's proposal 0; the progress must read 2 of 3 decided, and no cell may show a traceback or the app a red
-message. Then `vpmel review OUT` (Voilà) on a construction of chapter 17's tiny MEL source waiting for review: a click
+message. Then `vpmel review OUT` (Voilà) on a construction of chapter 28's tiny MEL source waiting for review: a click
 on Accept must write the first pending mention's suggested proposal to OUT's log (auto false). Screenshots go to --shots
 (default /tmp/vpmel-browser): review-before.png, review-after.png, review-voila.png."""
 import argparse, json, secrets, shutil, sys, tempfile, time

@@ -1,7 +1,7 @@
 """Run All of every chapter in JupyterLab, in a real browser (Debian's chromium through playwright), as a reader would.
 
 Usage (from the repository root, in the project's environment):
-    apt-get install -y chromium && pip install playwright && python .ci/browser_run_all.py [--only 00_vpwiki ...]
+    apt-get install -y chromium && pip install playwright && python .ci/browser_run_all.py [--only 01_vpwiki ...]
 
 A copy of the repository (without .git, .venv, data and runs) is served by JupyterLab on 127.0.0.1 with a token, so
 the browser never saves outputs into the real notebooks. For each chapter: open it in a fresh workspace, wait for the
@@ -59,7 +59,7 @@ def run_all(page, url: str, timeout: float) -> tuple[float, str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--only', nargs='*', default=None, help='chapter names (e.g. 00_vpwiki); default: all')
+    ap.add_argument('--only', nargs='*', default=None, help='chapter names (e.g. 01_vpwiki); default: all')
     ap.add_argument('--timeout', type=float, default=300, help='seconds a chapter may take')
     ap.add_argument('--shots', default='/tmp/vpmel-browser', help='folder for screenshots')
     ap.add_argument('--chromium', default='/usr/bin/chromium')

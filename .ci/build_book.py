@@ -1,7 +1,7 @@
 """Build the executed HTML edition of the book: every chapter run as "Run All" runs it, rendered with its outputs.
 
 Usage (from the repository root, in the project's environment):
-    python .ci/build_book.py [--out _book] [--only 03_synth ...] [--timeout 900] [--workers 2]
+    python .ci/build_book.py [--out _book] [--only 05_synth ...] [--timeout 900] [--workers 2]
 
 Each chapter nbs/[0-9]*.ipynb runs in a real Jupyter kernel (nbclient; working directory nbs/, as in JupyterLab), every
 cell in order, `#| slow` and `#| gpu` cells included (the chapters guard those themselves with RUN_SLOW and a GPU
@@ -23,9 +23,9 @@ NBS = ROOT/'nbs'
 
 # The book's parts by chapter number, for when nbs/index.ipynb has no `<!-- chapters: NN ... -->` cells to take them
 # from (titles and summaries always come from the notebooks)
-PARTS = [('Data', range(0, 5)), ('The model', range(5, 9)), ('Training and runs', (9, 10, 13)),
-         ('Detective-VLM', (11, 12)), ('Tools and commands', range(14, 17)), ('Building VP-MEL data', range(17, 22)),
-         ('Experiments', (22,))]
+PARTS = [('Data', range(0, 8)), ('The model', range(8, 12)), ('Training', (12, 13)), ('Detective-VLM', range(14, 19)),
+         ('IIER runs', range(19, 24)), ('Using a trained model', range(24, 28)), ('Building VP-MEL data', range(28, 36)),
+         ('Benchmarks and the command line', (36, 37)), ('Experiments', (38,))]
 OTHER_PART = 'More chapters'
 
 def chapters() -> list[Path]: return sorted(NBS.glob('[0-9]*.ipynb'))
@@ -77,7 +77,7 @@ def as_book(nb):
     return nb
 
 def link_pages(page: str) -> str:
-    "Links to notebooks (`03_synth.ipynb`, `./index.ipynb#x`) point at their pages."
+    "Links to notebooks (`05_synth.ipynb`, `./index.ipynb#x`) point at their pages."
     return re.sub(r'href="(\./)?([^"/:#]+)\.ipynb(#[^"]*)?"',
                   lambda m: f'href="{m.group(2)}.html{m.group(3) or ""}"', page)
 
@@ -259,7 +259,7 @@ def spawn(name: str, out: Path, timeout: float, tmp: Path) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--out', default='_book', help='folder for the pages (default _book)')
-    ap.add_argument('--only', nargs='*', default=None, help='chapter names (e.g. 03_synth); default: all')
+    ap.add_argument('--only', nargs='*', default=None, help='chapter names (e.g. 05_synth); default: all')
     ap.add_argument('--timeout', type=float, default=900, help='seconds a chapter may run (default 900)')
     ap.add_argument('--workers', type=int, default=2, help='chapters run at once (at most 2)')
     ap.add_argument('--executed', default=None,

@@ -10,7 +10,7 @@ Prints one JSON object per check (and writes them to --out, default gpu_check.js
 - train: MiniVPWiki `--data-preset` built with 16 processes, then `vpmel train --preset paper --clip-weights none
   --epochs 1` (ViT-B/32 at 224 px from random weights, CLIP text, batch 128, bf16): steps/s, epoch and run seconds,
   peak GPU memory, dev and test metrics (exact whole-KB ranking); with --two-stage-report, the trained model's test split
-  ranked exactly and in two stages for several K, and the first stage's recall@K (chapter 13's `two_stage_report`)."""
+  ranked exactly and in two stages for several K, and the first stage's recall@K (chapter 22's `two_stage_report`)."""
 import argparse, json, sys, time
 from pathlib import Path
 from types import SimpleNamespace
