@@ -193,7 +193,7 @@ def rank_parser() -> CommandParser:
     )
     p.add_argument('--chunk', type=int, default=8192, help='entity chunk size of our ranking')
     p.add_argument(
-        '--official-chunk', type=int, default=6000, help="the official run's entity chunk (the official eval_chunk_size)"
+        '--official-chunk', type=int, default=6000, help="the official run's entity chunk (its eval_chunk_size)"
     )
     p.add_argument(
         '--two-stage',
@@ -222,8 +222,8 @@ def bench_rank(argv: list[str]) -> int:
         if a.official: res['official'] = _run_worker('official', a, tmp)
         if a.two_stage: res['two_stage'] = _run_worker(f'two-stage-{a.first_stage}', a, tmp)
     for k, r in res.items():
-        out[k] = {x: r[x] for x in ('seconds', 'cpu_user_s', 'cpu_sys_s', 'entities_per_s', 'pairs_per_s', 'peak_rss_mb',
-                                    'baseline_rss_mb', 'peak_above_baseline_mb', 'threads')}
+        out[k] = {x: r[x] for x in ('seconds', 'cpu_user_s', 'cpu_sys_s', 'entities_per_s', 'pairs_per_s',
+                                    'peak_rss_mb', 'baseline_rss_mb', 'peak_above_baseline_mb', 'threads')}
         out[k]['metrics_on_random_features'] = mel_metrics(r['ranks'])
     if a.two_stage:
         t, o = res['two_stage'], res['ours']
