@@ -29,13 +29,11 @@ NO_FIGURES = {
     '08_encoders': 'feature extractors: tensor shapes and layer choices, checked by numbers',
     '10_rank': 'whole-KB ranking and metrics: formulas and tables',
     '11_iier': 'the units of 09 put together into one model with its loss: scores and losses',
-    '12_train': 'the loop: seeded batches, schedules, checkpoints, checked by numbers',
     '15_detective_training': 'training, saving and running the Detective: losses and answers as text',
     '17_crossfit': "cross-fitting: folds, folders and their records",
     '18_detective_cli': 'the vpmel detective command: one-line messages and resumed caches',
     '19_config': 'run configs, presets, ablations and run names',
     '20_towers': 'data, model and the frozen towers\' caches: tensors',
-    '21_evaluate': 'whole-KB evaluation and the entity index: metrics and files',
     '22_runs': 'one run end to end: metrics JSON, resumed runs, several processes',
     '23_official': 'the official code re-implemented: equality tests',
     '25_widgets': 'widget plumbing; the widgets themselves are chapters 27 and 32',
@@ -44,7 +42,6 @@ NO_FIGURES = {
     '32_review_app': "a live widget: Run All in JupyterLab does not save widget state, so a page cannot show it",
     '33_proposals': 'proposals files, claims and the grounding table',
     '34_construct': "the construction pipeline; what was built is pictured in chapter 35",
-    '36_bench': 'benchmarks: timings as JSON',
     '37_cli': 'the command dispatcher: commands and one-line messages',
 }
 

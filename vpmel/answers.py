@@ -36,6 +36,7 @@ def _cut_sentence(name: str) -> str:
         else: break
     return ' '.join(out)
 
+# %% ../nbs/16_answers.ipynb #ae04f1f6
 def parse_answer(text: str) -> tuple[str, str]:
     "`(type, name)` read from a Detective answer; `''` for a part that is missing."
     text = (text or '').strip()
@@ -56,6 +57,7 @@ def name_similarity(a: str, b: str) -> float:
     "difflib ratio of the normalised names, in [0, 1]."
     return difflib.SequenceMatcher(None, normalize_name(a), normalize_name(b)).ratio()
 
+# %% ../nbs/16_answers.ipynb #e8c6bd32
 def detective_metrics(answers: dict[str, str], examples: Sequence[DetectiveExample], fuzzy: float = 0.8) -> dict:
     "Type accuracy, exact and fuzzy name match and parse rate of `answers` against the gold examples."
     if not examples: raise ValueError('no examples to evaluate')
@@ -101,6 +103,7 @@ def read_answer_cache(path: str | Path) -> tuple[dict[str, str], int]:
     ls = cache_lines(path) if Path(path).is_file() else []
     return dict(v for _, k, v, _ in ls if k == 'answer'), sum(k == 'bad' for _, k, _, _ in ls)
 
+# %% ../nbs/16_answers.ipynb #267e0cc0
 def load_detective_answers(path: str | Path) -> dict[str, str]:
     """The Detective's answers `{mention id: text}` for `vpmel.loading.MentionDataset(detective=...)`: one JSON-lines
     cache, or a folder whose `answers_<split>.jsonl` files are merged."""
@@ -122,6 +125,7 @@ def _torn(lines: list, path: Path) -> bool:
     "Whether the last line is a torn write of ours: unreadable, unterminated, begun as a JSON object."
     return bool(lines) and lines[-1][1] == 'bad' and lines[-1][3].startswith('{"') and not lines[-1][3].endswith('\n')
 
+# %% ../nbs/16_answers.ipynb #a7848dbd
 def claim_answer_cache(cache: str | Path, made_by: dict, fresh: bool = False,
                        way_out: str = 'pass --fresh to answer again, or choose another --cache') -> Path:
     """Make sure the answers file `cache` holds (or will hold) the answers of `made_by`: it is new or empty, or its
@@ -164,6 +168,7 @@ def _keep_whole_batches(cache: Path, examples: Sequence[DetectiveExample], batch
         write_bytes_atomic(cache, ''.join(r if r.endswith('\n') else r + '\n' for r in keep).encode('utf-8'))
     return {k: v for k, v in ans.items() if k not in cut}
 
+# %% ../nbs/16_answers.ipynb #81d7ecbc
 def generate_split(model, processor, examples: Sequence[DetectiveExample], cache: str | Path, batch_size: int = 32,
                    max_new_tokens: int = 32, progress: bool = True, made_by: dict | None = None,
                    fresh: bool = False) -> dict[str, str]:
@@ -197,6 +202,7 @@ def caption_names(sentence: str, names: dict[str, object], max_words: int = 6) -
         else: i += 1
     return out
 
+# %% ../nbs/16_answers.ipynb #0f283b83
 def caption_guess(ds: MELDataset, split: str) -> dict[str, str]:
     "A blind Detective's answers: the commonest type among the caption's KB names, and the first name of that type."
     import collections

@@ -36,18 +36,19 @@ def _kb_blocks(seed: int, n_entities: int, **kw):
     for b, s in enumerate(range(0, n_entities, _BLOCK)):
         yield _feature_block(seed, b, min(_BLOCK, n_entities - s), **kw)
 
+# %% ../nbs/36_bench.ipynb #db25bfdf
 def _kb_features(seed: int, n_entities: int) -> SimpleNamespace:
     """The same blocks as one batch, filled in place: peak memory is the batch plus one block (a `torch.cat` of the list
     would double it)."""
     out = None
     for s, f in zip(range(0, n_entities, _BLOCK), _kb_blocks(seed, n_entities)):
         if out is None:
-            out = SimpleNamespace(
-                **{k: getattr(f, k).new_empty((n_entities,) + getattr(f, k).shape[1:]) for k in FEATURE_NAMES}
-            )
+            out = SimpleNamespace(**{k: getattr(f, k).new_empty((n_entities,) + getattr(f, k).shape[1:])
+                                     for k in FEATURE_NAMES})
         for k in FEATURE_NAMES: getattr(out, k)[s:s + len(f.text_cls)] = getattr(f, k)
     return out
 
+# %% ../nbs/36_bench.ipynb #f065a7b2
 def _bench_setup(seed: int, n_entities: int, n_queries: int):
     torch.manual_seed(seed)
     matcher = IIERMatcher().eval()
@@ -61,55 +62,65 @@ def _bench_setup(seed: int, n_entities: int, n_queries: int):
 def _rss_mb() -> float: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB
 
 # %% ../nbs/36_bench.ipynb #79129d3a
+def _time_ours(matcher, mentions, gold, seed: int, n_entities: int, chunk: int):
+    "Our ranking, its entity cache built from the streamed blocks: `(result, seconds)`, feature generation not timed."
+    gen_time = [0.]
+    def timed_blocks():   # feature generation stands in for the encoder: not timed
+        it = _kb_blocks(seed, n_entities)
+        while True:
+            t = time.perf_counter(); f = next(it, None); gen_time[0] += time.perf_counter() - t
+            if f is None: return
+            box = [f]; del f
+            yield box.pop()
+    t = time.perf_counter()
+    cache = build_entity_cache(matcher, timed_blocks(), total=n_entities)
+    res = rank_entities(matcher, mentions, cache, gold, chunk_size=chunk)
+    return res, time.perf_counter() - t - gen_time[0]
+
+# %% ../nbs/36_bench.ipynb #551f8a55
+def _time_two_stage(matcher, mentions, gold, seed: int, n_entities: int, kind: str, candidates: int, shards: int):
+    """Two-stage ranking: the index built once (timed apart), the mentions ranked (timed), then one mention at a time
+    (the median of 20): `(result, seconds, extra)`."""
+    t = time.perf_counter()
+    cache = build_entity_cache(matcher, _kb_blocks(seed, n_entities), total=n_entities)
+    first = FirstStage.from_cache(matcher, cache, kind=kind, shards=shards)
+    t_index = time.perf_counter() - t
+    t = time.perf_counter()
+    res = two_stage_rank(matcher, mentions, cache, first, gold, candidates=candidates)
+    t_work = time.perf_counter() - t
+    one = []
+    for _ in range(20):
+        t = time.perf_counter()
+        two_stage_rank(matcher, index_features(mentions, slice(0, 1)), cache, first, None, candidates=candidates)
+        one.append(time.perf_counter() - t)
+    return res, t_work, {'index_seconds': t_index, 'one_mention_ms': 1000 * float(np.median(one)),
+                         'candidates': candidates, 'shards': shards}
+
+# %% ../nbs/36_bench.ipynb #b38630e2
+def _time_official(matcher, mentions, gold, seed: int, n_entities: int, chunk: int):
+    "The official ranking over all the raw entity features at once, as the official code holds them: `(res, seconds)`."
+    ents = _kb_features(seed, n_entities)
+    sd = {k: v for k, v in matcher.state_dict().items()}
+    t = time.perf_counter()
+    res = official_rank(sd, ents, mentions, gold, eval_batch=20, chunk_size=chunk)
+    return res, time.perf_counter() - t
+
+# %% ../nbs/36_bench.ipynb #ae97615c
 def _bench_worker(argv: list[str]) -> int:
     "One implementation in this process: prints nothing, writes JSON to the output path."
     impl, n_entities, n_queries, chunk, seed, threads, candidates, shards, out = argv
-    n_entities, n_queries, chunk, seed, threads, candidates, shards = map(
-        int, (n_entities, n_queries, chunk, seed, threads, candidates, shards)
-    )
+    n_entities, n_queries, chunk, seed, threads, candidates, shards = map(int, (n_entities, n_queries, chunk, seed,
+                                                                                threads, candidates, shards))
     if threads > 0: torch.set_num_threads(threads)
     matcher, mentions, gold = _bench_setup(seed, n_entities, n_queries)
     base = _rss_mb()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    t_work, extra = 0., {}
-    if impl == 'ours':
-        gen_time = [0.]
-        def timed_blocks():   # feature generation stands in for the encoder: not timed
-            it = _kb_blocks(seed, n_entities)
-            while True:
-                t = time.perf_counter(); f = next(it, None); gen_time[0] += time.perf_counter() - t
-                if f is None: return
-                box = [f]; del f
-                yield box.pop()
-        t = time.perf_counter()
-        cache = build_entity_cache(matcher, timed_blocks(), total=n_entities)
-        res = rank_entities(matcher, mentions, cache, gold, chunk_size=chunk)
-        t_work = time.perf_counter() - t - gen_time[0]
+    extra = {}
+    if impl == 'ours': res, t_work = _time_ours(matcher, mentions, gold, seed, n_entities, chunk)
     elif impl.startswith('two-stage-'):   # the index is built once per model (persisted): timed apart from the queries
-        t = time.perf_counter()
-        cache = build_entity_cache(matcher, _kb_blocks(seed, n_entities), total=n_entities)
-        first = FirstStage.from_cache(matcher, cache, kind=impl.removeprefix('two-stage-'), shards=shards)
-        t_index = time.perf_counter() - t
-        t = time.perf_counter()
-        res = two_stage_rank(matcher, mentions, cache, first, gold, candidates=candidates)
-        t_work = time.perf_counter() - t
-        one = []
-        for _ in range(20):
-            t = time.perf_counter()
-            two_stage_rank(matcher, index_features(mentions, slice(0, 1)), cache, first, None, candidates=candidates)
-            one.append(time.perf_counter() - t)
-        extra = {
-            'index_seconds': t_index,
-            'one_mention_ms': 1000 * float(np.median(one)),
-            'candidates': candidates,
-            'shards': shards,
-        }
-    elif impl == 'official':
-        ents = _kb_features(seed, n_entities)
-        sd = {k: v for k, v in matcher.state_dict().items()}
-        t = time.perf_counter()
-        res = official_rank(sd, ents, mentions, gold, eval_batch=20, chunk_size=chunk)
-        t_work = time.perf_counter() - t
+        res, t_work, extra = _time_two_stage(matcher, mentions, gold, seed, n_entities, impl.removeprefix('two-stage-'),
+                                             candidates, shards)
+    elif impl == 'official': res, t_work = _time_official(matcher, mentions, gold, seed, n_entities, chunk)
     else: raise ValueError(f'unknown implementation {impl!r}')
     peak, ru1 = _rss_mb(), resource.getrusage(resource.RUSAGE_SELF)
     json.dump({'impl': impl, 'seconds': t_work, 'cpu_user_s': ru1.ru_utime - ru0.ru_utime,
@@ -120,24 +131,27 @@ def _bench_worker(argv: list[str]) -> int:
                'topk_scores': res.topk_scores.tolist(), **extra}, open(out, 'w'))
     return 0
 
+# %% ../nbs/36_bench.ipynb #8e60b8bf
+class BenchError(VpmelError, ValueError):
+    "A benchmark that cannot run as asked: a number out of range, or a run that failed."
+
+_BENCH_MIN = {'entities': 1, 'queries': 1, 'chunk': 1, 'official_chunk': 1, 'candidates': 1, 'shards': 1, 'threads': 0}
+
+def _check_bench_args(a):
+    "One-line `BenchError`s for numbers `vpmel bench rank` cannot run with (argparse checked their type)."
+    for k, lo in _BENCH_MIN.items():
+        if getattr(a, k) < lo: raise BenchError(f"--{k.replace('_', '-')} must be at least {lo}, got {getattr(a, k)}")
+    if a.two_stage and min(a.candidates, a.entities) < 20:
+        raise BenchError(f'--two-stage keeps the top 20, so --candidates and --entities must be at least 20, '
+                         f'got {a.candidates} and {a.entities}')
+
 # %% ../nbs/36_bench.ipynb #9467581a
 def _run_worker(impl: str, a, tmp: str) -> dict:
     out = os.path.join(tmp, f'{impl}.json')
     chunk = a.chunk if impl == 'ours' else a.official_chunk
-    cmd = [
-        sys.executable,
-        '-c',
-        'import sys; from vpmel.bench import _bench_worker; sys.exit(_bench_worker(sys.argv[1:]))',
-        impl,
-        str(a.entities),
-        str(a.queries),
-        str(chunk),
-        str(a.seed),
-        str(a.threads),
-        str(a.candidates),
-        str(a.shards),
-        out,
-    ]
+    code = 'import sys; from vpmel.bench import _bench_worker; sys.exit(_bench_worker(sys.argv[1:]))'
+    cmd = [sys.executable, '-c', code, impl, str(a.entities), str(a.queries), str(chunk), str(a.seed), str(a.threads),
+           str(a.candidates), str(a.shards), out]
     env = dict(os.environ)
     env.setdefault('MALLOC_MMAP_THRESHOLD_', str(1 << 20))   # large blocks go back to the OS when freed (both runs)
     r = subprocess.run(cmd, env=env, stderr=subprocess.PIPE, text=True)
@@ -163,19 +177,6 @@ def _agreement(a: dict, b: dict, tol: float = 1e-3) -> dict:
             'topk_max_score_diff': float(np.abs(as_ - bs).max()),
             'ranks_equal_frac': float(np.mean(np.array(a['ranks']) == np.array(b['ranks'])))}
 
-class BenchError(VpmelError, ValueError):
-    "A benchmark that cannot run as asked: a number out of range, or a run that failed."
-
-_BENCH_MIN = {'entities': 1, 'queries': 1, 'chunk': 1, 'official_chunk': 1, 'candidates': 1, 'shards': 1, 'threads': 0}
-
-def _check_bench_args(a):
-    "One-line `BenchError`s for numbers `vpmel bench rank` cannot run with (argparse checked their type)."
-    for k, lo in _BENCH_MIN.items():
-        if getattr(a, k) < lo: raise BenchError(f"--{k.replace('_', '-')} must be at least {lo}, got {getattr(a, k)}")
-    if a.two_stage and min(a.candidates, a.entities) < 20:
-        raise BenchError(f'--two-stage keeps the top 20, so --candidates and --entities must be at least 20, '
-                         f'got {a.candidates} and {a.entities}')
-
 # %% ../nbs/36_bench.ipynb #35376ee2
 RANK_ABOUT = ('`vpmel bench rank`: time full-KB ranking (ours, and with --official the official algorithm '
               're-implemented) and print JSON.')
@@ -186,28 +187,44 @@ def rank_parser() -> CommandParser:
     p.add_argument('--entities', type=int, default=12000,
                    help='KB size (VPWiki has 137,460 entities: --entities 137460)')
     p.add_argument('--queries', type=int, default=40, help='number of mentions')
-    p.add_argument(
-        '--official',
-        action='store_true',
-        help='also run the official algorithm (re-implemented, `official_rank`) and compare',
-    )
+    p.add_argument('--official', action='store_true',
+                   help='also run the official algorithm (re-implemented, `official_rank`) and compare')
     p.add_argument('--chunk', type=int, default=8192, help='entity chunk size of our ranking')
-    p.add_argument(
-        '--official-chunk', type=int, default=6000, help="the official run's entity chunk (its eval_chunk_size)"
-    )
-    p.add_argument(
-        '--two-stage',
-        action='store_true',
-        help='also run two-stage ranking (faiss first stage + exact rerank) and compare with ours',
-    )
+    p.add_argument('--official-chunk', type=int, default=6000,
+                   help="the official run's entity chunk (its eval_chunk_size)")
+    p.add_argument('--two-stage', action='store_true',
+                   help='also run two-stage ranking (faiss first stage + exact rerank) and compare with ours')
     p.add_argument('--first-stage', default='fp16', choices=FIRST_STAGES, help='the first stage index of --two-stage')
     p.add_argument('--candidates', type=int, default=100, help='first-stage candidates reranked by --two-stage')
-    p.add_argument(
-        '--shards', type=int, default=1, help='split the first-stage scan over this many threads (--two-stage)'
-    )
+    p.add_argument('--shards', type=int, default=1,
+                   help='split the first-stage scan over this many threads (--two-stage)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--threads', type=int, default=1, help='torch threads per run (0: torch default)')
     return p
+
+# %% ../nbs/36_bench.ipynb #246f9d2f
+def _two_stage_vs_exact(out: dict, res: dict, a):
+    "Add to `out` what two-stage ranking did beside exact ranking (and beside the official one, when it ran)."
+    t, o = res['two_stage'], res['ours']
+    out['two_stage'].update(
+        {k: t[k] for k in ('index_seconds', 'one_mention_ms', 'candidates', 'shards')}, first_stage=a.first_stage
+    )
+    out['two_stage']['vs_exact'] = {
+        'top1_equal_frac': float(np.mean([x[0] == y[0] for x, y in zip(t['topk_indices'], o['topk_indices'])])),
+        'ranks_equal_frac': float(np.mean(np.array(t['ranks']) == np.array(o['ranks']))),
+    }
+    out['two_stage_speedup_over_ours'] = o['seconds'] / t['seconds']
+    if a.official: out['two_stage_speedup'] = res['official']['seconds'] / t['seconds']
+
+# %% ../nbs/36_bench.ipynb #55057b37
+def _ours_vs_official(out: dict, res: dict):
+    "Add to `out` the official run beside ours: time, CPU time, memory, and how their rankings agree."
+    o, f = res['ours'], res['official']
+    out['speedup'] = f['seconds'] / o['seconds']
+    out['cpu_speedup'] = (f['cpu_user_s'] + f['cpu_sys_s']) / (o['cpu_user_s'] + o['cpu_sys_s'])
+    out['peak_rss_ratio'] = f['peak_rss_mb'] / o['peak_rss_mb']
+    out['peak_above_baseline_ratio'] = f['peak_above_baseline_mb'] / max(o['peak_above_baseline_mb'], 1e-9)
+    out.update(_agreement(o, f))
 
 # %% ../nbs/36_bench.ipynb #114fb125
 def bench_rank(argv: list[str]) -> int:
@@ -225,24 +242,8 @@ def bench_rank(argv: list[str]) -> int:
         out[k] = {x: r[x] for x in ('seconds', 'cpu_user_s', 'cpu_sys_s', 'entities_per_s', 'pairs_per_s',
                                     'peak_rss_mb', 'baseline_rss_mb', 'peak_above_baseline_mb', 'threads')}
         out[k]['metrics_on_random_features'] = mel_metrics(r['ranks'])
-    if a.two_stage:
-        t, o = res['two_stage'], res['ours']
-        out['two_stage'].update(
-            {k: t[k] for k in ('index_seconds', 'one_mention_ms', 'candidates', 'shards')}, first_stage=a.first_stage
-        )
-        out['two_stage']['vs_exact'] = {
-            'top1_equal_frac': float(np.mean([x[0] == y[0] for x, y in zip(t['topk_indices'], o['topk_indices'])])),
-            'ranks_equal_frac': float(np.mean(np.array(t['ranks']) == np.array(o['ranks']))),
-        }
-        out['two_stage_speedup_over_ours'] = o['seconds'] / t['seconds']
-        if a.official: out['two_stage_speedup'] = res['official']['seconds'] / t['seconds']
-    if a.official:
-        o, f = res['ours'], res['official']
-        out['speedup'] = f['seconds'] / o['seconds']
-        out['cpu_speedup'] = (f['cpu_user_s'] + f['cpu_sys_s']) / (o['cpu_user_s'] + o['cpu_sys_s'])
-        out['peak_rss_ratio'] = f['peak_rss_mb'] / o['peak_rss_mb']
-        out['peak_above_baseline_ratio'] = f['peak_above_baseline_mb'] / max(o['peak_above_baseline_mb'], 1e-9)
-        out.update(_agreement(o, f))
+    if a.two_stage: _two_stage_vs_exact(out, res, a)
+    if a.official: _ours_vs_official(out, res)
     print(json.dumps(out, indent=1))
     return 0
 
@@ -254,6 +255,7 @@ def _random_side(model: IIER, B: int, g: torch.Generator) -> dict:
     return {'input_ids': ids['input_ids'], 'attention_mask': ids['attention_mask'],
             'pixel_values': torch.randn(B, 3, S, S, generator=g), 'index': torch.arange(B)}
 
+# %% ../nbs/36_bench.ipynb #85b3e968
 def _timed_turns(steps: dict[str, Callable[[], object]], warmup: int, n: int, cuda: bool = False) -> dict[str, dict]:
     """Time each step function in turns: `warmup` untimed rounds, then `n` rounds of one step of each, so that a change
     of load on a shared machine falls on every regime alike. Per regime: the seconds of each timed step and, on a GPU,
@@ -275,21 +277,47 @@ def _timed_turns(steps: dict[str, Callable[[], object]], warmup: int, n: int, cu
 # %% ../nbs/36_bench.ipynb #8baae35a
 def train_parser() -> argparse.ArgumentParser:
     "The options of `vpmel bench train`."
-    p = argparse.ArgumentParser(
-        prog='vpmel bench train', description='Time IIER training steps (random weights and inputs).'
-    )
+    p = argparse.ArgumentParser(prog='vpmel bench train',
+                                description='Time IIER training steps (random weights and inputs).')
     p.add_argument('--preset', default='cpu', choices=sorted(PRESETS))
     p.add_argument('--batch-size', type=int, default=16)
     p.add_argument('--steps', type=int, default=5)
     p.add_argument('--warmup', type=int, default=1)
     p.add_argument('--threads', type=int, default=None)
-    p.add_argument(
-        '--official',
-        action='store_true',
-        help="also time the official MIMIC/IIER step (HF CLIPModel of the same architecture, its matcher, "
-        "4-term loss, AdamW) on the same batch",
-    )
+    p.add_argument('--official', action='store_true',
+                   help="also time the official MIMIC/IIER step (HF CLIPModel of the same architecture, its matcher, "
+                   "4-term loss, AdamW) on the same batch")
     return p
+
+# %% ../nbs/36_bench.ipynb #ff79f84f
+def _regime_setup(preset_name: str, batch_size: int, frozen: bool, dev: str):
+    """One regime of `vpmel bench train`: the preset's IIER (random weights), its batch (the backbone's outputs when
+    `frozen`), the raw batch, the optimizer and the accelerator."""
+    cfg = preset(preset_name).model
+    cfg.encoder.pretrained = None
+    if cfg.encoder.clip_model.startswith('local-dir:'): cfg.encoder.clip_model = 'vpmel-tiny'
+    cfg.encoder.freeze_vision = cfg.encoder.freeze_text = frozen
+    torch.manual_seed(0)
+    model = IIER(cfg).to(dev).train()
+    g = torch.Generator().manual_seed(0)
+    batch = {'mention': _random_side(model, batch_size, g), 'entity': _random_side(model, batch_size, g)}
+    raw = batch = {s: {k: v.to(dev) for k, v in b.items()} for s, b in batch.items()}
+    if frozen:
+        with torch.no_grad():
+            batch = {s: {**model.encoder.backbone(b['input_ids'], b['attention_mask'], b['pixel_values']),
+                         'index': b['index']} for s, b in batch.items()}
+    return model, batch, raw, adamw(param_groups(model), lr=1e-4), make_accelerator('bf16')
+
+# %% ../nbs/36_bench.ipynb #cf2ea83a
+def _official_step(tuned: IIER, raw_batch: dict, dev: str):
+    "The official training step (chapter 23) on the very batch of the fine-tuned regime, and what the JSON says of it."
+    torch.manual_seed(0)
+    off = OfficialIIER.like(tuned).to(dev).train()
+    off_opt = official_optimizer(off)          # lr 1e-5, weight decay 1e-4, eps
+                                               # 1e-4, torch's default implementation
+    return partial(official_train_step, off, raw_batch, off_opt), {   # the very batch of `fine-tuned`
+        'trainable_params': sum(p.numel() for p in off.parameters() if p.requires_grad), 'mixed_precision': 'no',
+        'cls_layers': list(off.encoder.cls_layers), 'attn_implementation': off.encoder.clip.config._attn_implementation}
 
 # %% ../nbs/36_bench.ipynb #bd174979
 def bench_train(argv: list[str]) -> int:
@@ -303,33 +331,12 @@ def bench_train(argv: list[str]) -> int:
     steps, info = {}, {}
     def ours(model, batch, opt, acc): return lambda: train_step(model, batch, opt, acc=acc)
     for regime, frozen in (('fine-tuned', False), ('frozen-cached', True)):
-        cfg = preset(a.preset).model
-        cfg.encoder.pretrained = None
-        if cfg.encoder.clip_model.startswith('local-dir:'): cfg.encoder.clip_model = 'vpmel-tiny'
-        cfg.encoder.freeze_vision = cfg.encoder.freeze_text = frozen
-        torch.manual_seed(0)
-        model = IIER(cfg).to(dev).train()
-        g = torch.Generator().manual_seed(0)
-        batch = {'mention': _random_side(model, a.batch_size, g), 'entity': _random_side(model, a.batch_size, g)}
-        batch = {s: {k: v.to(dev) for k, v in b.items()} for s, b in batch.items()}
-        if not frozen: tuned, raw_batch = model, batch
-        if frozen:
-            with torch.no_grad():
-                batch = {s: {**model.encoder.backbone(b['input_ids'], b['attention_mask'], b['pixel_values']),
-                             'index': b['index']} for s, b in batch.items()}
-        opt, acc = adamw(param_groups(model), lr=1e-4), make_accelerator('bf16')
+        model, batch, raw, opt, acc = _regime_setup(a.preset, a.batch_size, frozen, dev)
+        if not frozen: tuned, raw_batch = model, raw
         steps[regime] = ours(model, batch, opt, acc)
         info[regime] = {'trainable_params': sum(p.numel() for p in model.parameters() if p.requires_grad),
                         'mixed_precision': acc.mixed_precision}
-    if a.official:
-        torch.manual_seed(0)
-        off = OfficialIIER.like(tuned).to(dev).train()
-        off_opt = official_optimizer(off)          # lr 1e-5, weight decay 1e-4, eps
-                                                   # 1e-4, torch's default implementation
-        steps['official'] = partial(official_train_step, off, raw_batch, off_opt)   # the very batch of `fine-tuned`
-        info['official'] = {'trainable_params': sum(p.numel() for p in off.parameters() if p.requires_grad),
-                            'mixed_precision': 'no', 'cls_layers': list(off.encoder.cls_layers),
-                            'attn_implementation': off.encoder.clip.config._attn_implementation}
+    if a.official: steps['official'], info['official'] = _official_step(tuned, raw_batch, dev)
     timed = _timed_turns(steps, a.warmup, a.steps, cuda=dev == 'cuda')
     for k, t in timed.items():
         s = sum(t['step_seconds'])
@@ -348,10 +355,9 @@ def _ms(xs) -> dict:
     return {k: round(float(v), 1)
             for k, v in (('median', np.median(xs)), ('p90', np.percentile(xs, 90)), ('max', xs.max()))}
 
-# %% ../nbs/36_bench.ipynb #b8c0e5a5
-def bench_explore(argv: list[str]) -> int:
-    """`vpmel bench explore RUN`: how fast the explorer answers a box change, and the gold-box vs other-box measurement,
-    as JSON."""
+# %% ../nbs/36_bench.ipynb #f1bd77ec
+def _explore_parser():
+    "The options of `vpmel bench explore`."
     import argparse
     p = argparse.ArgumentParser(prog='vpmel bench explore',
                                 description='Latency of the prompt explorer on a trained run (prints JSON).')
@@ -365,7 +371,28 @@ def bench_explore(argv: list[str]) -> int:
     p.add_argument('--candidates', type=int, default=None,
                    help=f'two-stage ranking with this many candidates (default: exact up to {EXACT_UP_TO:,} entities)')
     p.add_argument('--seed', type=int, default=0)
-    a = p.parse_args(argv)
+    return p
+
+# %% ../nbs/36_bench.ipynb #277b79b8
+def _time_box_changes(ex, app, split: str, changes: int, seed: int) -> tuple[list, list, list]:
+    "Seconds of `changes` mention changes, box changes (random boxes, seeded) and widget refreshes."
+    rng, n = np.random.default_rng(seed), len(ex.ds.splits[split])
+    mention_s, rank_s, refresh_s = [], [], []
+    for c in range(changes):
+        t = time.perf_counter(); ex.select(split, c % n); ex.rank(10); mention_s.append(time.perf_counter() - t)
+        w, h = ex.item.image.size
+        bw, bh = (int(rng.integers(max(2, s // 5), max(3, s // 2))) for s in (w, h))
+        x0, y0 = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
+        t = time.perf_counter()
+        ex.set_box((x0, y0, x0 + bw, y0 + bh)); ex.rank(10); rank_s.append(time.perf_counter() - t)
+        t = time.perf_counter(); app.set_box((x0, y0, x0 + bw, y0 + bh)); refresh_s.append(time.perf_counter() - t)
+    return mention_s, rank_s, refresh_s
+
+# %% ../nbs/36_bench.ipynb #b8c0e5a5
+def bench_explore(argv: list[str]) -> int:
+    """`vpmel bench explore RUN`: how fast the explorer answers a box change, and the gold-box vs other-box measurement,
+    as JSON."""
+    a = _explore_parser().parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     ex = PromptExplorer.from_run(a.run, a.data, candidates=a.candidates)   # no run: one line (chapter 37)
@@ -373,16 +400,8 @@ def bench_explore(argv: list[str]) -> int:
            'ranking': 'exact' if ex.first is None else f'two-stage ({ex.candidates} candidates)',
            'threads': torch.get_num_threads(), 'setup_s': round(time.perf_counter() - t0, 2)}
     from vpmel.explorer_app import ExplorerApp     # for now: the widgets' refresh is timed too
-    app, rng, n = ExplorerApp(ex), np.random.default_rng(a.seed), len(ex.ds.splits[a.split])
-    mention_s, rank_s, refresh_s = [], [], []
-    for c in range(a.changes):
-        t = time.perf_counter(); ex.select(a.split, c % n); ex.rank(10); mention_s.append(time.perf_counter() - t)
-        w, h = ex.item.image.size
-        bw, bh = (int(rng.integers(max(2, s // 5), max(3, s // 2))) for s in (w, h))
-        x0, y0 = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
-        t = time.perf_counter()
-        ex.set_box((x0, y0, x0 + bw, y0 + bh)); ex.rank(10); rank_s.append(time.perf_counter() - t)
-        t = time.perf_counter(); app.set_box((x0, y0, x0 + bw, y0 + bh)); refresh_s.append(time.perf_counter() - t)
+    app = ExplorerApp(ex)
+    mention_s, rank_s, refresh_s = _time_box_changes(ex, app, a.split, a.changes, a.seed)
     out['mention_change_ms'] = _ms(mention_s)   # a new mention: image read, caption through the text tower, top-10
     out['box_change_ms'] = _ms(rank_s)          # prompt drawn, image encoded, whole-KB scores, top-10 and gold rank
     out['widget_refresh_ms'] = _ms(refresh_s)   # the same through the widgets: + the prompted PNG + the HTML table
@@ -393,9 +412,9 @@ def bench_explore(argv: list[str]) -> int:
     print(json.dumps(out, indent=1))
     return 0
 
-# %% ../nbs/36_bench.ipynb #cf155efc
-def bench_ground(argv: list[str]) -> int:
-    "`vpmel bench ground SRC`: the grounding table of a MiniVPWiki MEL source (JSON lines, then a markdown table)."
+# %% ../nbs/36_bench.ipynb #5f5a171f
+def _ground_parser() -> CommandParser:
+    "The options of `vpmel bench ground`."
     ap = CommandParser(prog='vpmel bench ground',
                        description='Grounding accuracy of every grounder on a MEL source with true boxes.')
     ap.add_argument('source', nargs='?', default='data/minivpwiki-mel/cpu')
@@ -409,7 +428,12 @@ def bench_ground(argv: list[str]) -> int:
     ap.add_argument('--exclusive', type=float, nargs='*', default=[float('inf'), 0.1], metavar='MAX_LOSS',
                     help='kb-image: also ground the mentions of an image together, a row per max loss (none: skip)')
     ap.add_argument('--threads', type=int, default=None)
-    a = ap.parse_args(argv)
+    return ap
+
+# %% ../nbs/36_bench.ipynb #cf155efc
+def bench_ground(argv: list[str]) -> int:
+    "`vpmel bench ground SRC`: the grounding table of a MiniVPWiki MEL source (JSON lines, then a markdown table)."
+    a = _ground_parser().parse_args(argv)
     if a.threads:
         import torch; torch.set_num_threads(a.threads)
     rows = grounding_table(a.source, a.split, a.n, progress=True, exclusive=a.exclusive, names=a.grounders, clip=a.clip,

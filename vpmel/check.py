@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from fastcore.basics import patch
 from PIL import Image
 from .vpwiki import KB_FILE, QID2ID_FILE, SPLITS, UnsafePathError, is_nil, resolve_in_root
 
@@ -59,18 +60,20 @@ class CheckReport:
     @property
     def ok(self) -> bool: return not self.errors
 
-    def __str__(self):
-        lines = [f'Checked {self.path}']
-        for f, n in self.records.items(): lines.append(f'  {f}: {n} records')
-        if self.n_images: lines.append(f'  images decoded: {self.n_images}')
-        if self.n_nil: lines.append(f'  nil answers (skipped by loaders): {self.n_nil}')
-        order = {'error': 0, 'warning': 1, 'note': 2}
-        ps = sorted(self.problems, key=lambda p: order[p.severity])  # stable: file order kept within a severity
-        lines += [f'  {p}' for p in ps[:self.max_shown]]
-        if len(ps) > self.max_shown: lines.append(f'  ... and {len(ps) - self.max_shown} more problems')
-        ne, nw = len(self.errors), len(self.warnings)
-        lines.append(('OK' if self.ok else 'FAILED') + f': {ne} errors, {nw} warnings, {len(ps) - ne - nw} notes')
-        return '\n'.join(lines)
+# %% ../nbs/02_check.ipynb #0af235fb
+@patch
+def __str__(self: CheckReport):
+    lines = [f'Checked {self.path}']
+    for f, n in self.records.items(): lines.append(f'  {f}: {n} records')
+    if self.n_images: lines.append(f'  images decoded: {self.n_images}')
+    if self.n_nil: lines.append(f'  nil answers (skipped by loaders): {self.n_nil}')
+    order = {'error': 0, 'warning': 1, 'note': 2}
+    ps = sorted(self.problems, key=lambda p: order[p.severity])  # stable: file order kept within a severity
+    lines += [f'  {p}' for p in ps[:self.max_shown]]
+    if len(ps) > self.max_shown: lines.append(f'  ... and {len(ps) - self.max_shown} more problems')
+    ne, nw = len(self.errors), len(self.warnings)
+    lines.append(('OK' if self.ok else 'FAILED') + f': {ne} errors, {nw} warnings, {len(ps) - ne - nw} notes')
+    return '\n'.join(lines)
 
 # %% ../nbs/02_check.ipynb #b6783370
 def _is_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
@@ -85,6 +88,7 @@ def _record_label(d, i: int, int_ok: bool = True) -> str:
     idv = d.get('id') if isinstance(d, dict) else None
     return f'id {idv}' if (isinstance(idv, str) and idv.strip()) or (int_ok and _is_int(idv)) else f'#{i}'
 
+# %% ../nbs/02_check.ipynb #c3e43283
 def _read_json(path: Path, name: str, kind: type, rep: CheckReport):
     "Parse a JSON file whose top level must be a `kind`; problems go to `rep`, None is returned on failure."
     try: text = path.read_bytes().decode('utf-8')
@@ -94,13 +98,8 @@ def _read_json(path: Path, name: str, kind: type, rep: CheckReport):
     except json.JSONDecodeError as e:
         rep.add('error', name, None, None, f'malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}'); return None
     if not isinstance(obj, kind):
-        rep.add(
-            'error',
-            name,
-            None,
-            None,
-            f'top level must be a JSON {"list" if kind is list else "object"}, not {_tname(obj)}',
-        )
+        rep.add('error', name, None, None,
+                f'top level must be a JSON {"list" if kind is list else "object"}, not {_tname(obj)}')
         return None
     return obj
 
@@ -137,6 +136,7 @@ def check_mention(d, i: int, name: str, rep: CheckReport) -> str:
     _check_bbox(d.get('bbox'), name, rec, rep)
     return rec
 
+# %% ../nbs/02_check.ipynb #3a93d46c
 def _check_entity(d, i: int, name: str, rep: CheckReport) -> str:
     "Check one KB record's keys and types; returns its label."
     rec = _record_label(d, i, int_ok=False)
@@ -153,9 +153,9 @@ def _check_entity(d, i: int, name: str, rep: CheckReport) -> str:
     return rec
 
 # %% ../nbs/02_check.ipynb #1c38e338
-def _check_images(root: Path, items: list, rep: CheckReport, lone: bool, progress: bool = False):
-    """`items`: (file, record label, field, relative path, bbox or None); lone files skip image checks when no image is
-    there."""
+def _image_paths(root: Path, items: list, rep: CheckReport, lone: bool) -> list:
+    """The items whose path stays inside `root`, each with that path appended; for a lone split file, a file none of
+    whose images are there is noted once and its items are dropped."""
     safe, by_file = [], {}
     for f, rec, fld, rel, box in items:
         try: p = resolve_in_root(root, rel)
@@ -164,14 +164,16 @@ def _check_images(root: Path, items: list, rep: CheckReport, lone: bool, progres
     if lone:
         absent = {f for f, ps in by_file.items() if not any(p.exists() for p in ps)}
         for f in absent:
-            rep.add(
-                'note',
-                f,
-                None,
-                None,
-                f'none of its {len(by_file[f])} image paths exist under {root}: images not checked',
-            )
+            rep.add('note', f, None, None,
+                    f'none of its {len(by_file[f])} image paths exist under {root}: images not checked')
         safe = [t for t in safe if t[0] not in absent]
+    return safe
+
+# %% ../nbs/02_check.ipynb #e9cf141b
+def _check_images(root: Path, items: list, rep: CheckReport, lone: bool, progress: bool = False):
+    """`items`: (file, record label, field, relative path, bbox or None); lone files skip image checks when no image is
+    there."""
+    safe = _image_paths(root, items, rep, lone)
     seen: dict[Path, tuple[tuple[int, int] | None, str]] = {}
     it = safe
     if progress:
@@ -227,40 +229,20 @@ def _check_qid2id(root: Path, kb_ids: list, rep: CheckReport) -> set[str]:
         elif not 0 <= row < len(kb_ids):
             rep.add('error', QID2ID_FILE, f'id {qid}', qid, f'row {row} is outside the KB ({len(kb_ids)} entities)')
         elif kb_ids[row] != qid:
-            rep.add(
-                'error',
-                QID2ID_FILE,
-                f'id {qid}',
-                qid,
-                (
-                    f'row {row} holds entity {kb_ids[row]!r}, not {qid!r}'
-                    if kb_ids[row]
-                    else f'row {row} holds a record without a valid id'
-                ),
-            )
+            rep.add('error', QID2ID_FILE, f'id {qid}', qid,
+                    (f'row {row} holds entity {kb_ids[row]!r}, not {qid!r}' if kb_ids[row]
+                     else f'row {row} holds a record without a valid id'))
         else: valid.add(qid)
     unindexed = [q for q in known if q not in q2i]
     if unindexed:
-        rep.add(
-            'warning',
-            QID2ID_FILE,
-            None,
-            None,
-            f'{len(unindexed)} KB entities are not indexed (e.g. {sorted(unindexed)[:3]})',
-        )
+        rep.add('warning', QID2ID_FILE, None, None,
+                f'{len(unindexed)} KB entities are not indexed (e.g. {sorted(unindexed)[:3]})')
     return valid
 
 # %% ../nbs/02_check.ipynb #5dc03713
 def _valid_box(box) -> tuple | None:
-    return (
-        tuple(box)
-        if isinstance(box, list)
-        and len(box) == 4
-        and all(_is_int(x) for x in box)
-        and box[2] > box[0]
-        and box[3] > box[1]
-        else None
-    )
+    return (tuple(box) if isinstance(box, list) and len(box) == 4 and all(_is_int(x) for x in box)
+            and box[2] > box[0] and box[3] > box[1] else None)
 
 # %% ../nbs/02_check.ipynb #1a680b22
 def _check_split(root: Path, name: str, known: set[str] | None, rep: CheckReport, img_items: list):
@@ -280,23 +262,13 @@ def _check_split(root: Path, name: str, known: set[str] | None, rep: CheckReport
         ans = d.get('answer')
         if is_nil(ans): n_nil += 1
         elif isinstance(ans, str) and known is not None and ans not in known:
-            rep.add(
-                'error',
-                name,
-                rec,
-                'answer',
-                f'{ans!r} is not in the knowledge base' + (' index (qid2id)' if (root/QID2ID_FILE).exists() else ''),
-            )
+            rep.add('error', name, rec, 'answer', f'{ans!r} is not in the knowledge base'
+                    + (' index (qid2id)' if (root/QID2ID_FILE).exists() else ''))
         if isinstance(d.get('imgPath'), str) and d['imgPath']:
             img_items.append((name, rec, 'imgPath', d['imgPath'], _valid_box(d.get('bbox'))))
     if n_nil:
-        rep.add(
-            'warning',
-            name,
-            None,
-            'answer',
-            f'{n_nil} mentions have a nil answer: loaders skip them (as the official code does)',
-        )
+        rep.add('warning', name, None, 'answer',
+                f'{n_nil} mentions have a nil answer: loaders skip them (as the official code does)')
     rep.n_nil += n_nil
 
 # %% ../nbs/02_check.ipynb #5dc03714

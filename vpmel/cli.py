@@ -19,6 +19,7 @@ BENCH_COMMANDS = {  # benchmark: (module, function(argv) -> int, one-line help)
     'ground': ('vpmel.bench', 'bench_ground', 'grounding accuracy (IoU >= 0.5) of every grounder on a MEL source'),
 }
 
+# %% ../nbs/37_cli.ipynb #e55d31ff
 COMMANDS = {  # command: (module, function(argv) -> int, one-line help)
     'demo':          ('vpmel.demo', 'cli_demo',
                       'the main job: build MiniVPWiki, train IIER and ablations, print results'),
@@ -44,6 +45,7 @@ def one_line(e: BaseException) -> str:
     "An exception's message on one line (its own lines joined with ' | ')."
     return ' | '.join(l.strip() for l in str(e).splitlines() if l.strip()) or type(e).__name__
 
+# %% ../nbs/37_cli.ipynb #d894efb2
 def dispatch(table: dict, argv: list[str], prog: str) -> int:
     """Run the command `argv[0]` of `table` with the rest of `argv`; help and unknown commands are answered here.
     A `VpmelError` (bad input, a folder made by another config, weights to supply) becomes one line on stderr and
@@ -68,6 +70,7 @@ def dispatch(table: dict, argv: list[str], prog: str) -> int:
               file=sys.stderr)
         return 1
 
+# %% ../nbs/37_cli.ipynb #3f92d4f4
 def cli_bench(argv: list[str]) -> int:
     "`vpmel bench <what> ...`: run a benchmark of `BENCH_COMMANDS`."
     return dispatch(BENCH_COMMANDS, argv, 'vpmel bench')

@@ -9,6 +9,8 @@ from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from typing import Callable
 
+from fastcore.basics import patch
+
 from .files import VpmelError, files_fingerprint, fingerprint, flat_record
 from .vpwiki import MELDataset
 from .encoders import EncoderConfig
@@ -51,53 +53,45 @@ class RunConfig:
         if isinstance(self.model, dict): self.model = IIERConfig.from_json(self.model)
         if isinstance(self.train, dict): self.train = TrainConfig(**self.train)
 
-    def to_json(self) -> dict: return {**asdict(self), 'model': self.model.to_json(), 'train': asdict(self.train)}
-    @classmethod
-    def from_json(cls, d: dict) -> RunConfig: return cls(**d)
+# %% ../nbs/19_config.ipynb #cd8e9866
+@patch
+def to_json(self: RunConfig) -> dict:
+    return {**asdict(self), 'model': self.model.to_json(), 'train': asdict(self.train)}
+
+@patch(cls_method=True)
+def from_json(cls: RunConfig, d: dict) -> RunConfig: return cls(**d)
 
 # %% ../nbs/19_config.ipynb #c9b56563
 def _tiny_encoder(**kw) -> EncoderConfig:
     return EncoderConfig(**{'clip_model': 'vpmel-tiny', 'pretrained': None, 'dv': 96, 'dt': 96, **kw})
 
+# %% ../nbs/19_config.ipynb #ee71de01
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     'paper': lambda: RunConfig(
-        name='iier-paper',
-        data='data/vpwiki',
-        synth_preset=None,
+        name='iier-paper', data='data/vpwiki', synth_preset=None,
         model=IIERConfig(EncoderConfig('ViT-B-32', 'openai', 'paper', dv=96, dt=512, text_backend='clip')),
-        train=TrainConfig(
-            epochs=20, batch_size=128, lr=1e-5, seed=43, mixed_precision='bf16', num_workers=8, fused_adamw=True
-        ),
+        train=TrainConfig(epochs=20, batch_size=128, lr=1e-5, seed=43, mixed_precision='bf16', num_workers=8,
+                          fused_adamw=True),
         image_choice='first',
     ),
     'cpu': lambda: RunConfig(
-        name='iier-cpu',
-        data='data/minivpwiki/cpu',
-        synth_preset='cpu',
-        clip_pretrain_steps=600,
+        name='iier-cpu', data='data/minivpwiki/cpu', synth_preset='cpu', clip_pretrain_steps=600,
         clip_scene_fraction=0.5,
         model=IIERConfig(
             _tiny_encoder(text_backend='minilm', text_pool='mean', freeze_text=True, freeze_vision=True), loss_scale=0.1
         ),
-        train=TrainConfig(
-            epochs=6,
-            batch_size=64,
-            lr=1e-3,
-            patience=3,
-            seed=0,
-            lr_by_prefix={'encoder.visual.': 1e-4, 'encoder.text.': 1e-4},
-        ),
+        train=TrainConfig(epochs=6, batch_size=64, lr=1e-3, patience=3, seed=0,
+                          lr_by_prefix={'encoder.visual.': 1e-4, 'encoder.text.': 1e-4}),
         dev_mentions=200,
     ),
     'tiny': lambda: RunConfig(
-        name='iier-tiny',
-        data='data/minivpwiki/tiny',
-        synth_preset='tiny',
+        name='iier-tiny', data='data/minivpwiki/tiny', synth_preset='tiny',
         model=IIERConfig(_tiny_encoder(text_backend='clip', freeze_text=True)),
         train=TrainConfig(epochs=2, batch_size=16, lr=1e-3, patience=5, seed=0),
     ),
 }
 
+# %% ../nbs/19_config.ipynb #21b1ae65
 def preset(preset_name: str, **overrides) -> RunConfig:
     "A preset `RunConfig`, with top-level fields overridden."
     if preset_name not in PRESETS: raise KeyError(f'unknown preset {preset_name!r}; choose from {sorted(PRESETS)}')
@@ -122,6 +116,7 @@ ABLATIONS: dict[str, Callable[[RunConfig], None]] = {
                                      setattr(c, 'detective_shuffle', True)),
 }
 
+# %% ../nbs/19_config.ipynb #62f19299
 def ablate(cfg: RunConfig, name: str) -> RunConfig:
     "A copy of `cfg` with ablation `name` applied (its run name gets the ablation as suffix)."
     if name not in ABLATIONS: raise KeyError(f'unknown ablation {name!r}; choose from {sorted(ABLATIONS)}')
@@ -145,12 +140,14 @@ def effective_config(cfg: RunConfig) -> dict:
     if cfg.dev_ranking == 'exact': d.pop('dev_candidates')
     return d
 
+# %% ../nbs/19_config.ipynb #575776da
 def data_fingerprint(root) -> str:
     "A fingerprint of a dataset's JSON files (KB, ids, splits): what a run reads besides the images."
     return files_fingerprint(
         Path(root)/f for f in ('kb_entity.json', 'qid2id.json', 'train.json', 'dev.json', 'test.json')
     )
 
+# %% ../nbs/19_config.ipynb #fdcaf7ee
 def run_record(cfg: RunConfig, ds: MELDataset) -> dict:
     """What `train_run` records in its folder: the effective config, the data's fingerprint and the answers' if given as
     files."""
@@ -165,6 +162,7 @@ def _name_part(key: str, v) -> str:
     leaf, s = key.rsplit('.', 1)[-1], str(v)
     return f'{leaf}-{s}' if re.fullmatch(r'[A-Za-z0-9._]{1,24}', s) else f'{leaf}-{fingerprint(v)[:6]}'
 
+# %% ../nbs/19_config.ipynb #b8bf85b6
 def run_name(cfg: RunConfig, preset_name: str, ablation: str = 'iier') -> str:
     """The folder name of a run that its command names itself: `<preset>[-<ablation>]-seed<S>`, then each field that
     `cfg` changes from that preset and ablation (`-epochs-12`, `-prompt-ellipse`, `-data-3fa2c1` for a path)."""

@@ -19,12 +19,8 @@ from .construct import CONSTRUCT_FILE, ConstructConfig, construct, open_review
 __all__ = ['construct_parser', 'cli_construct', 'show_construction', 'plot_construct_stats', 'review_code', 'cli_review']
 
 # %% ../nbs/35_construct_cli.ipynb #09b016b5
-def construct_parser() -> CommandParser:
-    "The arguments of `vpmel construct`."
-    ap = CommandParser(prog='vpmel construct',
-                       description='Build VP-MEL data (VPWiki format) from MEL source(s) in MIMIC format.')
-    ap.add_argument('sources', nargs='+', help='MEL source folders (a second one gets the wk id prefix, as in VPWiki)')
-    ap.add_argument('--out', required=True)
+def _grounding_args(ap: CommandParser):
+    "The arguments of `vpmel construct` that choose the grounder, the review and which boxes are kept."
     ap.add_argument('--grounder', default='kb-image', choices=GROUNDERS)
     ap.add_argument('--clip', default=None,
                     help='kb-image: a CLIP folder in open_clip format (default: tiny CLIP pretrained on the KB)')
@@ -38,6 +34,10 @@ def construct_parser() -> CommandParser:
                     'the box without review, the suggested proposal with it)')
     ap.add_argument('--max-loss', type=float, default=0.1,
                     help='exclusive: how far below its best a free box may score (raw score)')
+
+# %% ../nbs/35_construct_cli.ipynb #fa072706
+def _drawing_args(ap: CommandParser):
+    "The arguments of `vpmel construct` that draw the prompt, split the data and run the command."
     ap.add_argument('--style', default='rect', choices=PROMPT_STYLES)
     ap.add_argument('--width', type=int, default=None, help='prompt line width (default: scaled to the image)')
     ap.add_argument('--mask-mentions', action='store_true', help='also replace the mention words in the sentence')
@@ -48,6 +48,16 @@ def construct_parser() -> CommandParser:
     ap.add_argument('--fresh', action='store_true', help='start OUT again when another config or other sources made it '
                     '(its proposals and review decisions are lost)')
     ap.add_argument('--quiet', action='store_true')
+
+# %% ../nbs/35_construct_cli.ipynb #5ff45f54
+def construct_parser() -> CommandParser:
+    "The arguments of `vpmel construct`."
+    ap = CommandParser(prog='vpmel construct',
+                       description='Build VP-MEL data (VPWiki format) from MEL source(s) in MIMIC format.')
+    ap.add_argument('sources', nargs='+', help='MEL source folders (a second one gets the wk id prefix, as in VPWiki)')
+    ap.add_argument('--out', required=True)
+    _grounding_args(ap)
+    _drawing_args(ap)
     return ap
 
 # %% ../nbs/35_construct_cli.ipynb #f27c250e
@@ -98,6 +108,16 @@ def show_construction(out, ids: Sequence[str] | None = None, n: int = 4, top: in
     return fig
 
 # %% ../nbs/35_construct_cli.ipynb #f0a4917e
+def _box_shares(ds) -> list[float]:
+    "Each mention's box area as a share of its image's area."
+    fr = []
+    for v in ds.splits.values():
+        for m in v:
+            with Image.open(ds.path(m.img_path)) as im: W, H = im.size
+            fr.append(box_area(m.bbox) / (W * H))
+    return fr
+
+# %% ../nbs/35_construct_cli.ipynb #caade369
 def plot_construct_stats(out):
     "Figure: mentions per source and split, drop reasons, box sizes, entity types of a constructed dataset."
     import matplotlib.pyplot as plt, seaborn as sns
@@ -116,12 +136,7 @@ def plot_construct_stats(out):
     d = s.get('dropped', {}) | {'nil answer': s.get('nil_dropped', 0)}
     axs[1].barh(list(d), list(d.values()), color='grey')
     axs[1].set_title('dropped, by reason'); axs[1].tick_params(labelsize=7)
-    fr = []
-    for v in ds.splits.values():
-        for m in v:
-            with Image.open(ds.path(m.img_path)) as im: W, H = im.size
-            fr.append(box_area(m.bbox) / (W * H))
-    sns.histplot(fr, bins=30, ax=axs[2]); axs[2].set_title('box area / image area'); axs[2].set_xlabel('')
+    sns.histplot(_box_shares(ds), bins=30, ax=axs[2]); axs[2].set_title('box area / image area'); axs[2].set_xlabel('')
     ty = Counter(ds.entity(m.answer).type or '?' for v in ds.splits.values() for m in v)
     axs[3].barh(list(ty), list(ty.values())); axs[3].set_title('answer entity types'); axs[3].tick_params(labelsize=7)
     fig.tight_layout()
@@ -133,6 +148,7 @@ def review_code(out) -> str:
     return ('from vpmel.review_app import ReviewApp\nfrom vpmel.construct import open_review\n'
             f'ReviewApp(open_review({str(Path(out).resolve())!r})).widget')
 
+# %% ../nbs/35_construct_cli.ipynb #48245787
 def cli_review(argv: list[str] | None = None) -> int:
     "`vpmel review OUT`: the review widget of a construction waiting for review, as a web page (Voilà) on localhost."
     from vpmel.widgets import serve_voila

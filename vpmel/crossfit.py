@@ -37,6 +37,7 @@ def clip_record(clip_dir: str | Path | None) -> dict | None:
     d = Path(clip_dir)
     return {'name': d.name, 'files': files_fingerprint([d/CLIP_CONFIG_FILE, d/CLIP_WEIGHTS_FILE])}
 
+# %% ../nbs/17_crossfit.ipynb #74e98b9a
 def checkpoint_fingerprint(ckpt: str | Path) -> str:
     """A fingerprint of a model folder's files (their bytes; size and modification time for files over 256 MB), less
     what the commands add to it (`made_by.json`, `history.json`, answers, temporary folders). A hub id is itself."""
@@ -51,6 +52,7 @@ def checkpoint_fingerprint(ckpt: str | Path) -> str:
         parts.append([rel.as_posix(), files_fingerprint([f]) if small else [st.st_size, st.st_mtime_ns]])
     return fingerprint(parts)
 
+# %% ../nbs/17_crossfit.ipynb #79c4d5e3
 def caption_folds(examples: Sequence[DetectiveExample], k: int) -> list[list[DetectiveExample]]:
     """`examples` in `k` folds, all mentions of one caption (one scene) in the same fold. Split mention by mention, a
     fold's Detective would have been trained on the other mentions of the very scene it answers about, and writes
@@ -68,6 +70,7 @@ def preset_cfgs(preset: str, clip_dir, seed: int):
     tcfg.seed = seed
     return mcfg, tcfg
 
+# %% ../nbs/17_crossfit.ipynb #53c55aa8
 def detective_record(ds: MELDataset, preset: str = 'cpu', clip_dir: str | Path | None = None, seed: int = 0,
                      cross_fit: int = 2, full_model: bool = True, batch_size: int = 64) -> dict:
     "What determines the Detectives and answers of `ensure_detective_answers`: preset (as coded), CLIP, seeds, data."
@@ -115,6 +118,7 @@ def training_data(ds: MELDataset, train: Sequence[DetectiveExample], cfg: Detect
     train = list(train) + (detective_kb_examples(ds, seed=cfg.seed) if cfg.kb_examples else [])
     return train, detective_examples(ds, 'dev')[:200] if 'dev' in ds.splits else []
 
+# %% ../nbs/17_crossfit.ipynb #9721599c
 def _detective_model(ck: Path, ds: MELDataset, train: Sequence[DetectiveExample], preset: str, clip_dir, seed: int,
                      progress: bool):
     """The Detective saved in `ck`, or a new one of `preset` trained on `train` (dev loss logged), its history written
@@ -128,6 +132,21 @@ def _detective_model(ck: Path, ds: MELDataset, train: Sequence[DetectiveExample]
     write_json_atomic(ck.parent/f'history_{ck.name}.json', hist)
     save_detective(model, proc, ck)
     return model, proc
+
+# %% ../nbs/17_crossfit.ipynb #2d08e240
+def _answer_splits(ds: MELDataset, out: Path, model, proc, folds: list, fold_model, batch_size: int,
+                   progress: bool) -> dict:
+    """Answer every split into `out/answers_<split>.jsonl` (the training split's folds first, each by `fold_model(i)`,
+    then by `model` what is left) and score each split against the gold entities."""
+    scores = {}
+    for split in ds.splits:
+        ex = detective_examples(ds, split)
+        if split == 'train':
+            for i, fold in enumerate(folds):
+                generate_split(*fold_model(i), fold, out/'answers_train.jsonl', batch_size, progress=progress)
+        ans = generate_split(model, proc, ex, out/f'answers_{split}.jsonl', batch_size, progress=progress)
+        scores[split] = detective_metrics(ans, ex)
+    return scores
 
 # %% ../nbs/17_crossfit.ipynb #e1ebd7d2
 def ensure_detective_answers(ds: MELDataset, preset: str = 'cpu', clip_dir: str | Path | None = None, seed: int = 0,
@@ -149,14 +168,7 @@ def ensure_detective_answers(ds: MELDataset, preset: str = 'cpu', clip_dir: str 
         return fold_models[i]
     model, proc = (_detective_model(out/'model', ds, train, preset, clip_dir, seed, progress) if full_model
                    else fold_model(0))
-    scores = {}
-    for split in ds.splits:
-        ex = detective_examples(ds, split)
-        if split == 'train':
-            for i, fold in enumerate(folds):
-                generate_split(*fold_model(i), fold, out/'answers_train.jsonl', batch_size, progress=progress)
-        ans = generate_split(model, proc, ex, out/f'answers_{split}.jsonl', batch_size, progress=progress)
-        scores[split] = detective_metrics(ans, ex)
+    scores = _answer_splits(ds, out, model, proc, folds, fold_model, batch_size, progress)
     write_json_atomic(out/'metrics.json', scores, indent=1)
     return out
 

@@ -17,7 +17,7 @@ from .runs import train_run
 from .detective_training import DETECTIVE_PRESETS
 
 # %% auto #0
-__all__ = ['DEFAULT_ABLATIONS', 'DETECTIVE_ABLATIONS', 'TABLE_METRICS', 'run_demo', 'summarise', 'format_table', 'plot_demo',
+__all__ = ['DEFAULT_ABLATIONS', 'DETECTIVE_ABLATIONS', 'TABLE_METRICS', 'summarise', 'format_table', 'run_demo', 'plot_demo',
            'cli_demo', 'mention_figure']
 
 # %% ../nbs/24_demo.ipynb #fcbb8c87
@@ -25,6 +25,27 @@ DEFAULT_ABLATIONS = ('iier', 'no-prompt', 'deep-only')
 DETECTIVE_ABLATIONS = ('iier', 'no-prompt', 'detective', 'shuffled-detective')   # `vpmel demo --detective`
 TABLE_METRICS = ('H@1', 'H@3', 'H@5', 'H@10', 'H@20', 'MR', 'MRR')
 
+# %% ../nbs/24_demo.ipynb #0c3139ac
+def summarise(runs: dict) -> dict:
+    "`{ablation: {metric: (mean, std)}}` over seeds, from `{(ablation, seed): train_run summary}`."
+    table = {}
+    for ab in dict.fromkeys(a for a, _ in runs):
+        vals = {k: [r['test'][k] for (a, _), r in runs.items() if a == ab] for k in TABLE_METRICS}
+        table[ab] = {k: (float(np.mean(v)), float(np.std(v))) for k, v in vals.items()}
+    return table
+
+# %% ../nbs/24_demo.ipynb #2a0d9c89
+def format_table(table: dict) -> str:
+    "A plain-text results table (mean ± std over seeds)."
+    w = max([16, *(len(ab) + 2 for ab in table)])
+    head = f"{'model':<{w}}" + ''.join(f'{k:>15}' for k in TABLE_METRICS)
+    rows = [
+        f'{ab:<{w}}' + ''.join(f'{m:>8.2f} ± {s:<4.1f}' for m, s in (v[k] for k in TABLE_METRICS))
+        for ab, v in table.items()
+    ]
+    return '\n'.join([head, *rows])
+
+# %% ../nbs/24_demo.ipynb #bfc83645
 def run_demo(out_root='runs', preset_name: str = 'cpu', seeds: Sequence[int] = (0,),
              ablations: Sequence[str] = DEFAULT_ABLATIONS, progress: bool = True, epochs: int | None = None,
              **overrides) -> dict:
@@ -47,24 +68,6 @@ def run_demo(out_root='runs', preset_name: str = 'cpu', seeds: Sequence[int] = (
     try: plot_demo(out_root, runs, table, out)
     except Exception as e: print(f'(plots skipped: {e})')
     return res
-
-def summarise(runs: dict) -> dict:
-    "`{ablation: {metric: (mean, std)}}` over seeds, from `{(ablation, seed): train_run summary}`."
-    table = {}
-    for ab in dict.fromkeys(a for a, _ in runs):
-        vals = {k: [r['test'][k] for (a, _), r in runs.items() if a == ab] for k in TABLE_METRICS}
-        table[ab] = {k: (float(np.mean(v)), float(np.std(v))) for k, v in vals.items()}
-    return table
-
-def format_table(table: dict) -> str:
-    "A plain-text results table (mean ± std over seeds)."
-    w = max([16, *(len(ab) + 2 for ab in table)])
-    head = f"{'model':<{w}}" + ''.join(f'{k:>15}' for k in TABLE_METRICS)
-    rows = [
-        f'{ab:<{w}}' + ''.join(f'{m:>8.2f} ± {s:<4.1f}' for m, s in (v[k] for k in TABLE_METRICS))
-        for ab, v in table.items()
-    ]
-    return '\n'.join([head, *rows])
 
 # %% ../nbs/24_demo.ipynb #e5ab04c9
 def plot_demo(out_root, runs: dict, table: dict, out_dir) -> list[Path]:
@@ -100,20 +103,15 @@ def _in_notebook() -> bool:
 # %% ../nbs/24_demo.ipynb #c4be3423
 def cli_demo(argv: list[str]) -> int:
     "`vpmel demo`: the main job (README's first command)."
-    p = argparse.ArgumentParser(
-        prog='vpmel demo', description='Build MiniVPWiki, train IIER and ablations, print a results table.'
-    )
+    p = argparse.ArgumentParser(prog='vpmel demo',
+                                description='Build MiniVPWiki, train IIER and ablations, print a results table.')
     p.add_argument('--preset', default='cpu', choices=sorted(PRESETS))
     p.add_argument('--seeds', type=int, nargs='+', default=[0])
     p.add_argument('--ablations', nargs='+', default=None, choices=sorted(ABLATIONS),
                    help=f"default: {' '.join(DEFAULT_ABLATIONS)}; with --detective: {' '.join(DETECTIVE_ABLATIONS)}")
     p.add_argument('--epochs', type=int, default=None, help="training epochs of every run (default: the preset's)")
-    p.add_argument(
-        '--detective',
-        action='store_true',
-        help='add the Detective step: train the offline Detective-VLM, '
-        'then IIER with its answers and the shuffled control',
-    )
+    p.add_argument('--detective', action='store_true', help='add the Detective step: train the offline Detective-VLM, '
+                   'then IIER with its answers and the shuffled control')
     p.add_argument('--detective-preset', default='demo', choices=sorted(DETECTIVE_PRESETS),
                    help="the offline Detective: 'demo' (default; two half-data Detectives answer every split, fits the "
                         "15-minute demo) or 'cpu' (the strong one of chapter 15, plus two for the training split: "
@@ -123,11 +121,8 @@ def cli_demo(argv: list[str]) -> int:
     a = p.parse_args(argv)
     abl = a.ablations or list(DETECTIVE_ABLATIONS[:2] if a.detective else DEFAULT_ABLATIONS)
     abl = list(dict.fromkeys(abl + (['detective', 'shuffled-detective'] if a.detective else [])))
-    det = (
-        dict(detective_preset=a.detective_preset, detective_full_model=a.detective_preset != 'demo')
-        if a.detective
-        else {}
-    )
+    det = (dict(detective_preset=a.detective_preset, detective_full_model=a.detective_preset != 'demo') if a.detective
+           else {})
     res = run_demo(a.out, a.preset, a.seeds, abl, progress=not a.quiet, epochs=a.epochs, **det)
     print(f"\nMiniVPWiki test split, whole-KB ranking ({len(a.seeds)} seed(s), mean ± std):\n")
     print(format_table(res['table']))

@@ -21,7 +21,7 @@ from .pretrain import clip_vision_state_dict
 __all__ = ['QUESTION', 'SENTENCE_TAG', 'CHAT_TOKENS', 'EOS_TOKEN', 'PAD_TOKEN', 'UNK_TOKEN', 'TINY_BACKENDS', 'PRETRAINED',
            'LORA_TARGET', 'PROJECTORS', 'VISION_TOWERS', 'PROMPT_VIEWS', 'detective_prompt', 'prompt_caption',
            'detective_target', 'DetectiveExample', 'DetectiveDataError', 'detective_examples', 'detective_kb_examples',
-           'train_word_tokenizer', 'detective_corpus', 'TinyVLMConfig', 'build_tiny_detective', 'CheckpointError',
+           'detective_corpus', 'train_word_tokenizer', 'TinyVLMConfig', 'CheckpointError', 'build_tiny_detective',
            'add_lora', 'is_peft', 'chat', 'prompt_view', 'detective_view', 'rename_entity', 'names_by_type',
            'DetectiveCollate']
 
@@ -57,6 +57,7 @@ class DetectiveExample:
 class DetectiveDataError(VpmelError, ValueError):
     "A dataset the Detective cannot use as it is: a split it lacks, a mention whose answer is not in the KB."
 
+# %% ../nbs/14_detective.ipynb #990a6bfa
 def detective_examples(ds: MELDataset, split: str) -> list[DetectiveExample]:
     "Instruction examples for every mention of `split` (image paths resolved safely inside the data root)."
     f = Path(ds.root)/f'{split}.json'
@@ -96,6 +97,13 @@ def detective_kb_examples(ds: MELDataset, max_names: int = 3, same_type: float =
                                         detective_target(e.type, e.entity_name), e.type, e.entity_name))
     return out
 
+# %% ../nbs/14_detective.ipynb #e0392b98
+def detective_corpus(ds: MELDataset, split: str = 'train') -> list[str]:
+    "Texts to train the offline tokenizer on: the question, `split`'s prompts and answers, the KB's names and types."
+    ex = detective_examples(ds, split)
+    return [QUESTION, detective_target('x', 'y')] + [e.prompt for e in ex] + [e.target for e in ex] + \
+           [e.entity_name for e in ds.kb] + [e.type for e in ds.kb if e.type]
+
 # %% ../nbs/14_detective.ipynb #4547285f
 CHAT_TOKENS = ['<|user|>', '<|assistant|>']
 EOS_TOKEN, PAD_TOKEN, UNK_TOKEN = '<|end|>', '<pad>', '<unk>'
@@ -113,12 +121,6 @@ def train_word_tokenizer(texts, special_tokens: Sequence[str] = ('<image>',), mi
                             trainers.WordLevelTrainer(special_tokens=specials, min_frequency=min_frequency))
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD_TOKEN, unk_token=UNK_TOKEN, eos_token=EOS_TOKEN,
                                    additional_special_tokens=CHAT_TOKENS + list(special_tokens))
-
-def detective_corpus(ds: MELDataset, split: str = 'train') -> list[str]:
-    "Texts to train the offline tokenizer on: the question, `split`'s prompts and answers, the KB's names and types."
-    ex = detective_examples(ds, split)
-    return [QUESTION, detective_target('x', 'y')] + [e.prompt for e in ex] + [e.target for e in ex] + \
-           [e.entity_name for e in ds.kb] + [e.type for e in ds.kb if e.type]
 
 # %% ../nbs/14_detective.ipynb #0ba5ef23
 _TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}<|user|>{% else %}<|assistant|>{% endif %}"
@@ -139,6 +141,7 @@ TINY_BACKENDS = {
 PRETRAINED = {'llava': 'llava-hf/llava-1.5-7b-hf', 'qwen2_vl': 'Qwen/Qwen2-VL-2B-Instruct',
               'idefics3': 'HuggingFaceTB/SmolVLM-256M-Instruct'}
 
+# %% ../nbs/14_detective.ipynb #94794fea
 @dataclass
 class TinyVLMConfig:
     "Size of an offline Detective built from configs."
@@ -156,6 +159,18 @@ class TinyVLMConfig:
                                          # (size + weights)
     prompt_view: str = 'full'            # 'full' (the paper: the whole prompted image) or 'zoom' (the red box,
                                          # enlarged)
+
+# %% ../nbs/14_detective.ipynb #b1447c1c
+def _tiny_configs(cfg: TinyVLMConfig, tok) -> tuple[dict, dict]:
+    "The config arguments of a tiny Detective's decoder (`text`) and vision tower (`vision`), for `tok`'s vocabulary."
+    text = dict(vocab_size=len(tok), hidden_size=cfg.hidden, intermediate_size=2 * cfg.hidden,
+                num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
+                max_position_embeddings=1024, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                bos_token_id=None, tie_word_embeddings=cfg.tie_embeddings)
+    vision = dict(hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_mlp_ratio * cfg.vision_hidden,
+                  num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.heads, image_size=cfg.image_size,
+                  patch_size=cfg.patch_size, hidden_act=cfg.vision_act)
+    return text, vision
 
 # %% ../nbs/14_detective.ipynb #1a67ba0b
 def _tiny_llava(cfg: TinyVLMConfig, tok, text: dict, vision: dict, template: str, clip=None):
@@ -175,6 +190,7 @@ def _tiny_llava(cfg: TinyVLMConfig, tok, text: dict, vision: dict, template: str
                                     vision_feature_select_strategy='default', num_additional_image_tokens=1,
                                     chat_template=template)
 
+# %% ../nbs/14_detective.ipynb #e621e305
 def _tiny_qwen2_vl(cfg: TinyVLMConfig, tok, text: dict, vision: dict, template: str, clip=None):
     "Qwen2-VL: its own ViT with 2x2 patch merging, a decoder with multimodal rotary positions (time, height, width)."
     import transformers as tf
@@ -191,6 +207,7 @@ def _tiny_qwen2_vl(cfg: TinyVLMConfig, tok, text: dict, vision: dict, template: 
             tf.Qwen2VLProcessor(image_processor=ip, tokenizer=tok, video_processor=tf.Qwen2VLVideoProcessor(),
                                 chat_template=template))
 
+# %% ../nbs/14_detective.ipynb #5e611c5c
 def _tiny_idefics3(cfg: TinyVLMConfig, tok, text: dict, vision: dict, template: str, clip=None):
     "Idefics3 (the architecture of SmolVLM): a SigLIP-style ViT, pixel shuffle (scale 2), a Llama decoder."
     import transformers as tf
@@ -205,37 +222,6 @@ def _tiny_idefics3(cfg: TinyVLMConfig, tok, text: dict, vision: dict, template: 
                                  chat_template=template))
 
 _TINY_BUILDERS = {'llava': _tiny_llava, 'qwen2_vl': _tiny_qwen2_vl, 'idefics3': _tiny_idefics3}
-
-# %% ../nbs/14_detective.ipynb #1a67ba0c
-def build_tiny_detective(tokenizer_or_texts, backend: str = 'llava', cfg: TinyVLMConfig | None = None, seed: int = 0):
-    """A randomly initialised `(model, processor)` of `backend`'s class, built from configs (no download).
-    `tokenizer_or_texts`: texts to train a word-level tokenizer on, or a tokenizer made by `train_word_tokenizer`
-    with `TINY_BACKENDS[backend][0]` as special tokens."""
-    if backend not in TINY_BACKENDS: raise ValueError(f'unknown backend {backend!r}; choose from {list(TINY_BACKENDS)}')
-    cfg = cfg or TinyVLMConfig()
-    if cfg.vision_from_clip and backend != 'llava':
-        raise ValueError(f'vision_from_clip needs the llava backend (a CLIP vision tower), not {backend!r}')
-    specials, placeholder = TINY_BACKENDS[backend]
-    tok = (tokenizer_or_texts if hasattr(tokenizer_or_texts, 'convert_tokens_to_ids')
-           else train_word_tokenizer(tokenizer_or_texts, specials))
-    missing = [t for t in specials if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)]
-    if missing: raise ValueError(f'tokenizer lacks the special tokens {missing} needed by {backend}')
-    clip = None
-    if cfg.vision_from_clip: cfg, clip = _vision_cfg_from_clip(cfg)
-    text = dict(vocab_size=len(tok), hidden_size=cfg.hidden, intermediate_size=2 * cfg.hidden,
-                num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
-                max_position_embeddings=1024, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                bos_token_id=None, tie_word_embeddings=cfg.tie_embeddings)
-    vision = dict(hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_mlp_ratio * cfg.vision_hidden,
-                  num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.heads, image_size=cfg.image_size,
-                  patch_size=cfg.patch_size, hidden_act=cfg.vision_act)
-    torch.manual_seed(seed)
-    model, proc = _TINY_BUILDERS[backend](cfg, tok, text, vision, _TEMPLATE.replace('@IMAGE@', placeholder), clip)
-    model.config.prompt_view = cfg.prompt_view   # saved in config.json: generation sees what training saw
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.bos_token_id = None
-    return model, proc
 
 # %% ../nbs/14_detective.ipynb #1a67ba0d
 class CheckpointError(VpmelError, OSError):
@@ -257,6 +243,31 @@ def _vision_cfg_from_clip(cfg: TinyVLMConfig):
     return dataclasses.replace(cfg, image_size=v['image_size'], patch_size=v['patch_size'], vision_hidden=v['width'],
                                vision_layers=v['layers'], vision_mlp_ratio=int(v.get('mlp_ratio', 4)),
                                vision_act='quick_gelu' if mc.get('quick_gelu') else 'gelu'), clip
+
+# %% ../nbs/14_detective.ipynb #1a67ba0c
+def build_tiny_detective(tokenizer_or_texts, backend: str = 'llava', cfg: TinyVLMConfig | None = None, seed: int = 0):
+    """A randomly initialised `(model, processor)` of `backend`'s class, built from configs (no download).
+    `tokenizer_or_texts`: texts to train a word-level tokenizer on, or a tokenizer made by `train_word_tokenizer`
+    with `TINY_BACKENDS[backend][0]` as special tokens."""
+    if backend not in TINY_BACKENDS: raise ValueError(f'unknown backend {backend!r}; choose from {list(TINY_BACKENDS)}')
+    cfg = cfg or TinyVLMConfig()
+    if cfg.vision_from_clip and backend != 'llava':
+        raise ValueError(f'vision_from_clip needs the llava backend (a CLIP vision tower), not {backend!r}')
+    specials, placeholder = TINY_BACKENDS[backend]
+    tok = (tokenizer_or_texts if hasattr(tokenizer_or_texts, 'convert_tokens_to_ids')
+           else train_word_tokenizer(tokenizer_or_texts, specials))
+    missing = [t for t in specials if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)]
+    if missing: raise ValueError(f'tokenizer lacks the special tokens {missing} needed by {backend}')
+    clip = None
+    if cfg.vision_from_clip: cfg, clip = _vision_cfg_from_clip(cfg)
+    text, vision = _tiny_configs(cfg, tok)
+    torch.manual_seed(seed)
+    model, proc = _TINY_BUILDERS[backend](cfg, tok, text, vision, _TEMPLATE.replace('@IMAGE@', placeholder), clip)
+    model.config.prompt_view = cfg.prompt_view   # saved in config.json: generation sees what training saw
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.bos_token_id = None
+    return model, proc
 
 # %% ../nbs/14_detective.ipynb #84b93588
 LORA_TARGET = r'.*(language_model|text_model)\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)'
@@ -281,6 +292,7 @@ def chat(prompt: str, answer: str | None = None) -> list[dict]:
     if answer is not None: msgs.append({'role': 'assistant', 'content': [{'type': 'text', 'text': answer}]})
     return msgs
 
+# %% ../nbs/14_detective.ipynb #0c4c5667
 PROMPT_VIEWS = ('full', 'zoom')
 
 def prompt_view(img: Image.Image, view: str = 'full', margin: float = 0.1) -> Image.Image:

@@ -37,6 +37,7 @@ def _data(path) -> MELDataset:
         raise DetectiveDataError(f'{p}: the dataset does not load ({type(e).__name__}: {e}); `vpmel check {p}` lists '
                                  'its faults') from e
 
+# %% ../nbs/18_detective_cli.ipynb #7cef5910
 def _split_examples(ds: MELDataset, split: str, what: str, way_out: str | None = None) -> list[DetectiveExample]:
     "The examples of `split`; a `DetectiveDataError` when it is missing or empty (ending with `way_out`: other splits)."
     ex = detective_examples(ds, split)
@@ -92,14 +93,30 @@ def _train_record(a, ds: MELDataset, mcfg, tcfg) -> dict:
     return {'preset': a.preset, **base, 'vlm': vlm, 'train': dataclasses.asdict(tcfg),
             'data': dataset_record(ds, [s for s in ('train', 'dev') if s in ds.splits])}
 
-# %% ../nbs/18_detective_cli.ipynb #35049260
-def _cli_train(a) -> int:
-    ds = _data(a.data)
-    train = _split_examples(ds, 'train', 'train on', 'pass --data a dataset whose training split has mentions')
+# %% ../nbs/18_detective_cli.ipynb #03b93324
+def _train_cfgs(a):
+    "The model config and schedule of `vpmel detective train`: the preset's, with the command's overrides."
     mcfg, tcfg = preset_cfgs(a.preset, a.vision_from_clip, a.seed)
     for k in ('epochs', 'batch_size', 'lr', 'max_steps'):
         if getattr(a, k) is not None: setattr(tcfg, k, getattr(a, k))
     if a.view: mcfg.prompt_view = a.view
+    return mcfg, tcfg
+
+# %% ../nbs/18_detective_cli.ipynb #544e5d15
+def _train_model(a, ds: MELDataset, train: Sequence[DetectiveExample], mcfg, tcfg):
+    "(model, processor, history): the `--model` checkpoint with LoRA, or the offline tiny model, trained."
+    if a.model:
+        model, proc = load_detective(a.model, way_out='pass --model a complete model folder or a hub id')
+        model.config.prompt_view = mcfg.prompt_view if a.view else 'full'
+        model = add_lora(model, r=a.lora_r, alpha=2 * a.lora_r)
+    else: model, proc = build_tiny_detective(detective_corpus(ds), a.backend, mcfg, seed=a.seed)
+    return model, proc, train_detective(model, proc, *training_data(ds, train, tcfg), tcfg)
+
+# %% ../nbs/18_detective_cli.ipynb #35049260
+def _cli_train(a) -> int:
+    ds = _data(a.data)
+    train = _split_examples(ds, 'train', 'train on', 'pass --data a dataset whose training split has mentions')
+    mcfg, tcfg = _train_cfgs(a)
     if a.vision_from_clip and not (Path(a.vision_from_clip)/CLIP_CONFIG_FILE).is_file():
         raise CheckpointError(f'--vision-from-clip {a.vision_from_clip} is not an open_clip folder (no '
                               f'{CLIP_CONFIG_FILE}): pass the folder `vpmel pretrain_clip` wrote')
@@ -114,12 +131,7 @@ def _cli_train(a) -> int:
         check_checkpoint(out, 'pass --fresh to train it again')
         print(f'{out} holds this Detective already (same config and data); --fresh trains it again'); return 0
     try:
-        if a.model:
-            model, proc = load_detective(a.model, way_out='pass --model a complete model folder or a hub id')
-            model.config.prompt_view = mcfg.prompt_view if a.view else 'full'
-            model = add_lora(model, r=a.lora_r, alpha=2 * a.lora_r)
-        else: model, proc = build_tiny_detective(detective_corpus(ds), a.backend, mcfg, seed=a.seed)
-        hist = train_detective(model, proc, *training_data(ds, train, tcfg), tcfg)
+        model, proc, hist = _train_model(a, ds, train, mcfg, tcfg)
         save_detective(model, proc, out)
         write_json_atomic(out/'history.json', hist)        # last: a folder with a history holds a whole Detective
     except BaseException:
@@ -131,11 +143,11 @@ def _cli_train(a) -> int:
 
 # %% ../nbs/18_detective_cli.ipynb #a9cbf0bf
 _HUB_ID = re.compile(r'[\w.-]+/[\w.-]+')
+_CKPT_WAY = 'train it again (`vpmel detective train ... --fresh`) or pass another --ckpt'
 
-def _cli_generate(a) -> int:
-    ds = _data(a.data)
-    ex = _split_examples(ds, a.split, 'answer')
-    ck, way = Path(a.ckpt), 'train it again (`vpmel detective train ... --fresh`) or pass another --ckpt'
+def _generate_ckpt(a) -> Path:
+    "`generate`'s `--ckpt`, checked: a finished, whole model folder, or a hub id (with `--cache`)."
+    ck = Path(a.ckpt)
     if not ck.exists() and not (a.cache and _HUB_ID.fullmatch(a.ckpt)):
         raise CheckpointError(f'no checkpoint folder {ck} (a hub model id needs --cache FILE): pass the --out of '
                               '`vpmel detective train`')
@@ -144,19 +156,42 @@ def _cli_generate(a) -> int:
         if rec and rec.get('kind') == 'detective' and not (ck/'history.json').is_file():
             raise CheckpointError(f'{ck} is an unfinished training (no history.json): run the same '
                                   '`vpmel detective train` again to finish it')
-        check_checkpoint(ck, way)
+        check_checkpoint(ck, _CKPT_WAY)
+    return ck
+
+# %% ../nbs/18_detective_cli.ipynb #eb89ea5e
+def _answers_record(a, ds: MELDataset) -> dict:
+    "What the answers of `generate` depend on: the checkpoint, the split (its file's bytes), batch size, answer length."
+    return {'checkpoint': checkpoint_fingerprint(a.ckpt), 'split': a.split,
+            'data': files_fingerprint([Path(ds.root)/f'{a.split}.json']), 'batch_size': a.batch_size,
+            'max_new_tokens': a.max_new_tokens}
+
+# %% ../nbs/18_detective_cli.ipynb #ef6fe5a2
+def _cli_generate(a) -> int:
+    ds = _data(a.data)
+    ex = _split_examples(ds, a.split, 'answer')
+    ck = _generate_ckpt(a)
     cache = Path(a.cache) if a.cache else ck/f'answers_{a.split}.jsonl'
     check_out_folder(cache.parent, '--cache')
-    made_by = {'checkpoint': checkpoint_fingerprint(a.ckpt), 'split': a.split,
-               'data': files_fingerprint([Path(ds.root)/f'{a.split}.json']), 'batch_size': a.batch_size,
-               'max_new_tokens': a.max_new_tokens}
+    made_by = _answers_record(a, ds)
     claim_answer_cache(cache, made_by, a.fresh)            # before the model loads: a conflict costs nothing
     remove_partial_writes(cache.parent)
-    model, proc = load_detective(a.ckpt, way_out=way)
+    model, proc = load_detective(a.ckpt, way_out=_CKPT_WAY)
     if torch.cuda.is_available(): model = model.cuda()
     ans = generate_split(model, proc, ex, cache, a.batch_size, a.max_new_tokens, made_by=made_by, fresh=a.fresh)
     print(f'{len(ans)} answers in {cache}')
     return 0
+
+# %% ../nbs/18_detective_cli.ipynb #e6b89ba3
+def _check_answers_record(path: Path, ds: MELDataset, split: str):
+    "An `AnswerCacheError` when the record of `path` says they are the answers of another split, or of another version."
+    mb = (read_answer_record(path) or {}).get('made_by') or {}
+    if mb.get('split', split) != split:
+        raise AnswerCacheError(f"{path} holds the answers of split {mb['split']!r} (its record, line 1), not "
+                               f"{split!r}: pass --split {mb['split']}, or the answers of {split}")
+    if mb.get('data', None) not in (None, files_fingerprint([Path(ds.root)/f'{split}.json'])):
+        raise AnswerCacheError(f"{path} answers another version of {Path(ds.root)/f'{split}.json'} (its record, "
+                               'line 1): answer it again with `vpmel detective generate --fresh`')
 
 # %% ../nbs/18_detective_cli.ipynb #ce75de40
 def _eval_answers(path: Path, ds: MELDataset, split: str, ex: Sequence[DetectiveExample]) -> dict[str, str]:
@@ -170,13 +205,7 @@ def _eval_answers(path: Path, ds: MELDataset, split: str, ex: Sequence[Detective
         raise AnswerCacheError(f"{path} line {bad[0][0]}: {bad[0][1]} ({len(bad)} unreadable "
                                f"line{'s' * (len(bad) > 1)} in all): fix or delete them, or answer again "
                                '(`vpmel detective generate` drops a torn last line and resumes)')
-    mb = (read_answer_record(path) or {}).get('made_by') or {}
-    if mb.get('split', split) != split:
-        raise AnswerCacheError(f"{path} holds the answers of split {mb['split']!r} (its record, line 1), not "
-                               f"{split!r}: pass --split {mb['split']}, or the answers of {split}")
-    if mb.get('data', None) not in (None, files_fingerprint([Path(ds.root)/f'{split}.json'])):
-        raise AnswerCacheError(f"{path} answers another version of {Path(ds.root)/f'{split}.json'} (its record, "
-                               'line 1): answer it again with `vpmel detective generate --fresh`')
+    _check_answers_record(path, ds, split)
     ids, ans = {e.id for e in ex}, [(n, v) for n, k, v, _ in lines if k == 'answer']
     stray = [(n, i) for n, (i, _) in ans if i not in ids]
     if stray:
@@ -186,6 +215,7 @@ def _eval_answers(path: Path, ds: MELDataset, split: str, ex: Sequence[Detective
     if not ans: raise AnswerCacheError(f'{path} holds no answers: run `vpmel detective generate --split {split}`')
     return dict(v for _, v in ans)
 
+# %% ../nbs/18_detective_cli.ipynb #9ba06157
 def _cli_eval(a) -> int:
     ds = _data(a.data)
     ex = _split_examples(ds, a.split, 'evaluate')

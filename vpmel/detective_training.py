@@ -51,6 +51,7 @@ def with_positions(model, inputs: dict) -> dict:
     if 'position_ids' in inputs or getattr(model.config, 'model_type', '') == 'qwen2_vl': return inputs
     return {**inputs, 'position_ids': (inputs['attention_mask'].long().cumsum(-1) - 1).clamp(min=0)}
 
+# %% ../nbs/15_detective_training.ipynb #a4bf5dcb
 def answer_loss(model, batch: dict) -> torch.Tensor:
     """Mean cross-entropy of the answer tokens of a (left-padded) training batch. Only the logits of the last
     positions that hold answer tokens are computed (`logits_to_keep`): the vocabulary projection of the long
@@ -64,6 +65,7 @@ def answer_loss(model, batch: dict) -> torch.Tensor:
     logits = model(**inputs, logits_to_keep=k + 1).logits[:, -(k + 1):-1]
     return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels[:, -k:].flatten(), ignore_index=-100)
 
+# %% ../nbs/15_detective_training.ipynb #5c651a22
 @torch.no_grad()
 def detective_loss(model, processor, examples, batch_size: int = 32, accelerator=None, collate=None) -> float:
     "Mean token loss of the answers of `examples` (teacher forcing); pass `collate` to keep its images across calls."
@@ -84,6 +86,7 @@ def _detective_batches(model, processor, train: Sequence[DetectiveExample], cfg:
                                                      collate_fn=col, generator=torch.Generator().manual_seed(cfg.seed),
                                                      num_workers=cfg.num_workers))
 
+# %% ../nbs/15_detective_training.ipynb #3405668f
 def _loss_history(records: list[dict], log_every: int, seconds: float) -> dict:
     """`{step, loss, epoch, dev_loss, seconds}`: the mean training loss of every `log_every` steps, and the dev loss
     per epoch."""
@@ -97,6 +100,7 @@ def _loss_history(records: list[dict], log_every: int, seconds: float) -> dict:
         if r['split'] == 'dev': hist['epoch'].append(r['epoch'] + 1); hist['dev_loss'].append(r['dev_loss'])
     return hist
 
+# %% ../nbs/15_detective_training.ipynb #698c31a6
 def train_detective(model, processor, train: Sequence[DetectiveExample], dev: Sequence[DetectiveExample] = (),
                     cfg: DetectiveTrainConfig | None = None, progress: bool = True) -> dict:
     "Fine-tune `model` (in place) on the instruction examples with `fit`; returns the history of losses."
@@ -121,6 +125,7 @@ def _move_into(tmp: Path, out: Path):
         if p.is_dir() and (out/p.name).exists(): shutil.rmtree(out/p.name)
         os.replace(p, out/p.name)
 
+# %% ../nbs/15_detective_training.ipynb #c4cf26a9
 def save_detective(model, processor, out: str | Path, merge: bool = True):
     """Save model + processor with `save_pretrained`, through a temporary sibling folder; LoRA adapters go to
     `out/adapter`. Returns the model saved."""
@@ -159,6 +164,7 @@ def check_checkpoint(path: str | Path, way_out: str = _REDO) -> Path:
         except Exception as e: raise CheckpointError(f'{w} is unreadable ({e}; a truncated copy?): {way_out}') from None
     return p
 
+# %% ../nbs/15_detective_training.ipynb #03716107
 def load_detective(name_or_path: str | Path, dtype=None, way_out: str = _REDO, **kwargs):
     """`(model, processor)` from a local `save_detective` folder (checked first) or, with internet, a hub checkpoint
     such as `PRETRAINED['qwen2_vl']`, through `AutoModelForImageTextToText` / `AutoProcessor`."""

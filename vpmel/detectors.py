@@ -25,22 +25,18 @@ __all__ = ['DETECTOR_KINDS', 'DEFAULT_CHECKPOINTS', 'detector_kind', 'query_phra
 
 # %% ../nbs/30_detectors.ipynb #0e8ee367
 DETECTOR_KINDS = ('owlv2', 'grounding-dino')
-DEFAULT_CHECKPOINTS = {
-    'owlv2': 'google/owlv2-base-patch16-ensemble',
-    'grounding-dino': 'IDEA-Research/grounding-dino-tiny',
-}
+DEFAULT_CHECKPOINTS = {'owlv2': 'google/owlv2-base-patch16-ensemble',
+                       'grounding-dino': 'IDEA-Research/grounding-dino-tiny'}
 
 def detector_kind(kind: str) -> str:
     "`kind` normalised to one of `DETECTOR_KINDS` ('grounding_dino', 'GroundingDINO', 'owl-v2' are accepted too)."
     if not isinstance(kind, str): raise TypeError(f'a detector kind is a string, got {type(kind).__name__}')
-    k = (
-        re.sub(r'[\s_]+', '-', kind.strip().lower())
-        .replace('owl-v2', 'owlv2')
-        .replace('groundingdino', 'grounding-dino')
-    )
+    k = re.sub(r'[\s_]+', '-', kind.strip().lower())
+    k = k.replace('owl-v2', 'owlv2').replace('groundingdino', 'grounding-dino')
     if k not in DETECTOR_KINDS: raise ValueError(f'unknown detector kind {kind!r}; choose from {DETECTOR_KINDS}')
     return k
 
+# %% ../nbs/30_detectors.ipynb #67405bc9
 def _words(s) -> str: return ' '.join(str(s or '').replace('.', ' ').split()).lower()
 def _article(t: str) -> str: return f"{'an' if t[:1] in 'aeiou' else 'a'} {t}"
 
@@ -50,9 +46,8 @@ def query_phrases(q: GroundingQuery) -> list[str]:
     if not isinstance(q, GroundingQuery): raise TypeError(f'expected a GroundingQuery, got {type(q).__name__}')
     mention = _words(q.mention)
     if not mention:
-        raise ValueError(
-            f'mention {q.id!r} has no mention words (got {q.mention!r}); a detector needs text to look for'
-        )
+        raise ValueError(f'mention {q.id!r} has no mention words (got {q.mention!r}); '
+                         'a detector needs text to look for')
     out, etype = [mention], _words(q.entity_type)
     if etype and _article(etype) != mention: out.append(_article(etype))
     return out
@@ -67,6 +62,7 @@ def nms_proposals(props: Sequence[Proposal], iou: float = 0.7, top_k: int | None
         if all(box_iou(p.box, k.box) <= iou for k in kept): kept.append(p)
     return kept
 
+# %% ../nbs/30_detectors.ipynb #8de5d3b9
 def boxes_to_proposals(boxes, scores, size: tuple[int, int], source: str = '', top_k: int = 10,
                        nms_iou: float = 0.7) -> list[Proposal]:
     """Float pixel boxes `[x0, y0, x1, y1]` with scores → integer proposals in an image of `size=(w, h)`: rounded
@@ -102,15 +98,13 @@ class DetectorGrounder:
         if cls is DetectorGrounder: cls = _GROUNDERS[model_kind(model)]
         return super().__new__(cls)
 
-    def __init__(
-        self, model, processor, top_k: int = 10, threshold: float = 0.0, nms_iou: float = 0.7, name: str | None = None
-    ):
+    def __init__(self, model, processor, top_k: int = 10, threshold: float = 0.0, nms_iou: float = 0.7,
+                 name: str | None = None):
         if model_kind(model) != self.kind:
             raise ValueError(f'{type(self).__name__} needs a {self.kind} model, got a {model_kind(model)} one')
         if not isinstance(processor, self.processor_class):
-            raise TypeError(
-                f'{type(self).__name__} needs a {self.processor_class.__name__}, got {type(processor).__name__}'
-            )
+            raise TypeError(f'{type(self).__name__} needs a {self.processor_class.__name__}, '
+                            f'got {type(processor).__name__}')
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f'top_k must be a positive int, got {top_k!r}')
         if not 0 <= nms_iou <= 1: raise ValueError(f'nms_iou must be in [0, 1], got {nms_iou}')
@@ -130,19 +124,20 @@ def device(self: DetectorGrounder) -> torch.device: return next(self.model.param
 @patch
 def phrases(self: DetectorGrounder, q: GroundingQuery) -> list[str]: return query_phrases(q)
 
+# %% ../nbs/30_detectors.ipynb #274acce0
 @patch
 def inputs(self: DetectorGrounder, image: Image.Image, phrases: list[str]) -> dict:
     "The processor's model inputs (PyTorch tensors) for one RGB image and its phrases."
     raise NotImplementedError
 
 @patch
-def detections(
-    self: DetectorGrounder, outputs, inputs: dict, size: tuple[int, int]
-) -> tuple[torch.Tensor, torch.Tensor]:
+def detections(self: DetectorGrounder, outputs, inputs: dict,
+               size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """`(boxes, scores)`: float `[x0, y0, x1, y1]` pixel boxes for an image of `size=(w, h)` and their scores, from
     the processor's post-processing."""
     raise NotImplementedError
 
+# %% ../nbs/30_detectors.ipynb #7ff8f98f
 @patch
 def proposals_from_outputs(self: DetectorGrounder, outputs, inputs: dict, size: tuple[int, int]) -> list[Proposal]:
     "Raw model outputs → at most `top_k` valid integer proposals in an image of `size=(w, h)`, best first."
@@ -158,16 +153,13 @@ def __call__(self: DetectorGrounder, q: GroundingQuery) -> list[Proposal]:
         raise TypeError(f'mention {q.id!r}: the query image must be a PIL image, got {type(q.image).__name__}')
     img = q.image if q.image.mode == 'RGB' else q.image.convert('RGB')
     dev, dt = self.device, next(self.model.parameters()).dtype
-    inputs = {
-        k: v.to(dev, dt) if v.is_floating_point() else v.to(dev) for k, v in self.inputs(img, phrases).items()
-    }
+    inputs = {k: v.to(dev, dt) if v.is_floating_point() else v.to(dev) for k, v in self.inputs(img, phrases).items()}
     return self.proposals_from_outputs(self.model(**inputs), inputs, img.size)
 
 # %% ../nbs/30_detectors.ipynb #c4d08087
 @patch(cls_method=True)
-def from_pretrained(
-    cls: DetectorGrounder, name_or_path: str | Path | None = None, kind: str | None = None, device=None, **kw
-) -> DetectorGrounder:
+def from_pretrained(cls: DetectorGrounder, name_or_path: str | Path | None = None, kind: str | None = None, device=None,
+                    **kw) -> DetectorGrounder:
     """A grounder from a checkpoint: a hub name (needs internet) or a local `save_pretrained` folder; `None` =
     `DEFAULT_CHECKPOINTS[kind]` (OWLv2 by default). `device`: cuda when available."""
     from transformers import AutoConfig
@@ -194,9 +186,8 @@ class Owlv2Grounder(DetectorGrounder):
 
     def detections(self, outputs, inputs, size):
         w, h = size   # the processor scales by max(h, w): OWLv2 boxes live in the padded square
-        r = self.processor.post_process_grounded_object_detection(
-            outputs, threshold=self.threshold, target_sizes=[(h, w)]
-        )[0]
+        r = self.processor.post_process_grounded_object_detection(outputs, threshold=self.threshold,
+                                                                  target_sizes=[(h, w)])[0]
         return r['boxes'], r['scores']
 
 # %% ../nbs/30_detectors.ipynb #25c3110e
@@ -205,16 +196,8 @@ class GroundingDinoGrounder(DetectorGrounder):
     its best token's sigmoid logit."""
     kind, model_class, processor_class = 'grounding-dino', GroundingDinoForObjectDetection, GroundingDinoProcessor
 
-    def __init__(
-        self,
-        model,
-        processor,
-        top_k: int = 10,
-        threshold: float = 0.0,
-        nms_iou: float = 0.7,
-        name: str | None = None,
-        text_threshold: float = 0.25,
-    ):
+    def __init__(self, model, processor, top_k: int = 10, threshold: float = 0.0, nms_iou: float = 0.7,
+                 name: str | None = None, text_threshold: float = 0.25):
         super().__init__(model, processor, top_k, threshold, nms_iou, name)
         self.text_threshold = float(text_threshold)
 
@@ -227,12 +210,8 @@ class GroundingDinoGrounder(DetectorGrounder):
     def detections(self, outputs, inputs, size):
         w, h = size
         r = self.processor.post_process_grounded_object_detection(
-            outputs,
-            inputs['input_ids'],
-            threshold=self.threshold,
-            text_threshold=self.text_threshold,
-            target_sizes=[(h, w)],
-        )[0]
+            outputs, inputs['input_ids'], threshold=self.threshold, text_threshold=self.text_threshold,
+            target_sizes=[(h, w)])[0]
         return r['boxes'], r['scores']
 
 _GROUNDERS = {'owlv2': Owlv2Grounder, 'grounding-dino': GroundingDinoGrounder}
@@ -256,6 +235,7 @@ def clip_bpe_path() -> Path:
     if not p.exists(): raise FileNotFoundError(f'no CLIP BPE vocabulary at {p}')
     return p
 
+# %% ../nbs/30_detectors.ipynb #53d58b04
 def offline_clip_tokenizer(model_max_length: int = 16):
     """The `CLIPTokenizer` OWL-ViT / OWLv2 use (49,408 tokens, pad `!`, 16 tokens), rebuilt offline from open_clip's BPE
     file."""
@@ -264,9 +244,8 @@ def offline_clip_tokenizer(model_max_length: int = 16):
     merges = [tuple(l.split()) for l in lines]
     units = list(_bytes_to_unicode().values())
     vocab = units + [u + '</w>' for u in units] + [''.join(m) for m in merges] + ['<|startoftext|>', '<|endoftext|>']
-    return CLIPTokenizer(
-        vocab={v: i for i, v in enumerate(vocab)}, merges=merges, pad_token='!', model_max_length=model_max_length
-    )
+    return CLIPTokenizer(vocab={v: i for i, v in enumerate(vocab)}, merges=merges, pad_token='!',
+                         model_max_length=model_max_length)
 
 # %% ../nbs/30_detectors.ipynb #4c3ac4f7
 def _redraw_linear(modules, std: float = 0.02):
@@ -284,33 +263,19 @@ def tiny_owlv2(seed: int = 0, image_size: int = 64, patch_size: int = 8):
     from transformers import Owlv2Config, Owlv2ImageProcessor
     tok = offline_clip_tokenizer(16)
     cfg = Owlv2Config(
-        text_config=dict(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=16,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=image_size,
-            patch_size=patch_size,
-        ),
-        projection_dim=32,
-    )
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=16),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=image_size, patch_size=patch_size),
+        projection_dim=32)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Owlv2ForObjectDetection(cfg)
         # the heads' default init (std 1, meant to be overwritten by a checkpoint) saturates every sigmoid: all boxes
         # collapse to lines and scores to 1e-38; small weights leave boxes near OWLv2's patch-grid prior
         _redraw_linear([model.class_head, model.box_head, model.objectness_head])
-    proc = Owlv2Processor(
-        image_processor=Owlv2ImageProcessor(size={'height': image_size, 'width': image_size}), tokenizer=tok
-    )
+    proc = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={'height': image_size, 'width': image_size}),
+                          tokenizer=tok)
     return model.eval(), proc
 
 # %% ../nbs/30_detectors.ipynb #550ca60f
@@ -321,34 +286,15 @@ def tiny_grounding_dino(seed: int = 0, image_size: int = 96, max_text_len: int =
     from transformers import AutoTokenizer, GroundingDinoConfig, GroundingDinoImageProcessor, SwinConfig
     from vpmel.encoders import minilm_path
     tok = AutoTokenizer.from_pretrained(minilm_path())   # bert-base-uncased's vocabulary, shipped in a pip package
-    swin = SwinConfig(
-        image_size=image_size,
-        patch_size=4,
-        window_size=4,
-        embed_dim=16,
-        depths=[1, 1, 1, 1],
-        num_heads=[1, 1, 2, 2],
-        out_features=['stage2', 'stage3', 'stage4'],
-        out_indices=[2, 3, 4],
-    )
+    swin = SwinConfig(image_size=image_size, patch_size=4, window_size=4, embed_dim=16, depths=[1, 1, 1, 1],
+                      num_heads=[1, 1, 2, 2], out_features=['stage2', 'stage3', 'stage4'], out_indices=[2, 3, 4])
     text = dict(model_type='bert', vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                 intermediate_size=64, max_position_embeddings=max_text_len)
     cfg = GroundingDinoConfig(
-        backbone_config=swin,
-        text_config=text,
-        d_model=32,
-        encoder_layers=1,
+        backbone_config=swin, text_config=text, d_model=32, encoder_layers=1,
         decoder_layers=2,  # 1 trips transformers 5's tied-weights check on bbox_embed
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        num_queries=20,
-        num_feature_levels=4,
-        encoder_n_points=2,
-        decoder_n_points=2,
-        max_text_len=max_text_len,
-    )
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=20,
+        num_feature_levels=4, encoder_n_points=2, decoder_n_points=2, max_text_len=max_text_len)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = GroundingDinoForObjectDetection(cfg)

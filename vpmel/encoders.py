@@ -4,8 +4,12 @@
 
 # %% ../nbs/08_encoders.ipynb #1fdaed49
 from __future__ import annotations
+import importlib.util, json, os
 from dataclasses import dataclass, fields, asdict
+from pathlib import Path
+from typing import Callable, Sequence
 import torch
+import torch.nn as nn
 from fastcore.basics import patch
 from .files import write_json_atomic
 from .files import VpmelError
@@ -32,18 +36,6 @@ class Features:
         if isinstance(idx, int): idx = slice(idx, idx + 1) if idx != -1 else slice(-1, None)
         return Features(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
 
-    def to(self, *args, **kwargs) -> Features:
-        "Move/cast every tensor like `Tensor.to` (the bool mask keeps its dtype)."
-        out = {}
-        for f in fields(self):
-            t = getattr(self, f.name)
-            if t.dtype == torch.bool: out[f.name] = t.to(*[a for a in args if not isinstance(a, torch.dtype)],
-                                                         **{k: v for k, v in kwargs.items() if k != 'dtype'})
-            else: out[f.name] = t.to(*args, **kwargs)
-        return Features(**out)
-
-    def detach(self) -> Features: return Features(**{f.name: getattr(self, f.name).detach() for f in fields(self)})
-
     @staticmethod
     def cat(feats: list[Features]) -> Features:
         "Concatenate batches along the batch dim (token lengths must agree)."
@@ -53,12 +45,23 @@ class Features:
     @property
     def shapes(self) -> dict: return {f.name: tuple(getattr(self, f.name).shape) for f in fields(self)}
 
-# %% ../nbs/08_encoders.ipynb #aabae845
-import importlib.util, json, os
-from pathlib import Path
-from typing import Callable, Sequence
-import torch.nn as nn
+# %% ../nbs/08_encoders.ipynb #7adb36a9
+@patch
+def to(self: Features, *args, **kwargs) -> Features:
+    "Move/cast every tensor like `Tensor.to` (the bool mask keeps its dtype)."
+    out = {}
+    for f in fields(self):
+        t = getattr(self, f.name)
+        if t.dtype == torch.bool: out[f.name] = t.to(*[a for a in args if not isinstance(a, torch.dtype)],
+                                                     **{k: v for k, v in kwargs.items() if k != 'dtype'})
+        else: out[f.name] = t.to(*args, **kwargs)
+    return Features(**out)
 
+@patch
+def detach(self: Features) -> Features:
+    return Features(**{f.name: getattr(self, f.name).detach() for f in fields(self)})
+
+# %% ../nbs/08_encoders.ipynb #aabae845
 LayerSpec = str | Sequence[int]
 
 def resolve_layers(layers: LayerSpec, depth: int) -> tuple[int, ...]:
@@ -101,20 +104,24 @@ class EncoderConfig:
             raise ValueError(f"text_pool must be 'cls' or 'mean', got {self.text_pool!r}")
         if self.max_text_len < 2: raise ValueError('max_text_len must be >= 2')
 
-    def to_json(self) -> dict:
-        d = asdict(self)
-        if not isinstance(d['layers'], str): d['layers'] = list(d['layers'])
-        return d
+# %% ../nbs/08_encoders.ipynb #196fc4f0
+@patch
+def to_json(self: EncoderConfig) -> dict:
+    d = asdict(self)
+    if not isinstance(d['layers'], str): d['layers'] = list(d['layers'])
+    return d
 
-    @classmethod
-    def from_json(cls, d: dict) -> EncoderConfig:
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown: raise ValueError(f'EncoderConfig: unknown keys {sorted(unknown)}')
-        return cls(**d)
+@patch(cls_method=True)
+def from_json(cls: EncoderConfig, d: dict) -> EncoderConfig:
+    unknown = set(d) - {f.name for f in fields(cls)}
+    if unknown: raise ValueError(f'EncoderConfig: unknown keys {sorted(unknown)}')
+    return cls(**d)
 
-    def save(self, path): write_json_atomic(path, self.to_json(), indent=2)
-    @classmethod
-    def load(cls, path) -> EncoderConfig: return cls.from_json(json.loads(Path(path).read_text(encoding='utf-8')))
+@patch
+def save(self: EncoderConfig, path): write_json_atomic(path, self.to_json(), indent=2)
+@patch(cls_method=True)
+def load(cls: EncoderConfig, path) -> EncoderConfig:
+    return cls.from_json(json.loads(Path(path).read_text(encoding='utf-8')))
 
 # %% ../nbs/08_encoders.ipynb #e3004637
 def tiny_clip_config(depth: int = 4, image_size: int = 64) -> dict:
@@ -142,6 +149,7 @@ def _clip_id(name: str) -> tuple[str, bool]:
     if Path(name).is_dir(): return 'local-dir:' + str(Path(name).resolve()), True
     return name, False
 
+# %% ../nbs/08_encoders.ipynb #d5017762
 class MissingWeights(VpmelError, RuntimeError):
     """Pretrained weights that can be neither downloaded (no network) nor found locally; the message says how to supply
     them."""
@@ -159,6 +167,7 @@ def hub_cached(repo: str, filename: str) -> str | None:
     p = try_to_load_from_cache(repo, filename)
     return p if isinstance(p, str) else None
 
+# %% ../nbs/08_encoders.ipynb #93121966
 def _offline_clip_file(name: str, tag: str) -> str:
     import open_clip
     hub = ((open_clip.get_pretrained_cfg(name, tag) or {}).get('hf_hub') or '').strip('/')
@@ -178,16 +187,13 @@ def load_clip(name: str, pretrained: str | None = None, quick_gelu: bool | None 
     if local: return open_clip.create_model(name)
     is_file = bool(pretrained) and Path(pretrained).is_file()
     if quick_gelu is None:
-        quick_gelu = (
-            bool((open_clip.get_pretrained_cfg(name, pretrained) or {}).get('quick_gelu', False))
-            if pretrained and not is_file
-            else False
-        )
+        quick_gelu = (bool((open_clip.get_pretrained_cfg(name, pretrained) or {}).get('quick_gelu', False))
+                      if pretrained and not is_file else False)
     if pretrained and not is_file and not hub_reachable(): pretrained = _offline_clip_file(name, pretrained)
-    return open_clip.create_model(
-        name, pretrained=pretrained, force_quick_gelu=quick_gelu, require_pretrained=bool(pretrained)
-    )
+    return open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=quick_gelu,
+                                  require_pretrained=bool(pretrained))
 
+# %% ../nbs/08_encoders.ipynb #bcaa9ae5
 def clip_image_transform(clip, train: bool = False) -> Callable:
     "open_clip's preprocessing (resize, crop, to tensor, normalise) for `clip`'s image size: PIL image -> [3, H, W]."
     from open_clip.transform import PreprocessCfg, image_transform_v2
@@ -249,6 +255,7 @@ class ClipText(nn.Module):
         if self.text_projection is not None: g = g @ self.text_projection
         return g, x
 
+# %% ../nbs/08_encoders.ipynb #a9994573
 class HFText(nn.Module):
     "A BERT-family `AutoModel`: `(input_ids, attention_mask) -> (global [B, H], tokens [B, L, H])`."
     def __init__(self, name_or_path: str, pool: str = 'cls'):
@@ -284,28 +291,42 @@ class TextTokenizer:
 
     def __getstate__(self): return {**self.__dict__, '_tok': None}   # reload lazily in workers
 
-    def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise TypeError('TextTokenizer expects a list of str')
-        tok = self._load()
-        if self.backend == 'clip':
-            ids = tok(list(texts), context_length=self.max_length)
-            first_eot = (ids == tok.eot_token_id).long().argmax(1)
-            mask = (torch.arange(ids.shape[1])[None] <= first_eot[:, None]).long()
-            return {'input_ids': ids, 'attention_mask': mask}
-        enc = tok(list(texts), padding='max_length', truncation=True, max_length=self.max_length, return_tensors='pt')
-        return {'input_ids': enc['input_ids'], 'attention_mask': enc['attention_mask']}
+# %% ../nbs/08_encoders.ipynb #005fb1af
+@patch
+def __call__(self: TextTokenizer, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise TypeError('TextTokenizer expects a list of str')
+    tok = self._load()
+    if self.backend == 'clip':
+        ids = tok(list(texts), context_length=self.max_length)
+        first_eot = (ids == tok.eot_token_id).long().argmax(1)
+        mask = (torch.arange(ids.shape[1])[None] <= first_eot[:, None]).long()
+        return {'input_ids': ids, 'attention_mask': mask}
+    enc = tok(list(texts), padding='max_length', truncation=True, max_length=self.max_length, return_tensors='pt')
+    return {'input_ids': enc['input_ids'], 'attention_mask': enc['attention_mask']}
 
-    def tokens(self, text: str) -> list[str]:
-        "The tokens of `text` as strings, one per real position of `self([text])` (for pictures of attention)."
-        tok, ids = self._load(), self([text])
-        ids = ids['input_ids'][0][ids['attention_mask'][0].bool()].tolist()
-        if self.backend == 'clip': return [tok.decoder[i].replace('</w>', '') for i in ids]
-        return tok.convert_ids_to_tokens(ids)
+# %% ../nbs/08_encoders.ipynb #a69e795a
+@patch
+def tokens(self: TextTokenizer, text: str) -> list[str]:
+    "The tokens of `text` as strings, one per real position of `self([text])` (for pictures of attention)."
+    tok, ids = self._load(), self([text])
+    ids = ids['input_ids'][0][ids['attention_mask'][0].bool()].tolist()
+    if self.backend == 'clip': return [tok.decoder[i].replace('</w>', '') for i in ids]
+    return tok.convert_ids_to_tokens(ids)
 
 def make_tokenizer(cfg: EncoderConfig) -> TextTokenizer:
     "The tokenizer matching `cfg` (no model weights are loaded)."
     return TextTokenizer(cfg.text_backend, cfg.max_text_len, cfg.clip_model)
+
+# %% ../nbs/08_encoders.ipynb #7b126ee2
+def _text_tower(cfg: EncoderConfig, clip: nn.Module) -> nn.Module:
+    "The text tower `cfg.text_backend` names: CLIP's own (whose context must hold `max_text_len`) or a BERT family one."
+    if cfg.text_backend == 'clip':
+        text = ClipText(clip)
+        if cfg.max_text_len > text.context_length:
+            raise ValueError(f'max_text_len {cfg.max_text_len} > CLIP text context length {text.context_length}')
+        return text
+    return HFText(_hf_name(cfg.text_backend), cfg.text_pool)
 
 # %% ../nbs/08_encoders.ipynb #0c772336
 class MultimodalEncoder(nn.Module):
@@ -317,13 +338,7 @@ class MultimodalEncoder(nn.Module):
         self.visual, self.preprocess_cfg = clip.visual, dict(clip.visual.preprocess_cfg)
         self.layers = resolve_layers(cfg.layers, len(self.visual.transformer.resblocks))
         W = self.visual.transformer.width
-        if cfg.text_backend == 'clip':
-            self.text = ClipText(clip)
-            if cfg.max_text_len > self.text.context_length:
-                raise ValueError(
-                    f'max_text_len {cfg.max_text_len} > CLIP text context length {self.text.context_length}'
-                )
-        else: self.text = HFText(_hf_name(cfg.text_backend), cfg.text_pool)
+        self.text = _text_tower(cfg, clip)
         self.image_cls_norm = nn.LayerNorm(len(self.layers) * W)
         self.image_cls_proj = nn.Linear(len(self.layers) * W, cfg.dv)
         self.image_tok_proj = nn.Linear(W, cfg.dv)
@@ -333,10 +348,12 @@ class MultimodalEncoder(nn.Module):
         self.text.requires_grad_(not cfg.freeze_text)
         self.tokenize = make_tokenizer(cfg)
 
-    def image_transform(self, train: bool = False) -> Callable:
-        "open_clip's PIL -> tensor preprocessing for this model's image size (picklable)."
-        from open_clip.transform import PreprocessCfg, image_transform_v2
-        return image_transform_v2(PreprocessCfg(**self.preprocess_cfg), is_train=train)
+# %% ../nbs/08_encoders.ipynb #b89f81a4
+@patch
+def image_transform(self: MultimodalEncoder, train: bool = False) -> Callable:
+    "open_clip's PIL -> tensor preprocessing for this model's image size (picklable)."
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+    return image_transform_v2(PreprocessCfg(**self.preprocess_cfg), is_train=train)
 
 # %% ../nbs/08_encoders.ipynb #52fe5fab
 @patch
@@ -347,18 +364,17 @@ def image_backbone(self: MultimodalEncoder, pixel_values: torch.Tensor) -> dict[
     return {'image_layers_cls': cls, 'image_patches': patches}
 
 @patch
-def text_backbone(
-    self: MultimodalEncoder, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> dict[str, torch.Tensor]:
+def text_backbone(self: MultimodalEncoder, input_ids: torch.Tensor,
+                  attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
     "Tower outputs: `text_global` [B, G], `text_hidden` [B, L, H] and the `attention_mask`."
     with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.freeze_text):
         g, toks = self.text(input_ids, attention_mask)
     return {'text_global': g, 'text_hidden': toks, 'attention_mask': attention_mask}
 
+# %% ../nbs/08_encoders.ipynb #74b18c06
 @patch
-def backbone(
-    self: MultimodalEncoder, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
-) -> dict[str, torch.Tensor]:
+def backbone(self: MultimodalEncoder, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
     "Both towers' outputs for a batch of (text, image) items."
     if not (len(input_ids) == len(attention_mask) == len(pixel_values)):
         raise ValueError(
@@ -370,18 +386,14 @@ def backbone(
 @patch
 def project(self: MultimodalEncoder, bb: dict[str, torch.Tensor]) -> Features:
     "`Features` from tower outputs (the trainable projections)."
-    return Features(
-        self.text_cls_proj(bb['text_global']),
-        self.text_tok_proj(bb['text_hidden']),
-        bb['attention_mask'].bool(),
-        self.image_cls_proj(self.image_cls_norm(bb['image_layers_cls'].flatten(1))),
-        self.image_tok_proj(bb['image_patches']),
-    )
+    return Features(self.text_cls_proj(bb['text_global']), self.text_tok_proj(bb['text_hidden']),
+                    bb['attention_mask'].bool(),
+                    self.image_cls_proj(self.image_cls_norm(bb['image_layers_cls'].flatten(1))),
+                    self.image_tok_proj(bb['image_patches']))
 
 @patch
-def encode(
-    self: MultimodalEncoder, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
-) -> Features:
+def encode(self: MultimodalEncoder, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+           pixel_values: torch.Tensor) -> Features:
     "Encode a batch of (text, image) items into `Features`."
     return self.project(self.backbone(input_ids, attention_mask, pixel_values))
 

@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 from safetensors.torch import save as st_save
 
@@ -43,6 +44,7 @@ def encode_dataset(model: IIER, dataset, bs: int = 256, progress: bool = False, 
         ]
     )
 
+# %% ../nbs/21_evaluate.ipynb #ca657507
 @torch.no_grad()
 def encode_inputs(model: IIER, inputs: dict, bs: int = 256) -> Features:
     "`Features` from precomputed inputs (see `text_inputs`, `image_inputs`)."
@@ -73,31 +75,35 @@ class LinkingEvaluator:
                             **image_inputs(model, ItemField(mentions, 'image'), bs, progress,
                                            f'{mentions.split} images')})
 
-    def features(self, model: IIER) -> tuple[Features, Features]:
-        "(entity features, mention features) under the model's current weights."
-        if self.inputs is None:
-            return (encode_dataset(model, self.entities, self.bs, self.progress, 'encode KB'),
-                    encode_dataset(model, self.mentions, self.bs, self.progress, 'encode mentions'))
-        return encode_inputs(model, self.inputs[0], self.bs), encode_inputs(model, self.inputs[1], self.bs)
+# %% ../nbs/21_evaluate.ipynb #6c650d19
+@patch
+def features(self: LinkingEvaluator, model: IIER) -> tuple[Features, Features]:
+    "(entity features, mention features) under the model's current weights."
+    if self.inputs is None:
+        return (encode_dataset(model, self.entities, self.bs, self.progress, 'encode KB'),
+                encode_dataset(model, self.mentions, self.bs, self.progress, 'encode mentions'))
+    return encode_inputs(model, self.inputs[0], self.bs), encode_inputs(model, self.inputs[1], self.bs)
 
-    @torch.no_grad()
-    def __call__(self, model: IIER, return_result: bool = False):
-        model.eval()
-        ef, mf = self.features(model)
-        cache = build_entity_cache(model.matcher, ef)
-        if self.ranking == 'two-stage':
-            res = two_stage_rank(
-                model.matcher,
-                mf,
-                cache,
-                FirstStage.from_cache(model.matcher, cache),
-                self.gold,
-                self.candidates,
-                topk=min(20, self.candidates),
-            )
-        else: res = rank_entities(model.matcher, mf, cache, self.gold, progress=self.progress)
-        m = mel_metrics(res.ranks)
-        return (m, res) if return_result else m
+# %% ../nbs/21_evaluate.ipynb #7cb16f51
+@patch
+@torch.no_grad()
+def __call__(self: LinkingEvaluator, model: IIER, return_result: bool = False):
+    model.eval()
+    ef, mf = self.features(model)
+    cache = build_entity_cache(model.matcher, ef)
+    if self.ranking == 'two-stage':
+        res = two_stage_rank(
+            model.matcher,
+            mf,
+            cache,
+            FirstStage.from_cache(model.matcher, cache),
+            self.gold,
+            self.candidates,
+            topk=min(20, self.candidates),
+        )
+    else: res = rank_entities(model.matcher, mf, cache, self.gold, progress=self.progress)
+    m = mel_metrics(res.ranks)
+    return (m, res) if return_result else m
 
 # %% ../nbs/21_evaluate.ipynb #20c96ed1
 INDEX_PREFIX = 'entity-index-'
@@ -110,6 +116,7 @@ def model_fingerprint(model) -> str:
     for k, v in model.state_dict().items(): h.update(k.encode()); _digest(h, v)
     return h.hexdigest()[:16]
 
+# %% ../nbs/21_evaluate.ipynb #ae26b74d
 def kb_fingerprint(ds: MELDataset) -> str:
     "A hash of the KB: `kb_entity.json`, `qid2id.json`, and the path, size and modification time of every KB image."
     h = hashlib.sha256()
@@ -131,6 +138,7 @@ def flatten_cache(cache: dict, prefix: str = '') -> dict:
         elif v is not None: out[f'{prefix}{k}'] = v.detach().cpu().contiguous()
     return out
 
+# %% ../nbs/21_evaluate.ipynb #1eccbbae
 def unflatten_cache(flat: dict) -> dict:
     "The nested cache of a flat one (`flatten_cache`'s inverse)."
     out = {}
@@ -140,6 +148,7 @@ def unflatten_cache(flat: dict) -> dict:
         d[last] = v
     return out
 
+# %% ../nbs/21_evaluate.ipynb #3f75998e
 _ST_DTYPES = {
     'F32': np.float32,
     'F16': np.float16,

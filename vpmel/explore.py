@@ -15,9 +15,10 @@ from PIL import Image
 from fastcore.basics import patch
 
 from .vpwiki import MELDataset
-from .files import scratch_dir
+from .files import scratch_dir, VpmelError
 from .prompts import PROMPT_STYLES, Box, validate_box, draw_prompt, find_prompt_box, box_iou, moved_box, png_uri
-from .loading import EntityDataset, MENTION_TEMPLATE, DETECTIVE_TEMPLATE, RAW_IMG
+from .loading import EntityDataset, MENTION_TEMPLATE, DETECTIVE_TEMPLATE
+from .vpwiki import RAW_IMG
 from .units import index_cache
 from .rank import FirstStage, first_stage_vectors
 from .iier import IIER
@@ -27,7 +28,6 @@ from .detective_training import generate_answers
 from .config import RunConfig
 from .towers import ensure_data, text_inputs
 from .evaluate import entity_index
-from .files import VpmelError
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'MAX_SIDE', 'EXACT_UP_TO', 'ExplorerError', 'read_image', 'MentionItem', 'Ranking', 'trained_run',
@@ -41,6 +41,7 @@ EXACT_UP_TO = 20_000      # KBs up to this size are scored whole at every change
 class ExplorerError(VpmelError, ValueError):
     "A bad input to the explorer; its message is meant for the person who gave it."
 
+# %% ../nbs/26_explore.ipynb #5bbe8006
 def read_image(data, name: str = 'the image') -> Image.Image:
     "An RGB image from a path, bytes or PIL image, at most `MAX_SIDE` px a side; `ExplorerError` for anything else."
     if not isinstance(data, Image.Image):
@@ -73,6 +74,7 @@ class MentionItem:
     box: Box | None = None           # the dataset's own prompt box, when known
     prompted: bool = False           # the image already carries the dataset's prompt (VPWiki ships no raw scenes)
 
+# %% ../nbs/26_explore.ipynb #2eaef9b0
 @dataclass
 class Ranking:
     "The whole-KB ranking of one prompted image: the top-k rows with the fused and per-unit scores, and the gold rank."
@@ -105,6 +107,7 @@ def trained_run(run_dir) -> Path:
         raise ExplorerError(f'{run} holds no trained model (model/config.json): train one with `vpmel train`')
     return run
 
+# %% ../nbs/26_explore.ipynb #e7012e52
 class PromptExplorer:
     """Link one image + caption with a visual prompt you choose, against the whole KB of a trained IIER.
     The KB side (every entity's features and the matcher's entity cache) is computed once, here; each box, style or
@@ -126,23 +129,34 @@ class PromptExplorer:
         self.box: Box | None = None
         self.style, self.color, self.width = 'rect', (255, 0, 0), 2   # VPWiki's red rectangle (`set_style` changes it)
 
-    @classmethod
-    def from_run(cls, run_dir, data=None, **kw) -> 'PromptExplorer':
-        "An explorer over a run folder written by `vpmel train` (its `model/` and its dataset, or `data`)."
-        run = trained_run(run_dir)
-        cfg = RunConfig.from_json(json.loads((run/'run_config.json').read_text()))
-        if data is not None: cfg.data = str(data)
-        return cls(
-            IIER.from_pretrained(run/'model'), ensure_data(cfg), index_dir=kw.pop('index_dir', run/'index'), **kw
-        )
+# %% ../nbs/26_explore.ipynb #c6e6021b
+@patch(cls_method=True)
+def from_run(cls: PromptExplorer, run_dir, data=None, **kw) -> PromptExplorer:
+    "An explorer over a run folder written by `vpmel train` (its `model/` and its dataset, or `data`)."
+    run = trained_run(run_dir)
+    cfg = RunConfig.from_json(json.loads((run/'run_config.json').read_text()))
+    if data is not None: cfg.data = str(data)
+    return cls(
+        IIER.from_pretrained(run/'model'), ensure_data(cfg), index_dir=kw.pop('index_dir', run/'index'), **kw
+    )
 
-    def thumbnail(self, row: int, side: int = 48) -> str:
-        "A data URI of KB row `row`'s first image (cached)."
-        if (row, side) not in self._thumbs:
-            rel = self.entities.image_path(row)
-            img = self.entities.reader.blank() if rel is None else self.entities.reader(rel)[0]
-            self._thumbs[row, side] = _thumb_uri(img, side)
-        return self._thumbs[row, side]
+# %% ../nbs/26_explore.ipynb #d1790dd0
+@patch
+def thumbnail(self: PromptExplorer, row: int, side: int = 48) -> str:
+    "A data URI of KB row `row`'s first image (cached)."
+    if (row, side) not in self._thumbs:
+        rel = self.entities.image_path(row)
+        img = self.entities.reader.blank() if rel is None else self.entities.reader(rel)[0]
+        self._thumbs[row, side] = _thumb_uri(img, side)
+    return self._thumbs[row, side]
+
+# %% ../nbs/26_explore.ipynb #01452a5d
+@patch
+def _use(self: PromptExplorer, item: MentionItem) -> MentionItem:
+    self.item = item
+    w, h = item.image.size
+    self.box = item.box or (w // 4, h // 4, w - w // 4, h - h // 4)
+    return item
 
 # %% ../nbs/26_explore.ipynb #b913fb8d
 @patch
@@ -159,6 +173,7 @@ def select(self: PromptExplorer, split: str = 'test', index: int = 0) -> Mention
     item = MentionItem(img, m.sentence, m.mentions, self.ds.qid2id.get(m.answer), m.id, split, box, not raw.exists())
     return self._use(item)
 
+# %% ../nbs/26_explore.ipynb #15af687a
 @patch
 def find(self: PromptExplorer, query: str, limit: int = 20) -> list[tuple[str, int, str]]:
     "`(split, index, caption)` of the mentions whose caption or id contains `query` (case-insensitive)."
@@ -166,19 +181,13 @@ def find(self: PromptExplorer, query: str, limit: int = 20) -> list[tuple[str, i
     return [(s, i, m.sentence) for s, ms in self.ds.splits.items() for i, m in enumerate(ms)
             if q and (q in m.sentence.lower() or q == m.id)][:limit]
 
+# %% ../nbs/26_explore.ipynb #c0c14f70
 @patch
 def use_image(self: PromptExplorer, image, caption: str, name: str = 'the upload') -> MentionItem:
     "Explore your own image (path, bytes or PIL image) and caption; the box starts in the middle of the image."
     if not isinstance(caption, str) or not caption.strip():
         raise ExplorerError('type a caption: the model reads the text too')
     return self._use(MentionItem(read_image(image, name), caption.strip()))
-
-@patch
-def _use(self: PromptExplorer, item: MentionItem) -> MentionItem:
-    self.item = item
-    w, h = item.image.size
-    self.box = item.box or (w // 4, h // 4, w - w // 4, h - h // 4)
-    return item
 
 # %% ../nbs/26_explore.ipynb #7f94caf8
 @patch
@@ -189,6 +198,7 @@ def set_box(self: PromptExplorer, box) -> Box:
     except (TypeError, ValueError) as e: raise ExplorerError(str(e)) from None
     return self.box
 
+# %% ../nbs/26_explore.ipynb #05dcdaf9
 @patch
 def set_style(self: PromptExplorer, style: str = 'rect', color=(255, 0, 0), width: int = 2):
     "The prompt's style (one of `PROMPT_STYLES`), colour (RGB or `'#rrggbb'`) and line width."
@@ -200,6 +210,7 @@ def set_style(self: PromptExplorer, style: str = 'rect', color=(255, 0, 0), widt
     if int(width) < 1: raise ExplorerError(f'line width must be >= 1, got {width}')
     self.style, self.color, self.width = style, tuple(color), int(width)
 
+# %% ../nbs/26_explore.ipynb #9b16df59
 @patch
 def prompted(self: PromptExplorer, box=None, style: str | None = None) -> Image.Image:
     "The image with the visual prompt drawn (the current box and style unless given)."
@@ -214,6 +225,7 @@ def mention_text(self: PromptExplorer, answer: str | None = None) -> str:
     if answer is None: return MENTION_TEMPLATE.format(mentions=it.mentions, sentence=it.sentence)
     return DETECTIVE_TEMPLATE.format(detective=compact_answer(answer), sentence=it.sentence)
 
+# %% ../nbs/26_explore.ipynb #09a5b26a
 @patch
 def _text_inputs(self: PromptExplorer, text: str) -> dict:
     if text not in self._texts:
@@ -221,6 +233,7 @@ def _text_inputs(self: PromptExplorer, text: str) -> dict:
         self._texts[text] = text_inputs(self.model, [text])
     return self._texts[text]
 
+# %% ../nbs/26_explore.ipynb #97432868
 @patch
 @torch.no_grad()
 def features(self: PromptExplorer, images: Sequence[Image.Image], texts: str | Sequence[str]):
@@ -234,6 +247,7 @@ def features(self: PromptExplorer, images: Sequence[Image.Image], texts: str | S
             'pixel_values': torch.stack([self.tf(im) for im in images])}
     return self.model.encode(side)
 
+# %% ../nbs/26_explore.ipynb #60cae6a2
 @patch
 @torch.no_grad()
 def unit_scores(
@@ -248,6 +262,7 @@ def unit_scores(
 def _answer(self: PromptExplorer, img: Image.Image) -> str | None:
     return None if self.detective is None else self.detective(img, self.item.sentence)
 
+# %% ../nbs/26_explore.ipynb #942e417c
 @patch
 @torch.no_grad()
 def _scored(
@@ -264,6 +279,7 @@ def _scored(
         ec = index_cache(self.entity_cache, rows.to(self.model.matcher_device))
     return rows, {k: v.cpu() for k, v in m.unit_scores(mc, ec).items()}
 
+# %% ../nbs/26_explore.ipynb #12c9e093
 @patch
 def rank(self: PromptExplorer, k: int = 10, box=None, style: str | None = None) -> Ranking:
     """The whole-KB top-`k` for the current (or given) box and style, with every unit's score and the gold rank (1 +
@@ -282,6 +298,7 @@ def rank(self: PromptExplorer, k: int = 10, box=None, style: str | None = None) 
                    None if g is None else int((fused > fused[gi]).sum()) + 1,
                    None if g is None else {u: float(s[u][0, gi]) for u in s}, ans, time.perf_counter() - t0)
 
+# %% ../nbs/26_explore.ipynb #76eff405
 @patch
 def ranks_of(
     self: PromptExplorer, row: int, boxes: Sequence[Box], style: str | None = None, bs: int = 64
@@ -309,6 +326,7 @@ def box_map(self: PromptExplorer, row: int | None = None, grid: int = 8, style: 
     return {'row': row, 'xs': xs, 'ys': ys, 'size': (bw, bh), 'ranks': ranks.reshape(grid, grid),
             'scores': scores.reshape(grid, grid)}
 
+# %% ../nbs/26_explore.ipynb #a86c1f4a
 @patch
 def compare_styles(self: PromptExplorer, k: int = 3, styles: Sequence[str] = PROMPT_STYLES) -> dict[str, Ranking]:
     "The same box drawn in each style: `{style: Ranking}`."
@@ -364,6 +382,7 @@ def other_object_boxes(ds: MELDataset) -> dict[str, list[Box]]:
             out[m.id] = [tuple(b) for b in sc['boxes'] if box_iou(b, m.bbox) < 0.5]
     return out
 
+# %% ../nbs/26_explore.ipynb #ed98cd50
 def gold_vs_other_box(ex: PromptExplorer, split: str = 'test', n: int = 100, seed: int = 0) -> dict:
     """The gold entity's whole-KB rank with the prompt on the gold object vs a same-size box centred on another object
     of the scene (one drawn at random), over `n` mentions of `split` that have another object."""

@@ -80,6 +80,7 @@ def plot_styles(ex: PromptExplorer, rankings: dict[str, Ranking]):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/27_explorer_app.ipynb #3b7401f4
 def plot_attention(ex: PromptExplorer, att: dict):
     """CMFU's attention over the patches, over the prompted image; TGLU's attention over the caption tokens for one
     entity."""
@@ -165,63 +166,7 @@ def _layout(self: ExplorerApp):
         ]
     )
 
-@patch
-def _connect(self: ExplorerApp):
-    self.split.observe(self._on_split, names='value'); self.index.observe(self._on_index, names='value')
-    self.query.observe(self._on_query, names='value'); self.matches.observe(self._on_match, names='value')
-    self.use.on_click(lambda b: self.link_upload())
-    for w in (self.style, self.color, self.width): w.observe(self._on_style, names='value')
-    self.bbox.observe(self._on_bbox, names='bboxes')
-    self.more.observe(lambda c: self.show_more(), names='value')
-
-# %% ../nbs/27_explorer_app.ipynb #69d40569
-@patch
-def pick(self: ExplorerApp, split: str | None = None, index: int | None = None):
-    "Show mention `index` of `split` (default: the widgets' values)."
-    def go():
-        self.ex.select(split or self.split.value, self.index.value if index is None else index)
-        with self.busy():                              # show what was picked in the split and mention widgets
-            self.split.value = self.ex.item.split
-            self.index.max = len(self.ex.ds.splits[self.ex.item.split]) - 1
-            self.index.value = index or self.index.value
-        self._new_image()
-    self.guard(go)
-
-@patch
-def link_upload(self: ExplorerApp, data=None, caption: str | None = None):
-    "Link an uploaded image (the upload widget's file unless `data` is given) with `caption`."
-    def go():
-        d, name = data, 'the upload'
-        if d is None:
-            if not self.upload.value: raise ExplorerError('choose an image file first')
-            f = self.upload.value[-1]; d, name = bytes(f['content']), f['name']
-        self.ex.use_image(d, self.caption.value if caption is None else caption, name)
-        self._new_image()
-    self.guard(go)
-
-@patch
-def set_box(self: ExplorerApp, box):
-    "Move the prompt to `box` (`[x0, y0, x1, y1]` in image pixels), as a drawn box does."
-    if self.guard(self.ex.set_box, box): self.refresh()
-
 # %% ../nbs/27_explorer_app.ipynb #c304b375
-@patch
-def _new_image(self: ExplorerApp):
-    img = self.ex.item.image
-    self.scale = display_scale(img.size, self.display_side)
-    with self.busy():
-        self.bbox.image_bytes = png(shown_image(img, self.scale))
-        self.bbox.bboxes = [widget_box(self.ex.box, self.scale, 'prompt')]
-    it = self.ex.item
-    note = (
-        ' (this image already carries the dataset\'s prompt: VPWiki ships no scene without it)'
-        if it.prompted
-        else ''
-    )
-    self.caption_view.value = f'<p style="max-width:360px"><b>caption</b>: {it.sentence}{note}</p>'
-    self.message()
-    self.refresh()
-
 @patch
 def refresh(self: ExplorerApp):
     "Redraw the prompted image and the top-k (and the open 'more' view)."
@@ -233,6 +178,7 @@ def refresh(self: ExplorerApp):
         self.message()
     if self.guard(go) and self.more.value != '-': self.show_more()
 
+# %% ../nbs/27_explorer_app.ipynb #d9a28b7f
 @patch
 def show_more(self: ExplorerApp):
     "The view picked in 'more': the box-position map, the styles side by side, or where the units look."
@@ -251,6 +197,56 @@ def show_more(self: ExplorerApp):
             from IPython.display import display
             display(fig); plt.close(fig)
 
+# %% ../nbs/27_explorer_app.ipynb #e3f735dd
+@patch
+def _new_image(self: ExplorerApp):
+    img = self.ex.item.image
+    self.scale = display_scale(img.size, self.display_side)
+    with self.busy():
+        self.bbox.image_bytes = png(shown_image(img, self.scale))
+        self.bbox.bboxes = [widget_box(self.ex.box, self.scale, 'prompt')]
+    it = self.ex.item
+    note = (
+        ' (this image already carries the dataset\'s prompt: VPWiki ships no scene without it)'
+        if it.prompted
+        else ''
+    )
+    self.caption_view.value = f'<p style="max-width:360px"><b>caption</b>: {it.sentence}{note}</p>'
+    self.message()
+    self.refresh()
+
+# %% ../nbs/27_explorer_app.ipynb #69d40569
+@patch
+def pick(self: ExplorerApp, split: str | None = None, index: int | None = None):
+    "Show mention `index` of `split` (default: the widgets' values)."
+    def go():
+        self.ex.select(split or self.split.value, self.index.value if index is None else index)
+        with self.busy():                              # show what was picked in the split and mention widgets
+            self.split.value = self.ex.item.split
+            self.index.max = len(self.ex.ds.splits[self.ex.item.split]) - 1
+            self.index.value = index or self.index.value
+        self._new_image()
+    self.guard(go)
+
+# %% ../nbs/27_explorer_app.ipynb #eb6ae7fd
+@patch
+def link_upload(self: ExplorerApp, data=None, caption: str | None = None):
+    "Link an uploaded image (the upload widget's file unless `data` is given) with `caption`."
+    def go():
+        d, name = data, 'the upload'
+        if d is None:
+            if not self.upload.value: raise ExplorerError('choose an image file first')
+            f = self.upload.value[-1]; d, name = bytes(f['content']), f['name']
+        self.ex.use_image(d, self.caption.value if caption is None else caption, name)
+        self._new_image()
+    self.guard(go)
+
+# %% ../nbs/27_explorer_app.ipynb #178cbc4b
+@patch
+def set_box(self: ExplorerApp, box):
+    "Move the prompt to `box` (`[x0, y0, x1, y1]` in image pixels), as a drawn box does."
+    if self.guard(self.ex.set_box, box): self.refresh()
+
 # %% ../nbs/27_explorer_app.ipynb #7e0e8439
 @patch
 def _on_bbox(self: ExplorerApp, change):
@@ -263,6 +259,7 @@ def _on_bbox(self: ExplorerApp, change):
         with self.busy(): self.bbox.bboxes = [b]
     self.set_box(box_from_widget(b, self.scale))
 
+# %% ../nbs/27_explorer_app.ipynb #6bdf7a5e
 @patch
 def _on_split(self: ExplorerApp, change):
     if self._busy: return
@@ -273,6 +270,7 @@ def _on_split(self: ExplorerApp, change):
 def _on_index(self: ExplorerApp, change):
     if not self._busy: self.pick()
 
+# %% ../nbs/27_explorer_app.ipynb #be8cb2c2
 @patch
 def _on_query(self: ExplorerApp, change):
     hits = self.ex.find(change['new'])
@@ -285,9 +283,20 @@ def _on_match(self: ExplorerApp, change):
     with self.busy(): self.split.value = s; self.index.max = len(self.ex.ds.splits[s]) - 1; self.index.value = i
     self.pick(s, i)
 
+# %% ../nbs/27_explorer_app.ipynb #237e1244
 @patch
 def _on_style(self: ExplorerApp, change):
     if self.guard(self.ex.set_style, self.style.value, self.color.value, self.width.value): self.refresh()
+
+# %% ../nbs/27_explorer_app.ipynb #14f58644
+@patch
+def _connect(self: ExplorerApp):
+    self.split.observe(self._on_split, names='value'); self.index.observe(self._on_index, names='value')
+    self.query.observe(self._on_query, names='value'); self.matches.observe(self._on_match, names='value')
+    self.use.on_click(lambda b: self.link_upload())
+    for w in (self.style, self.color, self.width): w.observe(self._on_style, names='value')
+    self.bbox.observe(self._on_bbox, names='bboxes')
+    self.more.observe(lambda c: self.show_more(), names='value')
 
 # %% ../nbs/27_explorer_app.ipynb #ba3322af
 def explorer_code(run_dir, data=None, cwd=None, detective=None) -> str:
@@ -302,6 +311,7 @@ def explorer_code(run_dir, data=None, cwd=None, detective=None) -> str:
             f'ExplorerApp(PromptExplorer.from_run({str(Path(run_dir).resolve())!r}, '
             f'{None if data is None else str(data)!r}, detective={det})).widget')
 
+# %% ../nbs/27_explorer_app.ipynb #27f9c396
 def cli_explore(argv: list[str]) -> int:
     "`vpmel explore RUN`: the prompt explorer as a web page (Voilà) on localhost, for people who do not read code."
     import argparse

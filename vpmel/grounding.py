@@ -34,13 +34,10 @@ class Proposal:
         return d if self.raw is None else d | {'raw': round(float(self.raw), 6)}
     @classmethod
     def from_json(cls, d: dict) -> Proposal:
-        return cls(
-            tuple(int(v) for v in d['box']),
-            float(d['score']),
-            d.get('source', ''),
-            None if d.get('raw') is None else float(d['raw']),
-        )
+        return cls(tuple(int(v) for v in d['box']), float(d['score']), d.get('source', ''),
+                   None if d.get('raw') is None else float(d['raw']))
 
+# %% ../nbs/29_grounding.ipynb #00283a53
 @dataclass
 class GroundingQuery:
     "What construction knows about one mention: its image, the mention words, the sentence, and the answer entity."
@@ -65,6 +62,7 @@ def _background(a: np.ndarray, step: int = 4, k: int = 7) -> np.ndarray:
     up = Image.fromarray(np.clip(small, 0, 255).astype(np.uint8)).resize((a.shape[1], a.shape[0]), Image.BILINEAR)
     return np.asarray(up).astype(np.float32)
 
+# %% ../nbs/29_grounding.ipynb #0e6f17de
 def region_proposals(img: Image.Image, thresholds: Sequence[float] = (20, 35, 55), margin: int = 4, min_side: int = 8,
                      dedup_iou: float = 0.9) -> list[Box]:
     "Object-like boxes: connected components of pixels that differ from the estimated background (see the prose)."
@@ -106,6 +104,7 @@ class LargestRegion:
         W, H = q.image.size
         return [Proposal(b, box_area(b) / (W * H), self.name) for b in region_proposals(q.image)]
 
+# %% ../nbs/29_grounding.ipynb #3057eb6c
 def _rng_for(seed: int, q: GroundingQuery) -> random.Random:
     return random.Random(f'{seed}|{q.id}|{q.mention}')   # per mention: the same answer whatever the order
 
@@ -121,6 +120,7 @@ class RandomWindow:
         x0, y0 = rng.randint(0, W - w), rng.randint(0, H - h)
         return [Proposal((x0, y0, x0 + w, y0 + h), 1.0, self.name)]
 
+# %% ../nbs/29_grounding.ipynb #565a311c
 @dataclass
 class RandomRegion:
     "Baseline: the region proposals in a random order (seeded per mention)."
@@ -176,26 +176,6 @@ class KBImageGrounder:
         h.update(repr(extra).encode())
         return h.digest()
 
-# %% ../nbs/29_grounding.ipynb #6c4fffd7
-@patch
-def _scene_boxes(self: KBImageGrounder, img: Image.Image, boxes=None):
-    "The image's proposals and their crop embeddings, computed once for all the mentions of one image (cached)."
-    key = self._key(img, extra=None if boxes is None else tuple(map(tuple, boxes)))
-    if self._scene[0] != key:
-        bs = list(self.propose(img)) if boxes is None else [tuple(b) for b in boxes]
-        self._scene = (key, (bs, self.embed_images([square_crop(img, b, self.margin) for b in bs]) if bs else None))
-    return self._scene[1]
-
-@patch
-def _entity(self: KBImageGrounder, q: GroundingQuery):
-    "The answer entity's KB-image embeddings (or None) and text embedding (cached per entity)."
-    text = (f'{q.entity_name}. {q.entity_attr}' if q.entity_attr else q.entity_name) or q.mention
-    key = self._key(*q.kb_images, extra=text)
-    if key not in self._entities:
-        if len(self._entities) >= self.cache_size: self._entities.clear()
-        self._entities[key] = (self.embed_images(q.kb_images) if q.kb_images else None, self.embed_text(text))
-    return self._entities[key]
-
 # %% ../nbs/29_grounding.ipynb #40a4b40b
 @patch
 def embed_images(self: KBImageGrounder, images: Sequence[Image.Image]):
@@ -211,6 +191,27 @@ def embed_text(self: KBImageGrounder, text: str):
         ids = self.tokenizer([text], context_length=self.context_length).to(self.device)
         return torch.nn.functional.normalize(self.clip.encode_text(ids).float(), dim=-1)[0]
 
+# %% ../nbs/29_grounding.ipynb #6c4fffd7
+@patch
+def _scene_boxes(self: KBImageGrounder, img: Image.Image, boxes=None):
+    "The image's proposals and their crop embeddings, computed once for all the mentions of one image (cached)."
+    key = self._key(img, extra=None if boxes is None else tuple(map(tuple, boxes)))
+    if self._scene[0] != key:
+        bs = list(self.propose(img)) if boxes is None else [tuple(b) for b in boxes]
+        self._scene = (key, (bs, self.embed_images([square_crop(img, b, self.margin) for b in bs]) if bs else None))
+    return self._scene[1]
+
+# %% ../nbs/29_grounding.ipynb #40601319
+@patch
+def _entity(self: KBImageGrounder, q: GroundingQuery):
+    "The answer entity's KB-image embeddings (or None) and text embedding (cached per entity)."
+    text = (f'{q.entity_name}. {q.entity_attr}' if q.entity_attr else q.entity_name) or q.mention
+    key = self._key(*q.kb_images, extra=text)
+    if key not in self._entities:
+        if len(self._entities) >= self.cache_size: self._entities.clear()
+        self._entities[key] = (self.embed_images(q.kb_images) if q.kb_images else None, self.embed_text(text))
+    return self._entities[key]
+
 # %% ../nbs/29_grounding.ipynb #826e44d1
 @patch
 def scores(self: KBImageGrounder, q: GroundingQuery, boxes: Sequence[Box] | None = None):
@@ -222,6 +223,7 @@ def scores(self: KBImageGrounder, q: GroundingQuery, boxes: Sequence[Box] | None
     s = torch.zeros(len(boxes)) if kb is None else (v @ kb.T).max(1).values.cpu()
     return boxes, s + (self.text_weight if kb is not None else 1.0) * (v @ t).cpu()
 
+# %% ../nbs/29_grounding.ipynb #c4a2ba95
 @patch
 def __call__(self: KBImageGrounder, q: GroundingQuery) -> list[Proposal]:
     import torch
@@ -251,6 +253,7 @@ def _setting(v):
     if hasattr(v, 'state_dict'): return weights_fingerprint(v)
     return getattr(v, '__qualname__', type(v).__qualname__)
 
+# %% ../nbs/29_grounding.ipynb #0cec0681
 def grounder_record(g) -> dict:
     """What determines grounder `g`'s proposals, for a folder's record: its `name` and its settings (`g.settings()`,
     else a dataclass's fields, else its class)."""
@@ -280,6 +283,7 @@ def grounding_query(ds, m) -> GroundingQuery:
     return GroundingQuery(img, m.mentions, m.sentence, e.type if e else '', e.entity_name if e else '', kb, str(m.id),
                           e.attr if e else '')
 
+# %% ../nbs/29_grounding.ipynb #9669d76c
 def ground_mentions(grounder, ds, mentions, progress: bool = False) -> tuple[dict[str, list[Proposal]], float]:
     """The grounder's proposals for each of `mentions` (records of `ds`), by mention id, and the seconds the grounder
     took."""
@@ -291,6 +295,7 @@ def ground_mentions(grounder, ds, mentions, progress: bool = False) -> tuple[dic
         t0 = time.perf_counter(); out[str(m.id)] = grounder(q); t += time.perf_counter() - t0
     return out, t
 
+# %% ../nbs/29_grounding.ipynb #251effdd
 def grounding_row(name: str, proposals: dict, true_boxes: dict, chosen: dict | None = None, seconds: float = 0.0,
                   iou: float = 0.5) -> dict:
     """Scores of the chosen proposal (default: the first; None: no box) of each mention of `proposals` that has a true
@@ -306,6 +311,7 @@ def grounding_row(name: str, proposals: dict, true_boxes: dict, chosen: dict | N
             'kept': round(100 * len(ious) / k, 1), f'acc@{iou}_of_kept': round(100 * hit / max(1, len(ious)), 1),
             'ms_per_mention': round(1000 * seconds / max(1, len(proposals)), 1)}
 
+# %% ../nbs/29_grounding.ipynb #9bc43c63
 def evaluate_grounder(grounder, ds, split: str, true_boxes: dict, n: int | None = None, iou: float = 0.5,
                       progress: bool = False) -> dict:
     "Accuracy at IoU >= `iou` and mean IoU of the first proposal, over the depicted mentions of `split` (first `n`)."

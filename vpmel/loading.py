@@ -6,6 +6,7 @@
 from __future__ import annotations
 import random, zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 import numpy as np
@@ -14,10 +15,10 @@ from fastcore.basics import patch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .vpwiki import (ImageReader, KBEntity, MELDataset, Mention, OnBadImage, resolve_in_root)
+from .vpwiki import (ImageReader, KBEntity, MELDataset, Mention, OnBadImage, RAW_IMG, resolve_in_root)
 
 # %% auto #0
-__all__ = ['MENTION_TEMPLATE', 'DETECTIVE_TEMPLATE', 'ENTITY_TEMPLATE', 'RAW_IMG', 'PromptFn', 'ImageToTensor', 'HashTokenizer',
+__all__ = ['MENTION_TEMPLATE', 'DETECTIVE_TEMPLATE', 'ENTITY_TEMPLATE', 'PromptFn', 'ImageToTensor', 'HashTokenizer',
            'MentionDataset', 'EntityDataset', 'TextImageCollate', 'make_loader', 'PairDataset', 'PairCollate']
 
 # %% ../nbs/07_loading.ipynb #6b64c35d
@@ -31,6 +32,7 @@ class ImageToTensor:
         if img.size != (self.size, self.size): img = img.resize((self.size, self.size), Image.BILINEAR)
         return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
 
+# %% ../nbs/07_loading.ipynb #3b5d70a6
 @dataclass
 class HashTokenizer:
     "Toy tokenizer: lower-cased words hashed into `vocab_size` ids; `[CLS]`=1 first, `[SEP]`=2, padding 0."
@@ -52,9 +54,45 @@ class HashTokenizer:
 MENTION_TEMPLATE = '{mentions} [SEP] {sentence}'     # the official code's mention text
 DETECTIVE_TEMPLATE = '{detective} [SEP] {sentence}'  # with the Detective-VLM's answer in place of the mention words
 ENTITY_TEMPLATE = '{entity_name} [SEP] {attr}'
-RAW_IMG = 'raw_img/mention_{id}.png'                 # the scene without the prompt (MiniVPWiki)
 
 PromptFn = Callable[[Image.Image, Sequence[int]], Image.Image]
+
+# %% ../nbs/07_loading.ipynb #a328a07f
+def _gold_rows(ds: MELDataset, split: str, mentions: Sequence[Mention]) -> tuple[int, ...]:
+    "The KB row of each mention's answer; every answer must be in the index."
+    missing = [m.answer for m in mentions if m.answer not in ds.qid2id]
+    if missing:
+        raise KeyError(
+            f'{len(missing)} answers of {split} are not in qid2id (e.g. {missing[:3]}); run `vpmel check {ds.root}`'
+        )
+    return tuple(int(ds.qid2id[m.answer]) for m in mentions)
+
+# %% ../nbs/07_loading.ipynb #5c84f2b9
+def _check_prompt(prompt, root: Path, mentions: Sequence[Mention]):
+    "Refuse a prompt mode that is unknown, or that lacks what it needs: the raw scenes, and boxes to redraw on."
+    if not (prompt in ('dataset', 'none') or callable(prompt)):
+        raise ValueError(f"prompt must be 'dataset', 'none' or a callable (image, bbox) -> image, not {prompt!r}")
+    if prompt != 'dataset' and not (root/'raw_img').is_dir():
+        raise FileNotFoundError(
+            f'prompt={prompt!r} needs the scenes without prompt ({root}/raw_img/mention_<id>.png), '
+            f'and this dataset has none: only MiniVPWiki (vpmel.minivpwiki) provides them; '
+            f"VPWiki ships prompted images only (use prompt='dataset')"
+        )
+    if callable(prompt):
+        nobox = [m.id for m in mentions if m.bbox is None]
+        if nobox:
+            raise ValueError(
+                f'redrawing the prompt needs a bbox, and {len(nobox)} mentions have none (ids {nobox[:5]})'
+            )
+
+# %% ../nbs/07_loading.ipynb #6f7f2424
+def _detective_answers(detective: dict | None, mentions: Sequence[Mention], split: str) -> dict[str, str] | None:
+    "The Detective's answers keyed by mention id (as a string); every mention of the split needs one."
+    if detective is None: return None
+    answers = {str(k): v for k, v in detective.items()}
+    lacking = [m.id for m in mentions if m.id not in answers]
+    if lacking: raise KeyError(f'the detective answers lack {len(lacking)} mentions of {split} (ids {lacking[:5]})')
+    return answers
 
 # %% ../nbs/07_loading.ipynb #a99c9e73
 class MentionDataset(Dataset):
@@ -69,33 +107,10 @@ class MentionDataset(Dataset):
         if split not in ds.splits: raise KeyError(f'split {split!r} is not in {ds.root} (it has {sorted(ds.splits)})')
         self.root, self.split, self.transform = ds.root, split, transform
         self.mentions: tuple[Mention, ...] = tuple(ds.splits[split])
-        missing = [m.answer for m in self.mentions if m.answer not in ds.qid2id]
-        if missing:
-            raise KeyError(
-                f'{len(missing)} answers of {split} are not in qid2id (e.g. {missing[:3]}); run `vpmel check {ds.root}`'
-            )
-        self.rows = tuple(int(ds.qid2id[m.answer]) for m in self.mentions)
-        if not (prompt in ('dataset', 'none') or callable(prompt)):
-            raise ValueError(f"prompt must be 'dataset', 'none' or a callable (image, bbox) -> image, not {prompt!r}")
+        self.rows = _gold_rows(ds, split, self.mentions)
+        _check_prompt(prompt, self.root, self.mentions)
         self.prompt = prompt
-        if prompt != 'dataset' and not (self.root/'raw_img').is_dir():
-            raise FileNotFoundError(
-                f'prompt={prompt!r} needs the scenes without prompt ({self.root}/raw_img/mention_<id>.png), '
-                f'and this dataset has none: only MiniVPWiki (vpmel.minivpwiki) provides them; '
-                f"VPWiki ships prompted images only (use prompt='dataset')"
-            )
-        if callable(prompt):
-            nobox = [m.id for m in self.mentions if m.bbox is None]
-            if nobox:
-                raise ValueError(
-                    f'redrawing the prompt needs a bbox, and {len(nobox)} mentions have none (ids {nobox[:5]})'
-                )
-        self.detective = None
-        if detective is not None:
-            self.detective = {str(k): v for k, v in detective.items()}
-            lacking = [m.id for m in self.mentions if m.id not in self.detective]
-            if lacking:
-                raise KeyError(f'the detective answers lack {len(lacking)} mentions of {split} (ids {lacking[:5]})')
+        self.detective = _detective_answers(detective, self.mentions, split)
         self.text_fn, self.template, self.detective_template = text_fn, template, detective_template
         for m in self.mentions: resolve_in_root(self.root, m.img_path)  # fail now on a path leaving the root
         self.reader = ImageReader(self.root, on_bad_image, blank_size)
@@ -111,6 +126,7 @@ def text(self: MentionDataset, i: int) -> str:
     f = dict(id=m.id, mentions=m.mentions, sentence=m.sentence, detective=det)
     return (self.template if det is None else self.detective_template).format(**f)
 
+# %% ../nbs/07_loading.ipynb #327b2257
 @patch
 def pil_image(self: MentionDataset, i: int) -> tuple[Image.Image, bool]:
     "The PIL image of mention `i` as the prompt mode asks, and whether it was read fine."
@@ -148,19 +164,21 @@ class EntityDataset(Dataset):
         if self.text_fn is not None: return self.text_fn(e)
         return self.template.format(id=e.id, entity_name=e.entity_name, attr=e.attr, type=e.type)
 
-    def image_path(self, i: int) -> str | None:
-        "The relative path of the image item `i` shows (None for an entity without images)."
-        imgs = self.entities[i].image_list
-        if not imgs: return None
-        if self.image_choice == 'first' or len(imgs) == 1: return imgs[0]
-        return random.Random(f'{self.seed}:{self.epoch}:{i}').choice(imgs)
-
     def __getitem__(self, i: int) -> dict:
-        rel = self.image_path(i)
+        rel = self.image_path(i)   # which image: below
         img, ok = (self.reader.blank(), True) if rel is None else self.reader(rel)
         e = self.entities[i]
         return {'id': e.id, 'text': self.text(i), 'image': self.transform(img), 'index': i,
                 'has_image': rel is not None and ok, 'image_ok': ok}
+
+# %% ../nbs/07_loading.ipynb #9d8bd025
+@patch
+def image_path(self: EntityDataset, i: int) -> str | None:
+    "The relative path of the image item `i` shows (None for an entity without images)."
+    imgs = self.entities[i].image_list
+    if not imgs: return None
+    if self.image_choice == 'first' or len(imgs) == 1: return imgs[0]
+    return random.Random(f'{self.seed}:{self.epoch}:{i}').choice(imgs)
 
 # %% ../nbs/07_loading.ipynb #4a900151
 class TextImageCollate:
@@ -180,6 +198,7 @@ class TextImageCollate:
         batch['id'] = [it['id'] for it in items]
         return batch
 
+# %% ../nbs/07_loading.ipynb #f1f62759
 def make_loader(dataset: Dataset, collate: Callable, batch_size: int = 32, shuffle: bool = False,
                 num_workers: int = 0, seed: int = 0, **kw) -> DataLoader:
     "A `DataLoader` whose shuffling is seeded (same `seed`, same order), whatever `num_workers` is."
@@ -201,6 +220,7 @@ class PairDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         return {'mention': self.mentions[i], 'entity': self.entities[self.mentions.rows[i]]}
 
+# %% ../nbs/07_loading.ipynb #86431cc9
 class PairCollate:
     """Collate pairs into `{'mention': batch, 'entity': batch, 'pos_mask': (B, B) bool}` (entities may use their own
     tokenizer)."""

@@ -47,25 +47,17 @@ def check_mel(path, images: bool = True, progress: bool = False) -> CheckReport:
         except (OSError, ValueError): continue          # already reported by check_dataset
         if not isinstance(recs, list): continue
         for i, d in enumerate(recs):
-            if (
-                not isinstance(d, dict)
-                or not isinstance(d.get('mentions'), str)
-                or not isinstance(d.get('sentence'), str)
-            ):
+            if not (isinstance(d, dict) and isinstance(d.get('mentions'), str) and isinstance(d.get('sentence'), str)):
                 continue
             rec = f'#{i} (id {d.get("id")!r})'
             if is_blank_mention(d['mentions']):
-                rep.add(
-                    'error',
-                    f.name,
-                    rec,
-                    'mentions',
-                    'blank mention words: this is VP-MEL data (VPWiki blanks them), not a MEL source',
-                )
+                rep.add('error', f.name, rec, 'mentions',
+                        'blank mention words: this is VP-MEL data (VPWiki blanks them), not a MEL source')
             elif mention_in_sentence(d['mentions'], d['sentence']) is None:
                 rep.add('warning', f.name, rec, 'mentions', f'{d["mentions"]!r} does not occur in the sentence')
     return rep
 
+# %% ../nbs/28_mel.ipynb #761bf0fd
 class MELSourceError(VpmelError, ValueError):
     "A folder that is not a usable MEL source: the message names the file, the record and the way out."
 
@@ -83,6 +75,13 @@ MEL_FORMAT = 'minivpwiki-mel-1'
 BOXES_FILE, SOURCE_FILE = 'boxes.json', 'source.json'
 _NAME_WORD = re.compile(r'\b[A-Z][a-z]+\b')
 
+def _place_words(plan: Plan, sc) -> list[str]:
+    "The capitalised words of a scene's caption that are no entity name of it: the candidates for a nil mention."
+    taken = ' '.join(plan.kb[r].entity_name for r in sc.named)
+    return [w for w in _NAME_WORD.findall(sc.sentence)
+            if w not in taken and w not in ('From', 'Scene', 'Visitors', 'Photo')]
+
+# %% ../nbs/28_mel.ipynb #b23a759f
 def mel_records(
     plan: Plan, nil_p: float = 0.1, seed: int = 0
 ) -> tuple[dict[str, list[Mention]], dict[str, list[int]], list[dict]]:
@@ -99,12 +98,7 @@ def mel_records(
             if r in sc.rows:
                 x0, y0, x1, y1 = glyph_box(plan.looks[r].type, sc.poses[sc.rows.index(r)]); g = cfg.prompt_margin
                 boxes[mid] = [x0 - g, y0 - g, x1 + g, y1 + g]
-        taken = ' '.join(plan.kb[r].entity_name for r in sc.named)
-        places = [
-            w
-            for w in _NAME_WORD.findall(sc.sentence)
-            if w not in taken and w not in ('From', 'Scene', 'Visitors', 'Photo')
-        ]
+        places = _place_words(plan, sc)
         if places and rng.random() < nil_p:
             w = rng.choice(places); mid = str(n); n += 1; ids.append(mid)
             splits[sc.split].append(Mention(mid, sc.sentence, w, w, 'nil', img))
@@ -129,17 +123,22 @@ def default_mel_out(preset: str, seed: int = 0) -> Path:
     return Path('data')/'minivpwiki-mel'/(preset if seed == 0 else f'{preset}-seed{seed}')
 
 # %% ../nbs/28_mel.ipynb #823e6006
+def _check_mel_args(preset: str, nil_p, workers: int, config: SynthConfig | None):
+    "Refuse a preset, `nil_p` or worker count `build_mel_source` cannot use, before anything is written."
+    if config is None and preset not in PRESETS:
+        raise SynthError(f'unknown preset {preset!r}: choose one of {", ".join(sorted(PRESETS))}')
+    if isinstance(nil_p, bool) or not isinstance(nil_p, (int, float)) or not 0 <= nil_p <= 1:
+        raise SynthError(f'nil_p (--nil) is the share of scenes with a nil mention, in [0, 1], not {nil_p!r}')
+    if workers < 1: raise SynthError(f'workers must be at least 1, got {workers}')
+
+# %% ../nbs/28_mel.ipynb #6dd3cc5f
 def build_mel_source(out=None, preset: str = 'cpu', seed: int = 0, nil_p: float = 0.1, overwrite: bool = False,
                      workers: int = 2, config: SynthConfig | None = None, progress: bool = True,
                      fresh: bool = False) -> Path:
     """Write MiniVPWiki (`preset`, `seed`) as a MEL source into `out`: unprompted scenes, mention words, `boxes.json`.
     The folder's record says what made it: the same call returns a finished folder at once and finishes an interrupted
     one; another config there is refused (`FolderConflict`) unless `fresh` (or its older name `overwrite`)."""
-    if config is None and preset not in PRESETS:
-        raise SynthError(f'unknown preset {preset!r}: choose one of {", ".join(sorted(PRESETS))}')
-    if isinstance(nil_p, bool) or not isinstance(nil_p, (int, float)) or not 0 <= nil_p <= 1:
-        raise SynthError(f'nil_p (--nil) is the share of scenes with a nil mention, in [0, 1], not {nil_p!r}')
-    if workers < 1: raise SynthError(f'workers must be at least 1, got {workers}')
+    _check_mel_args(preset, nil_p, workers, config)
     config, out = config or PRESETS[preset], check_out_folder(out if out is not None else default_mel_out(preset, seed))
     made_by = {'format': MEL_FORMAT, 'preset': preset, 'seed': seed, 'nil_p': nil_p,
                'config': json.loads(json.dumps(asdict(config)))}
@@ -161,6 +160,7 @@ def build_mel_source(out=None, preset: str = 'cpu', seed: int = 0, nil_p: float 
     write_json_atomic(out/SOURCE_FILE, made_by | {'about': about}, indent=1)
     return out
 
+# %% ../nbs/28_mel.ipynb #9e692c49
 def read_true_boxes(root) -> dict[str, Box]:
     "The true boxes of a MiniVPWiki MEL source (`boxes.json`: mention id -> box), for scoring construction."
     p = Path(root)/BOXES_FILE
@@ -183,6 +183,7 @@ class Dropped:
         else: self.records[reason] = self.records.get(reason, 0) + 1
         if len(self.examples) < 10: self.examples.append(f'{where}: {reason}' + (f' ({detail})' if detail else ''))
 
+# %% ../nbs/28_mel.ipynb #ce3feac1
 def _image_fault(root: Path, rel: str, images: bool, seen: dict) -> str | None:
     "Why the image `rel` cannot be used (None: it can): outside the folder, missing, unreadable, absurdly large."
     if rel not in seen:
@@ -198,6 +199,7 @@ def _image_fault(root: Path, rel: str, images: bool, seen: dict) -> str | None:
         except Exception: seen[rel] = 'unreadable image'
     return seen[rel]
 
+# %% ../nbs/28_mel.ipynb #205d1fb2
 def _record_fault(d, i: int, name: str, root: Path, qid2id: dict, seen_id: dict, images: bool, seen_img: dict):
     "`(label, why, detail)`: why mention record #`i` of `name` cannot be used ('nil': a nil answer; None: it can)."
     rep = CheckReport(name); rec = check_mention(d, i, name, rep)
@@ -227,6 +229,7 @@ def _source_faults(path: Path):
         raise MELSourceError(f'{path}: {blank} of its {len(recs)} records have blank mention words: this is VP-MEL '
                              'data (VPWiki blanks them), not a MEL source: give a source whose records carry them')
 
+# %% ../nbs/28_mel.ipynb #554d8271
 def load_mel(path, images: bool = True) -> tuple[MELDataset, Dropped]:
     """A MEL source for construction: file and KB faults raise `MELSourceError`; a faulty mention record is dropped and
     counted (see the prose), and so is a KB image that cannot be read; `nil` answers are counted in `ds.n_nil`."""
@@ -290,9 +293,8 @@ def show_mel_scene(root, scene: int = 0):
         if mid in boxes:
             x0, y0, x1, y1 = boxes[mid]
             ax.add_patch(patches.Rectangle((x0 - .5, y0 - .5), x1 - x0, y1 - y0, fill=False, ls='--', lw=1.5, ec=c))
-        lines.append(
-            f'{m.mentions!r} -> {m.answer}' + ('' if mid in boxes or is_nil(m.answer) else ' (not in the picture)')
-        )
+        absent = '' if mid in boxes or is_nil(m.answer) else ' (not in the picture)'
+        lines.append(f'{m.mentions!r} -> {m.answer}{absent}')
     ax.set_title(f'"{recs[sc["mentions"][0]].sentence}"', fontsize=8, wrap=True)
     ax.set_xlabel('\n'.join(lines), fontsize=8); ax.set_xticks([]); ax.set_yticks([])
     fig.tight_layout()
@@ -309,6 +311,7 @@ def mel_stats(ds: MELDataset, boxes: dict | None = None) -> dict:
         if boxes is not None: out[s]['with_true_box'] = sum(m.id in boxes for m in ms)
     return out
 
+# %% ../nbs/28_mel.ipynb #844d2762
 def cli_mel(argv: list[str] | None = None) -> int:
     "`vpmel mel`: write MiniVPWiki as a MEL source (mention words, unprompted scenes, true boxes aside)."
     ap = CommandParser(prog='vpmel mel', description='Write MiniVPWiki as a MEL dataset in MIMIC format (the source of '

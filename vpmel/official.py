@@ -5,9 +5,11 @@
 # %% ../nbs/23_official.ipynb #81f49aef
 from __future__ import annotations
 import math
+from functools import partial
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
+from fastcore.basics import patch
 from .encoders import ClipText
 from .units import official_state_dict_shapes, index_features
 from .rank import RankResult
@@ -17,39 +19,54 @@ from .iier import IIER
 __all__ = ['OFFICIAL_CLS_LAYERS', 'official_matcher_forward', 'official_rank', 'official_clip_config', 'official_clip_config_of',
            'OfficialEncoder', 'OfficialMatcher', 'OfficialIIER', 'official_optimizer', 'official_train_step']
 
+# %% ../nbs/23_official.ipynb #4309898e
+def _lin(sd: dict[str, Tensor], x: Tensor, n: str) -> Tensor: return F.linear(x, sd[f'{n}.weight'], sd[f'{n}.bias'])
+def _ln(sd: dict[str, Tensor], x: Tensor, n: str) -> Tensor:
+    return F.layer_norm(x, x.shape[-1:], sd[f'{n}.weight'], sd[f'{n}.bias'])
+
+# %% ../nbs/23_official.ipynb #4d5a1951
+def _official_tglu(sd: dict[str, Tensor], etc, ett, mtc, mtt) -> Tensor:
+    "TGLU's text score `[M, N]` from the normed text CLS and tokens of the entities (`etc`, `ett`) and mentions."
+    lin, ln = partial(_lin, sd), partial(_ln, sd)
+    ecls = lin(etc, 'tglu.fc_cls').unsqueeze(1)                                   # [N, 1, d]
+    q = lin(ett, 'tglu.fc_query').unsqueeze(1)                                    # [N, 1, L, d]
+    k, v = lin(mtt, 'tglu.fc_key').unsqueeze(0), lin(mtt, 'tglu.fc_value').unsqueeze(0)  # [1, M, L, d]
+    att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), -1)     # [N, M, L, L]
+    ctx = ln((att @ v).mean(-2), 'tglu.layer_norm')                               # [N, M, d]
+    return ((ecls * ctx).sum(-1).T + mtc @ etc.T) / 2                             # [M, N]
+
+# %% ../nbs/23_official.ipynb #d76e9944
+def _official_dual(sd: dict[str, Tensor], n: str, qc, kc, vt) -> Tensor:
+    "One of VDLU's dual units (`n`: its weights' prefix): query CLS `qc`, key CLS `kc`, value tokens `vt`."
+    lin, ln = partial(_lin, sd), partial(_ln, sd)
+    qc, kc, vt = lin(qc, f'{n}.cls_fc'), lin(kc, f'{n}.cls_fc'), lin(vt, f'{n}.tokens_fc')
+    u = lin(ln(vt.mean(-2).unsqueeze(0) + qc.unsqueeze(1), f'{n}.add_layer_norm'), f'{n}.fc')   # [a, b, d]
+    agg = ln(u * torch.tanh(lin(u, f'{n}.gate_fc')) + kc.unsqueeze(0), f'{n}.layer_norm')
+    return (agg * ln(qc.unsqueeze(1), f'{n}.layer_norm')).sum(-1)
+
+# %% ../nbs/23_official.ipynb #324f0c1f
+def _official_fuse(sd: dict[str, Tensor], tc, it) -> Tensor:
+    "CMFU's fused vector `[B, d]` of a side's normed text CLS `tc` and image tokens `it`."
+    lin, ln = partial(_lin, sd), partial(_ln, sd)
+    t, p = lin(tc, 'cmfu.text_fc'), lin(it, 'cmfu.image_fc')
+    a = torch.softmax(t.unsqueeze(1) @ p.transpose(-1, -2), -1)              # [B, 1, P]
+    return ln(t * torch.tanh(lin(t, 'cmfu.gate_fc')) + (a @ p).squeeze(1), 'cmfu.gate_layer_norm')
+
 # %% ../nbs/23_official.ipynb #3b009386
 def official_matcher_forward(sd: dict[str, Tensor], entity_text_cls, entity_text_tokens, mention_text_cls,
                              mention_text_tokens, entity_image_cls, entity_image_tokens, mention_image_cls,
                              mention_image_tokens) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
     """The official MIMIC matcher forward (same argument order), from a state dict:
     `(score [M, N], (text, visual, cross))`."""
-    P = lambda n: (sd[f'{n}.weight'], sd[f'{n}.bias'])
-    lin = lambda x, n: F.linear(x, *P(n))
-    ln = lambda x, n: F.layer_norm(x, x.shape[-1:], *P(n))
+    ln = partial(_ln, sd)
     etc, mtc = ln(entity_text_cls, 'text_cls_layernorm'), ln(mention_text_cls, 'text_cls_layernorm')
     ett, mtt = ln(entity_text_tokens, 'text_tokens_layernorm'), ln(mention_text_tokens, 'text_tokens_layernorm')
     eic, mic = ln(entity_image_cls, 'image_cls_layernorm'), ln(mention_image_cls, 'image_cls_layernorm')
     eit, mit = ln(entity_image_tokens, 'image_tokens_layernorm'), ln(mention_image_tokens, 'image_tokens_layernorm')
-    # TGLU
-    ecls = lin(etc, 'tglu.fc_cls').unsqueeze(1)                                   # [N, 1, d]
-    q = lin(ett, 'tglu.fc_query').unsqueeze(1)                                    # [N, 1, L, d]
-    k, v = lin(mtt, 'tglu.fc_key').unsqueeze(0), lin(mtt, 'tglu.fc_value').unsqueeze(0)  # [1, M, L, d]
-    att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), -1)     # [N, M, L, L]
-    ctx = ln((att @ v).mean(-2), 'tglu.layer_norm')                               # [N, M, d]
-    text = ((ecls * ctx).sum(-1).T + mtc @ etc.T) / 2                             # [M, N]
-    # VDLU
-    def dual(n, qc, kc, vt):
-        qc, kc, vt = lin(qc, f'{n}.cls_fc'), lin(kc, f'{n}.cls_fc'), lin(vt, f'{n}.tokens_fc')
-        u = lin(ln(vt.mean(-2).unsqueeze(0) + qc.unsqueeze(1), f'{n}.add_layer_norm'), f'{n}.fc')   # [a, b, d]
-        agg = ln(u * torch.tanh(lin(u, f'{n}.gate_fc')) + kc.unsqueeze(0), f'{n}.layer_norm')
-        return (agg * ln(qc.unsqueeze(1), f'{n}.layer_norm')).sum(-1)
-    visual = (dual('vdlu.dual_ent2men', eic, mic, mit).T + dual('vdlu.dual_men2ent', mic, eic, eit)) / 2
-    # CMFU
-    def fuse(tc, it):
-        t, p = lin(tc, 'cmfu.text_fc'), lin(it, 'cmfu.image_fc')
-        a = torch.softmax(t.unsqueeze(1) @ p.transpose(-1, -2), -1)              # [B, 1, P]
-        return ln(t * torch.tanh(lin(t, 'cmfu.gate_fc')) + (a @ p).squeeze(1), 'cmfu.gate_layer_norm')
-    cross = fuse(mtc, mit) @ fuse(etc, eit).T
+    text = _official_tglu(sd, etc, ett, mtc, mtt)
+    visual = (_official_dual(sd, 'vdlu.dual_ent2men', eic, mic, mit).T
+              + _official_dual(sd, 'vdlu.dual_men2ent', mic, eic, eit)) / 2
+    cross = _official_fuse(sd, mtc, mit) @ _official_fuse(sd, etc, eit).T
     return (text + visual + cross) / 3, (text, visual, cross)
 
 # %% ../nbs/23_official.ipynb #2ec3629f
@@ -100,6 +117,7 @@ def official_clip_config(vision: dict | None = None, text: dict | None = None, p
         text_config={**t, **(text or {})}, vision_config={**v, **(vision or {})}, projection_dim=projection_dim
     )
 
+# %% ../nbs/23_official.ipynb #db0d3fac
 def official_clip_config_of(encoder):
     """The `CLIPConfig` of the architecture of our encoder's open_clip CLIP (ViT-B/32 for the `paper` preset); the text
     tower must be CLIP's."""
@@ -178,6 +196,7 @@ class OfficialMatcher(nn.Module):
 
     def forward(self, *feats): return official_matcher_forward(dict(self.named_parameters()), *feats)
 
+# %% ../nbs/23_official.ipynb #d183e377
 class OfficialIIER(nn.Module):
     """The official training model (`encoder` + `matcher`, as in its Lightning module); `forward(batch)` gives its
     four-term loss."""
@@ -194,17 +213,19 @@ class OfficialIIER(nn.Module):
         return cls(official_clip_config_of(model.encoder), model.cfg.encoder.dv, model.cfg.hidden,
                    tuple(i + 1 for i in model.encoder.layers))
 
-    def forward(self, batch: dict) -> dict:
-        """Batch as ours (`mention`/`entity` sides of `input_ids`, `attention_mask`, `pixel_values`); entity i is
-        mention i's gold."""
-        m, e = batch['mention'], batch['entity']
-        mt, mi, mtt, mit = self.encoder(m['input_ids'], m['attention_mask'], m['pixel_values'])
-        et, ei, ett, eit = self.encoder(e['input_ids'], e['attention_mask'], e['pixel_values'])
-        fused, (text, visual, cross) = self.matcher(et, ett, mt, mtt, ei, eit, mi, mit)
-        scores = {'fused': fused, 'text': text, 'visual': visual, 'cross': cross}
-        labels = torch.arange(len(mt), device=mt.device)
-        parts = {k: F.cross_entropy(s, labels) for k, s in scores.items()}
-        return {'loss': sum(parts.values()), 'scores': scores, **{f'loss_{k}': v for k, v in parts.items()}}
+# %% ../nbs/23_official.ipynb #72a3ca84
+@patch
+def forward(self: OfficialIIER, batch: dict) -> dict:
+    """Batch as ours (`mention`/`entity` sides of `input_ids`, `attention_mask`, `pixel_values`); entity i is
+    mention i's gold."""
+    m, e = batch['mention'], batch['entity']
+    mt, mi, mtt, mit = self.encoder(m['input_ids'], m['attention_mask'], m['pixel_values'])
+    et, ei, ett, eit = self.encoder(e['input_ids'], e['attention_mask'], e['pixel_values'])
+    fused, (text, visual, cross) = self.matcher(et, ett, mt, mtt, ei, eit, mi, mit)
+    scores = {'fused': fused, 'text': text, 'visual': visual, 'cross': cross}
+    labels = torch.arange(len(mt), device=mt.device)
+    parts = {k: F.cross_entropy(s, labels) for k, s in scores.items()}
+    return {'loss': sum(parts.values()), 'scores': scores, **{f'loss_{k}': v for k, v in parts.items()}}
 
 # %% ../nbs/23_official.ipynb #2cb447d8
 def official_optimizer(
@@ -224,6 +245,7 @@ def official_optimizer(
         eps=eps,
     )
 
+# %% ../nbs/23_official.ipynb #1f03100b
 def official_train_step(model: OfficialIIER, batch: dict, opt) -> float:
     """One official training step (what Lightning does with `training_step`'s loss): backward, `opt.step()`,
     `opt.zero_grad()`; returns the loss it logs."""

@@ -12,6 +12,7 @@ from typing import Sequence
 import open_clip
 import torch
 import torch.nn as nn, torch.nn.functional as F
+from fastcore.basics import patch
 
 from .vpwiki import load_dataset, MELDataset, SPLITS, KB_FILE, QID2ID_FILE, BadImageError, open_image
 from .files import VpmelError, write_json_atomic, write_bytes_atomic, claim_folder, read_record, files_fingerprint
@@ -34,6 +35,7 @@ def entity_text(e) -> str:
     "The text an entity is described by: `'name. attr'` (just the name when there is no description)."
     return f'{e.entity_name}. {e.attr}' if e.attr else e.entity_name
 
+# %% ../nbs/13_pretrain.ipynb #85afbe64
 def _read_resized(ds: MELDataset, rel: str, size: int, record: str = '') -> torch.Tensor:
     "The image at `rel` (inside the data root) as uint8 RGB [3, size, size]; `record` says who lists it in errors."
     from torchvision.transforms.v2.functional import pil_to_tensor, resize
@@ -51,6 +53,7 @@ def _kb_images(ds: MELDataset, size: int) -> tuple[list[int], list[torch.Tensor]
     if not ims: raise PretrainError(f'{ds.root/KB_FILE}: no entity has an image: the tiny CLIP learns from KB images')
     return rows, ims
 
+# %% ../nbs/13_pretrain.ipynb #92591dca
 def _as_dataset(kb_dataset, splits: Sequence[str] = ()) -> MELDataset:
     "`kb_dataset` itself, or the dataset folder it names loaded with `splits` (the KB alone by default)."
     if isinstance(kb_dataset, MELDataset): return kb_dataset
@@ -70,6 +73,7 @@ def clip_preprocess_defaults() -> dict:
     from open_clip.transform import PreprocessCfg
     return asdict(PreprocessCfg())
 
+# %% ../nbs/13_pretrain.ipynb #187acb04
 def save_open_clip(clip: nn.Module, model_cfg: dict, out_dir) -> Path:
     "Save `clip` in open_clip's folder format (loadable with `open_clip.create_model('local-dir:DIR')`), atomically."
     from safetensors.torch import save as st_save
@@ -90,13 +94,8 @@ def clip_vision_state_dict(visual: torch.nn.Module) -> dict[str, torch.Tensor]:
     out['embeddings.position_embedding.weight'] = sd['positional_embedding']
     for hf, oc in (('pre_layrnorm', 'ln_pre'), ('post_layernorm', 'ln_post')):
         for p in ('weight', 'bias'): out[f'{hf}.{p}'] = sd[f'{oc}.{p}']
-    names = {
-        'self_attn.out_proj': 'attn.out_proj',
-        'layer_norm1': 'ln_1',
-        'layer_norm2': 'ln_2',
-        'mlp.fc1': 'mlp.c_fc',
-        'mlp.fc2': 'mlp.c_proj',
-    }
+    names = {'self_attn.out_proj': 'attn.out_proj', 'layer_norm1': 'ln_1', 'layer_norm2': 'ln_2',
+             'mlp.fc1': 'mlp.c_fc', 'mlp.fc2': 'mlp.c_proj'}
     for i in range(len(visual.transformer.resblocks)):
         src, dst = f'transformer.resblocks.{i}.', f'encoder.layers.{i}.'
         for p in ('weight', 'bias'):
@@ -145,6 +144,7 @@ def _scene_images(ds: MELDataset, split: str, size: int, raw: bool = False) -> t
         ims.append(_read_resized(ds, rel, size, f'{ds.root}/{split}.json: mention {m.id}: '))
     return rows, ims
 
+# %% ../nbs/13_pretrain.ipynb #b1e58898
 @torch.no_grad()
 def clip_scene_retrieval(
     clip: nn.Module, ds: MELDataset, split: str = 'dev', raw: bool = False, batch_size: int = 256
@@ -156,30 +156,17 @@ def clip_scene_retrieval(
     mean, std = (torch.tensor(clip.visual.preprocess_cfg[k]).view(1, 3, 1, 1) for k in ('mean', 'std'))
     ctx, tok = clip.positional_embedding.shape[0], open_clip.get_tokenizer('ViT-B-32')
     was = clip.training; clip.eval()
-    Y = torch.cat(
-        [
-            F.normalize(
-                clip.encode_text(tok([entity_text(e) for e in ds.kb[s:s + batch_size]], context_length=ctx)), dim=-1
-            )
-            for s in range(0, len(ds.kb), batch_size)
-        ]
-    )
-    X = torch.cat(
-        [
-            F.normalize(
-                clip.encode_image(torch.stack(ims[s:s + batch_size]).float().div(255).sub(mean).div(std)), dim=-1
-            )
-            for s in range(0, len(ims), batch_size)
-        ]
-    )
+    texts = [entity_text(e) for e in ds.kb]
+    Y = torch.cat([F.normalize(clip.encode_text(tok(texts[s:s + batch_size], context_length=ctx)), dim=-1)
+                   for s in range(0, len(texts), batch_size)])
+    def pixels(b): return torch.stack(b).float().div(255).sub(mean).div(std)
+    X = torch.cat([F.normalize(clip.encode_image(pixels(ims[s:s + batch_size])), dim=-1)
+                   for s in range(0, len(ims), batch_size)])
     clip.train(was)
     top = (X @ Y.T).topk(min(10, len(Y)), dim=1).indices
     gold = torch.tensor(rows)[:, None]
-    return {
-        'h1': (top[:, :1] == gold).any(1).float().mean().item(),
-        'h10': (top == gold).any(1).float().mean().item(),
-        'n': len(rows),
-    }
+    return {'h1': (top[:, :1] == gold).any(1).float().mean().item(), 'h10': (top == gold).any(1).float().mean().item(),
+            'n': len(rows)}
 
 # %% ../nbs/13_pretrain.ipynb #p0000011
 @dataclass
@@ -204,21 +191,12 @@ class PretrainConfig:
                for k, ok, want in checks if not ok]
         if bad: raise PretrainError('pretraining recipe: ' + '; '.join(bad))
 
-    def loop(self) -> TrainConfig:
-        """The loop's settings: one epoch of `steps` drawn batches, AdamW on every parameter, warm-up + cosine, no
-        clipping."""
-        return TrainConfig(
-            epochs=1,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            decay='all',
-            adam_eps=1e-8,
-            warmup_ratio=0.1,
-            cosine=True,
-            grad_clip=None,
-            monitor=None,
-            seed=None,
-        )
+# %% ../nbs/13_pretrain.ipynb #fbac6480
+@patch
+def loop(self: PretrainConfig) -> TrainConfig:
+    "The loop's settings: one epoch of `steps` drawn batches, AdamW on every parameter, warm-up + cosine, no clipping."
+    return TrainConfig(epochs=1, lr=self.lr, weight_decay=self.weight_decay, decay='all', adam_eps=1e-8,
+                       warmup_ratio=0.1, cosine=True, grad_clip=None, monitor=None, seed=None)
 
 # %% ../nbs/13_pretrain.ipynb #p0000013
 class _PretrainBatches:
@@ -240,16 +218,19 @@ class _PretrainBatches:
 
     def norm(self, x: torch.Tensor) -> torch.Tensor: return x.float().div(255).sub(self.mean).div(self.std)
 
-    def __call__(self) -> dict:
-        pick = torch.randperm(len(self.ents))[:self.n_kb]
-        kb_rows = torch.tensor([self.ents[j] for j in pick.tolist()])
-        img_idx = [self.by_ent[r][torch.randint(len(self.by_ent[r]), ()).item()] for r in kb_rows.tolist()]
-        b = {'kb_images': self.norm(torch.stack([self.aug(self.ims[k]) for k in img_idx])), 'kb_rows': kb_rows}
-        if self.n_scenes:
-            sp = torch.randperm(len(self.scenes[1]))[:self.n_scenes].tolist()
-            b |= {'scene_rows': torch.tensor([self.scenes[0][i] for i in sp]),
-                  'scene_images': self.norm(torch.stack([self.flip(self.scenes[1][i]) for i in sp]))}
-        return b
+# %% ../nbs/13_pretrain.ipynb #aaa396ff
+@patch
+def __call__(self: _PretrainBatches) -> dict:
+    "One batch: `n_kb` distinct entities (one of their images each, augmented) and `n_scenes` prompted scenes."
+    pick = torch.randperm(len(self.ents))[:self.n_kb]
+    kb_rows = torch.tensor([self.ents[j] for j in pick.tolist()])
+    img_idx = [self.by_ent[r][torch.randint(len(self.by_ent[r]), ()).item()] for r in kb_rows.tolist()]
+    b = {'kb_images': self.norm(torch.stack([self.aug(self.ims[k]) for k in img_idx])), 'kb_rows': kb_rows}
+    if self.n_scenes:
+        sp = torch.randperm(len(self.scenes[1]))[:self.n_scenes].tolist()
+        b |= {'scene_rows': torch.tensor([self.scenes[0][i] for i in sp]),
+              'scene_images': self.norm(torch.stack([self.flip(self.scenes[1][i]) for i in sp]))}
+    return b
 
 # %% ../nbs/13_pretrain.ipynb #p0000014
 def clip_loss(clip: nn.Module, images: torch.Tensor, text_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -261,15 +242,20 @@ def _pretrain_loss(text_ids: torch.Tensor):
     "The loss of one drawn batch: the KB part, averaged with the scene part when there is one."
     def loss(clip, b):
         l = clip_loss(clip, b['kb_images'], text_ids[b['kb_rows']], b['kb_rows'])
-        return (
-            (l + clip_loss(clip, b['scene_images'], text_ids[b['scene_rows']], b['scene_rows'])) / 2
-            if 'scene_rows' in b
-            else l
-        )
+        if 'scene_rows' not in b: return l
+        return (l + clip_loss(clip, b['scene_images'], text_ids[b['scene_rows']], b['scene_rows'])) / 2
     return loss
 
 def _clamp_temperature(clip):
     with torch.no_grad(): clip.logit_scale.clamp_(0, math.log(100))
+
+# %% ../nbs/13_pretrain.ipynb #e626da03
+def _retrieval_log(clip, ds: MELDataset, draw: _PretrainBatches, when: str) -> dict:
+    "KB retrieval, and dev scene retrieval when scenes are used and there is a dev split with mentions."
+    log = {f'retrieval_{when}': clip_kb_retrieval(clip, ds)}
+    if draw.scenes is not None and ds.splits.get('dev'):
+        log[f'dev_scene_retrieval_{when}'] = clip_scene_retrieval(clip, ds, 'dev')
+    return log
 
 # %% ../nbs/13_pretrain.ipynb #p0000015
 def _pretrain(ds: MELDataset, cfg: PretrainConfig, progress: bool = True, num_threads: int | None = None) -> tuple:
@@ -297,13 +283,6 @@ def _pretrain(ds: MELDataset, cfg: PretrainConfig, progress: bool = True, num_th
                              'n_scenes': len(draw.scenes[1]) if draw.scenes else 0,
                              'seconds': round(time.time() - t0, 1), **log, 'losses': losses}
 
-def _retrieval_log(clip, ds: MELDataset, draw: _PretrainBatches, when: str) -> dict:
-    "KB retrieval, and dev scene retrieval when scenes are used and there is a dev split with mentions."
-    log = {f'retrieval_{when}': clip_kb_retrieval(clip, ds)}
-    if draw.scenes is not None and ds.splits.get('dev'):
-        log[f'dev_scene_retrieval_{when}'] = clip_scene_retrieval(clip, ds, 'dev')
-    return log
-
 # %% ../nbs/13_pretrain.ipynb #97c856a8
 CLIP_KIND, CLIP_LOG_FILE = 'tiny-clip', 'pretrain_log.json'
 _CLIP_FILES = (CLIP_CONFIG_FILE, CLIP_WEIGHTS_FILE, CLIP_LOG_FILE)
@@ -315,6 +294,7 @@ def clip_record(ds: MELDataset, cfg: PretrainConfig) -> dict:
     return json.loads(json.dumps({'recipe': asdict(cfg), 'model_cfg': tiny_clip_config(cfg.depth, cfg.image_size),
                                   'data': {f: files_fingerprint([ds.root/f]) for f in files}}))
 
+# %% ../nbs/13_pretrain.ipynb #d86650eb
 def _pretrain_data(kb_dataset, cfg: PretrainConfig) -> MELDataset:
     "The dataset to pretrain on, checked before anything is written (a `PretrainError` naming the file otherwise)."
     ds = _as_dataset(kb_dataset, SPLITS)
@@ -362,16 +342,13 @@ def default_clip_dir(data_root, steps: int = 600, scene_fraction: float = 0.5, s
     scenes = f'-scenes{scene_fraction:g}' if scene_fraction else ''
     return Path(data_root)/'clip'/f'tiny-s{steps}{scenes}-seed{seed}'
 
-def cli_pretrain_clip(argv: list[str]) -> int:
-    """`vpmel pretrain_clip`: contrastively pretrain a tiny open_clip CLIP on a dataset's KB (and prompted training
-    scenes)."""
+# %% ../nbs/13_pretrain.ipynb #9315bdc0
+def _pretrain_parser() -> CommandParser:
     ap = CommandParser(prog='vpmel pretrain_clip', description=pretrain_tiny_clip.__doc__)
     ap.add_argument('--data', required=True, help='dataset folder (kb_entity.json + kb_img/)')
-    ap.add_argument(
-        '--out',
-        default=None,
-        help='output folder (default <data>/clip/tiny-s<steps>[-scenes<f>]-seed<seed>, where vpmel train looks)',
-    )
+    ap.add_argument('--out', default=None,
+                    help='output folder (default <data>/clip/tiny-s<steps>[-scenes<f>]-seed<seed>, where vpmel train '
+                         'looks)')
     ap.add_argument('--steps', type=int, default=600, help='training steps (at least 1)')
     ap.add_argument('--scene-fraction', type=float, default=0.5,
                     help='share of each batch made of prompted training scenes, in [0, 1)')
@@ -383,7 +360,13 @@ def cli_pretrain_clip(argv: list[str]) -> int:
     ap.add_argument('--fresh', action='store_true',
                     help='pretrain the folder again (also when another recipe or data made it)')
     ap.add_argument('--force', action='store_true', help='the older name of --fresh')
-    a = ap.parse_args(argv)
+    return ap
+
+# %% ../nbs/13_pretrain.ipynb #7463c721
+def cli_pretrain_clip(argv: list[str]) -> int:
+    """`vpmel pretrain_clip`: contrastively pretrain a tiny open_clip CLIP on a dataset's KB (and prompted training
+    scenes)."""
+    a = _pretrain_parser().parse_args(argv)
     out = Path(a.out) if a.out else default_clip_dir(a.data, a.steps, a.scene_fraction, a.seed)
     out = pretrain_tiny_clip(a.data, out, steps=a.steps, seed=a.seed, batch_size=a.batch_size, depth=a.depth, lr=a.lr,
                              scene_fraction=a.scene_fraction, fresh=a.fresh or a.force, num_threads=a.threads)

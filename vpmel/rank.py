@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import Tensor
+from fastcore.basics import patch
 
 from .units import IIERMatcher, cat_caches, index_cache, cache_len, index_features
 
@@ -28,12 +29,9 @@ def _fill(dst, src, start: int):
         for k in dst: _fill(dst[k], src[k], start)
     elif dst is not None: dst[start:start + src.shape[0]] = src
 
-@torch.no_grad()
-def build_entity_cache(matcher: IIERMatcher, entity_feats, batch_size: int = 1024, total: int | None = None,
-                       progress: bool = False) -> dict:
-    """The matcher's entity-side cache for a feature batch, or for an iterable of feature batches (streamed).
-    With `total` (known for a feature batch) the cache is allocated once and filled, so peak memory is one cache
-    plus one batch; otherwise the batch caches are concatenated at the end."""
+# %% ../nbs/10_rank.ipynb #fc8d409a
+def _entity_batches(entity_feats, batch_size: int, total: int | None, progress: bool):
+    "(batches, total): a feature batch cut in slices of `batch_size` (its length is the total), or an iterable as is."
     if hasattr(entity_feats, 'text_cls'):
         total = n = len(entity_feats.text_cls)
         batches = (index_features(entity_feats, slice(s, s + batch_size)) for s in range(0, n, batch_size))
@@ -41,10 +39,12 @@ def build_entity_cache(matcher: IIERMatcher, entity_feats, batch_size: int = 102
     if progress:
         from tqdm.auto import tqdm
         batches = tqdm(batches, desc='entity cache', total=None if total is None else math.ceil(total / batch_size))
-    if total is None:
-        caches = [matcher.prepare_entities(b) for b in batches]
-        if not caches: raise ValueError('no entities')
-        return cat_caches(caches)
+    return batches, total
+
+# %% ../nbs/10_rank.ipynb #66dbf752
+@torch.no_grad()
+def _fill_cache(matcher: IIERMatcher, batches, total: int) -> dict:
+    "The entity cache of `total` entities, allocated once and filled from the batches' caches in order."
     out, pos, it = None, 0, iter(batches)
     while (b := next(it, None)) is not None:
         c = matcher.prepare_entities(b); del b          # do not hold a raw batch while the next one is made
@@ -54,6 +54,20 @@ def build_entity_cache(matcher: IIERMatcher, entity_feats, batch_size: int = 102
         _fill(out, c, pos); pos += n
     if pos != total: raise ValueError(f'expected {total} entities, got {pos}')
     return out
+
+# %% ../nbs/10_rank.ipynb #fbf33454
+@torch.no_grad()
+def build_entity_cache(matcher: IIERMatcher, entity_feats, batch_size: int = 1024, total: int | None = None,
+                       progress: bool = False) -> dict:
+    """The matcher's entity-side cache for a feature batch, or for an iterable of feature batches (streamed).
+    With `total` (known for a feature batch) the cache is allocated once and filled, so peak memory is one cache
+    plus one batch; otherwise the batch caches are concatenated at the end."""
+    batches, total = _entity_batches(entity_feats, batch_size, total, progress)
+    if total is None:
+        caches = [matcher.prepare_entities(b) for b in batches]
+        if not caches: raise ValueError('no entities')
+        return cat_caches(caches)
+    return _fill_cache(matcher, batches, total)
 
 # %% ../nbs/10_rank.ipynb #94522d53
 @dataclass
@@ -73,6 +87,40 @@ def brute_force_rank(matcher: IIERMatcher, mention_feats, entity_feats, gold, to
     ts, ti = s.topk(min(topk, s.shape[1]), dim=1)
     return RankResult(better + 1, ti, ts)
 
+# %% ../nbs/10_rank.ipynb #020d25e4
+def _check_gold(gold, M: int, N: int | None = None) -> Tensor | None:
+    "`gold` as a long tensor of shape `(M,)`, each in `[0, N)` when `N` is given; None stays None."
+    if gold is None: return None
+    gold = torch.as_tensor(gold, dtype=torch.long)
+    if gold.shape != (M,): raise ValueError(f'gold must have shape ({M},), got {tuple(gold.shape)}')
+    if N is not None and ((gold < 0) | (gold >= N)).any(): raise IndexError(f'gold entity index out of range [0, {N})')
+    return gold
+
+# %% ../nbs/10_rank.ipynb #17c94d5b
+@torch.no_grad()
+def _rank_batch(matcher: IIERMatcher, mc: dict, entity_cache: dict, g: Tensor | None, k: int, chunk_size: int,
+                dev, bar=None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """A mention batch (`mc`: the matcher's mention cache) against every entity chunk: its running top-`k` (scores,
+    rows) and, with gold rows `g`, how many entities score strictly above the gold (the gold's own column skipped)."""
+    mb, better = cache_len(mc), None
+    best_s = torch.full((mb, 0), float('-inf'), device=dev)
+    best_i = torch.zeros((mb, 0), dtype=torch.long, device=dev)
+    if g is not None:
+        gold_s = matcher.pair_scores(mc, index_cache(entity_cache, g)).diagonal()
+        better = torch.zeros(mb, dtype=torch.long, device=dev)
+    for es in range(0, cache_len(entity_cache), chunk_size):
+        s = matcher.pair_scores(mc, index_cache(entity_cache, slice(es, es + chunk_size)))   # [mb, c]
+        idx = torch.arange(es, es + s.shape[1], device=dev)
+        if g is not None:
+            gt = s > gold_s[:, None]
+            gt &= idx[None] != g[:, None]
+            better += gt.sum(1)
+        cand_s = torch.cat([best_s, s], 1); cand_i = torch.cat([best_i, idx.expand(mb, -1)], 1)
+        best_s, pos = cand_s.topk(min(k, cand_s.shape[1]), dim=1)
+        best_i = cand_i.gather(1, pos)
+        if bar is not None: bar.update()
+    return best_s, best_i, better
+
 # %% ../nbs/10_rank.ipynb #829e74a1
 @torch.no_grad()
 def rank_entities(
@@ -87,41 +135,21 @@ def rank_entities(
 ) -> RankResult:
     "Rank all entities of `entity_cache` for every mention: loops over mention batches and entity chunks only."
     N, M = cache_len(entity_cache), len(mention_feats.text_cls)
-    k = min(topk, N)
-    if gold is not None:
-        gold = torch.as_tensor(gold, dtype=torch.long)
-        if gold.shape != (M,): raise ValueError(f'gold must have shape ({M},), got {tuple(gold.shape)}')
-        if ((gold < 0) | (gold >= N)).any(): raise IndexError(f'gold entity index out of range [0, {N})')
+    gold = _check_gold(gold, M, N)
     dev = mention_feats.text_cls.device               # scores live where the features live (a GPU if there)
     if gold is not None: gold = gold.to(dev)
-    ranks, top_i, top_s = [], [], []
-    steps = [(ms, es) for ms in range(0, M, mention_batch) for es in range(0, N, chunk_size)]
+    bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(steps), desc='rank')
+        bar = tqdm(total=len(range(0, M, mention_batch)) * len(range(0, N, chunk_size)), desc='rank')
+    ranks, top_i, top_s = [], [], []
     for ms in range(0, M, mention_batch):
         mc = matcher.prepare_mentions(index_features(mention_feats, slice(ms, ms + mention_batch)))
-        mb = cache_len(mc)
-        best_s = torch.full((mb, 0), float('-inf'), device=dev)
-        best_i = torch.zeros((mb, 0), dtype=torch.long, device=dev)
-        if gold is not None:
-            g = gold[ms:ms + mb]
-            gold_s = matcher.pair_scores(mc, index_cache(entity_cache, g)).diagonal()
-            better = torch.zeros(mb, dtype=torch.long, device=dev)
-        for es in range(0, N, chunk_size):
-            s = matcher.pair_scores(mc, index_cache(entity_cache, slice(es, es + chunk_size)))   # [mb, c]
-            idx = torch.arange(es, es + s.shape[1], device=dev)
-            if gold is not None:
-                gt = s > gold_s[:, None]
-                gt &= idx[None] != g[:, None]
-                better += gt.sum(1)
-            cand_s = torch.cat([best_s, s], 1); cand_i = torch.cat([best_i, idx.expand(mb, -1)], 1)
-            best_s, pos = cand_s.topk(min(k, cand_s.shape[1]), dim=1)
-            best_i = cand_i.gather(1, pos)
-            if progress: bar.update()
+        g = None if gold is None else gold[ms:ms + cache_len(mc)]
+        best_s, best_i, better = _rank_batch(matcher, mc, entity_cache, g, min(topk, N), chunk_size, dev, bar)
         top_s.append(best_s); top_i.append(best_i)
         if gold is not None: ranks.append(better + 1)
-    if progress: bar.close()
+    if bar is not None: bar.close()
     return RankResult(
         torch.cat(ranks).cpu() if gold is not None else None, torch.cat(top_i).cpu(), torch.cat(top_s).cpu()
     )
@@ -156,9 +184,16 @@ def first_stage_vectors(matcher, cache: dict, side: str) -> Tensor:
         )
     return torch.cat(parts, -1).float().contiguous()
 
-# %% ../nbs/10_rank.ipynb #65d30c40
+# %% ../nbs/10_rank.ipynb #26f135ee
 FIRST_STAGES = ('fp16', 'flat', 'hnsw')
 
+def _flat_index(kind: str, dim: int):
+    "An empty flat faiss index of inner products over `dim`-vectors: float32 (`'flat'`) or half precision (`'fp16'`)."
+    import faiss
+    if kind == 'flat': return faiss.IndexFlatIP(dim)
+    return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+
+# %% ../nbs/10_rank.ipynb #65d30c40
 class FirstStage:
     """A faiss index over the entities' first-stage vectors: `'fp16'` (a flat scan of half-precision vectors: half the
     memory traffic of `'flat'`, the same ranking up to rounding), `'flat'` (exact float32 inner products) or `'hnsw'`
@@ -173,31 +208,54 @@ class FirstStage:
         self.kind, self.dim, self.shards = kind, x.shape[1], shards
         if shards < 1 or (shards > 1 and kind == 'hnsw'):
             raise ValueError(f'shards must be >= 1, and 1 for hnsw; got {shards}')
-        def flat():
-            if kind == 'flat': return faiss.IndexFlatIP(self.dim)
-            return faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
         if kind == 'hnsw':
             self.index = faiss.IndexHNSWFlat(self.dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
             self.index.hnsw.efSearch = ef_search
             self.index.add(x)
-        elif shards == 1: self.index = flat(); self.index.add(x)
+        elif shards == 1: self.index = _flat_index(kind, self.dim); self.index.add(x)
         else:
             # threaded, ids continue across shards
             self.index, self._parts = faiss.IndexShards(self.dim, True, True), []
             for part in np.array_split(x, shards):
-                sub = flat(); sub.add(np.ascontiguousarray(part)); self._parts.append(sub); self.index.add_shard(sub)
+                sub = _flat_index(kind, self.dim); sub.add(np.ascontiguousarray(part))
+                self._parts.append(sub); self.index.add_shard(sub)
 
     def __len__(self) -> int: return self.index.ntotal
 
-    def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        "(scores, entity rows) `[M, k]` of the top-`k` inner products of each query, best first."
-        q = np.ascontiguousarray(queries.detach().cpu().numpy(), dtype=np.float32)
-        s, i = self.index.search(q, min(k, len(self)))
-        return torch.from_numpy(s), torch.from_numpy(i).long()
+# %% ../nbs/10_rank.ipynb #1ce136ec
+@patch
+def search(self: FirstStage, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    "(scores, entity rows) `[M, k]` of the top-`k` inner products of each query, best first."
+    q = np.ascontiguousarray(queries.detach().cpu().numpy(), dtype=np.float32)
+    s, i = self.index.search(q, min(k, len(self)))
+    return torch.from_numpy(s), torch.from_numpy(i).long()
 
-    @classmethod
-    def from_cache(cls, matcher, entity_cache: dict, **kw) -> FirstStage:
-        return cls(first_stage_vectors(matcher, entity_cache, 'entity'), **kw)
+@patch(cls_method=True)
+def from_cache(cls: FirstStage, matcher, entity_cache: dict, **kw) -> FirstStage:
+    return cls(first_stage_vectors(matcher, entity_cache, 'entity'), **kw)
+
+# %% ../nbs/10_rank.ipynb #f84819c2
+@torch.no_grad()
+def _rerank(matcher, mc: dict, entity_cache: dict, cand: Tensor, g: Tensor | None, topk: int):
+    """Exact scores of each mention of `mc` against its candidate rows `cand` `[mb, K]`: the top-`topk` (scores,
+    rows) of each, and with gold rows `g` the gold's rank among the candidates (None where it is not one)."""
+    top_s, top_i, ranks = [], [], []
+    for j in range(cand.shape[0]):
+        c = cand[j]
+        s = matcher.pair_scores(index_cache(mc, [j]), index_cache(entity_cache, c))[0]   # [K], exact
+        best_s, pos = s.topk(min(topk, len(c)))
+        top_s.append(best_s.cpu()); top_i.append(c[pos].cpu())
+        if g is None: continue
+        hit = (c == int(g[j])).nonzero()
+        ranks.append(int((s > s[hit[0, 0]]).sum()) + 1 if len(hit) else None)
+    return top_s, top_i, ranks
+
+# %% ../nbs/10_rank.ipynb #5a1f4836
+def _first_stage_ranks(q: Tensor, ent_vecs: Tensor, g: Tensor) -> list[int]:
+    "Each query's gold rank by first-stage inner products alone: 1 + the entities scored strictly above its gold."
+    fs = q.float() @ ent_vecs.T                                   # [m, N]
+    g = g.to(fs.device)
+    return ((fs > fs.gather(1, g[:, None])).sum(1) + 1).tolist()
 
 # %% ../nbs/10_rank.ipynb #e3188f6d
 @torch.no_grad()
@@ -209,34 +267,24 @@ def two_stage_rank(matcher, mention_feats, entity_cache: dict, first: FirstStage
     if len(first) != N: raise ValueError(f'the first stage holds {len(first)} entities, the cache {N}')
     K = min(candidates, N)
     if topk > K: raise ValueError(f'topk={topk} needs at least as many candidates, got {K}')
-    if gold is not None:
-        gold = torch.as_tensor(gold, dtype=torch.long)
-        if gold.shape != (M,): raise ValueError(f'gold must have shape ({M},), got {tuple(gold.shape)}')
+    gold = _check_gold(gold, M)
     ent_vecs = None
     ranks, top_i, top_s = [], [], []
     for ms in range(0, M, mention_batch):
         mc = matcher.prepare_mentions(index_features(mention_feats, slice(ms, ms + mention_batch)))
         q = first_stage_vectors(matcher, mc, 'mention')
         _, cand = first.search(q, K)                                              # [mb, K]
-        batch_ranks, missing = [], []
-        for j in range(cand.shape[0]):
-            c = cand[j].to(q.device)
-            s = matcher.pair_scores(index_cache(mc, [j]), index_cache(entity_cache, c))[0]   # [K], exact
-            best_s, pos = s.topk(min(topk, K))
-            top_s.append(best_s.cpu()); top_i.append(c[pos].cpu())
-            if gold is None: continue
-            hit = (c == int(gold[ms + j])).nonzero()
-            batch_ranks.append(int((s > s[hit[0, 0]]).sum()) + 1 if len(hit) else None)
-            if not len(hit): missing.append(j)
-        if missing:                  # gold outside the candidates: its first-stage
-                                     # rank, one matrix product for the batch
+        g = None if gold is None else gold[ms:ms + cand.shape[0]]
+        bs, bi, batch_ranks = _rerank(matcher, mc, entity_cache, cand.to(q.device), g, topk)
+        top_s += bs; top_i += bi
+        missing = [j for j, r in enumerate(batch_ranks) if r is None]
+        if missing:                  # gold outside the candidates: its first-stage rank
             if ent_vecs is None: ent_vecs = first_stage_vectors(matcher, entity_cache, 'entity')
-            fs = q[missing].float() @ ent_vecs.T                                   # [m, N]
-            g = gold[[ms + j for j in missing]].to(fs.device)
-            for j, r in zip(missing, ((fs > fs.gather(1, g[:, None])).sum(1) + 1).tolist()): batch_ranks[j] = r
+            for j, r in zip(missing, _first_stage_ranks(q[missing], ent_vecs, g[missing])): batch_ranks[j] = r
         ranks += batch_ranks
     return RankResult(torch.tensor(ranks) if gold is not None else None, torch.stack(top_i), torch.stack(top_s))
 
+# %% ../nbs/10_rank.ipynb #8c000258
 def recall_at_k(
     first: FirstStage, mention_vectors: Tensor, targets, ks: Sequence[int] = (1, 5, 10, 20, 50, 100, 200, 500)
 ) -> dict[int, float]:

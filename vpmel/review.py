@@ -14,7 +14,7 @@ from fastcore.basics import patch
 
 from .prompts import Box, validate_box, moved_box
 from .grounding import Proposal
-from .vpwiki import Mention, BadImageError, open_image, load_dataset
+from .vpwiki import Mention, BadImageError, open_image, load_dataset, RAW_IMG
 from .files import VpmelError
 
 # %% auto #0
@@ -30,6 +30,32 @@ class ReviewError(VpmelError, ValueError):
 
 def _number(v) -> bool: return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
+# %% ../nbs/31_review.ipynb #c970197d
+def _checked_box(d: str, box) -> Box | None:
+    "The box of a decision `d`: accept and redraw need one (validated), reject and undo take none."
+    if d in ('accept', 'redraw'):
+        if box is None: raise ValueError(f'{d} needs a box')
+        return validate_box(box)
+    if box is not None: raise ValueError(f'{d} takes no box, got {box!r}')
+    return None
+
+def _checked_proposal(d: str, proposal) -> int | None:
+    "The proposal index of a decision `d`: an int >= 0, or None; an accept names one."
+    if proposal is not None and (isinstance(proposal, bool) or not isinstance(proposal, numbers.Integral)
+                                 or proposal < 0):
+        raise ValueError(f'proposal is an index (0, 1, ...) or null, got {proposal!r}')
+    if d == 'accept' and proposal is None: raise ValueError('accept names the proposal it accepts')
+    return None if proposal is None else int(proposal)
+
+# %% ../nbs/31_review.ipynb #c53c1c54
+def _check_reason_auto(d: str, reason, auto):
+    "A reject says why (in text); only an accept can be automatic."
+    if reason is not None and not isinstance(reason, str): raise ValueError(f'reason is text, got {reason!r}')
+    if d == 'reject' and not (reason or '').strip(): raise ValueError('reject needs a reason')
+    if not isinstance(auto, bool): raise ValueError(f'auto is true or false, got {auto!r}')
+    if auto and d != 'accept': raise ValueError(f'only an accept can be automatic, not {d}')
+
+# %% ../nbs/31_review.ipynb #77e8f2bf
 @dataclass(frozen=True)
 class Decision:
     "One line of the decisions log: what was decided for mention `id`, and the box the red prompt will be drawn around."
@@ -47,21 +73,9 @@ class Decision:
             raise ValueError(f'a decision needs a mention id (a non-empty string), got {self.id!r}')
         if d not in (*DECISIONS, UNDO):
             raise ValueError(f'decision must be one of {", ".join(DECISIONS)} (or {UNDO}), got {d!r}')
-        if d in ('accept', 'redraw'):
-            if self.box is None: raise ValueError(f'{d} needs a box')
-            put('box', validate_box(self.box))
-        elif self.box is not None: raise ValueError(f'{d} takes no box, got {self.box!r}')
-        if self.proposal is not None and (
-            isinstance(self.proposal, bool) or not isinstance(self.proposal, numbers.Integral) or self.proposal < 0
-        ):
-            raise ValueError(f'proposal is an index (0, 1, ...) or null, got {self.proposal!r}')
-        if self.proposal is not None: put('proposal', int(self.proposal))
-        if d == 'accept' and self.proposal is None: raise ValueError('accept names the proposal it accepts')
-        if self.reason is not None and not isinstance(self.reason, str):
-            raise ValueError(f'reason is text, got {self.reason!r}')
-        if d == 'reject' and not (self.reason or '').strip(): raise ValueError('reject needs a reason')
-        if not isinstance(self.auto, bool): raise ValueError(f'auto is true or false, got {self.auto!r}')
-        if self.auto and d != 'accept': raise ValueError(f'only an accept can be automatic, not {d}')
+        put('box', _checked_box(d, self.box))
+        put('proposal', _checked_proposal(d, self.proposal))
+        _check_reason_auto(d, self.reason, self.auto)
         if self.score is not None:
             if not _number(self.score): raise ValueError(f'score is a finite number or null, got {self.score!r}')
             put('score', float(self.score))
@@ -111,6 +125,7 @@ def _read_log(path) -> tuple[list[Decision], str | None]:
             raise DecisionLogError(f'{path}, line {n}: not a decision ({e}): {raw[:80]!r}: {_LOG_WAY_OUT}') from None
     return out, None
 
+# %% ../nbs/31_review.ipynb #dbb348bd
 def read_decisions(path) -> list[Decision]:
     """Every line of a decisions log, in order (`[]` if there is no file). A torn last line (no newline at its end and
     not JSON: a write cut short) is dropped with a warning that says so; any other bad line raises `DecisionLogError`
@@ -127,13 +142,6 @@ def current_decisions(records: Iterable[Decision]) -> dict[str, Decision]:
         out.pop(r.id, None)
         if r.decision != UNDO: out[r.id] = r
     return out
-
-def _fsync_dir(d: Path):
-    try: fd = os.open(d, os.O_RDONLY)
-    except OSError: return                     # Windows cannot open a folder: nothing to sync there
-    try: os.fsync(fd)
-    except OSError: pass
-    finally: os.close(fd)
 
 # %% ../nbs/31_review.ipynb #6ec1a482
 class DecisionLog:
@@ -157,20 +165,6 @@ class DecisionLog:
     def get(self, id) -> Decision | None: return self.decisions.get(str(id))
     def __repr__(self):
         return f'DecisionLog({str(self.path)!r}: {len(self.decisions)} decided, {len(self.records)} lines)'
-
-    def append(self, decisions: Iterable[Decision]) -> list[Decision]:
-        "Write `decisions` at the end of the file in one `os.write`, then `fsync`; only then are they in `decisions`."
-        ds = list(decisions)
-        for d in ds:
-            if not isinstance(d, Decision):
-                raise TypeError(f'a DecisionLog takes Decision objects, got {type(d).__name__}')
-        if not ds: return ds
-        self._write(''.join(json.dumps(d.to_json(), ensure_ascii=False) + '\n' for d in ds).encode('utf-8'))
-        self.records += ds; self.seen.update(d.id for d in ds)
-        for d in ds:
-            self.decisions.pop(d.id, None)
-            if d.decision != UNDO: self.decisions[d.id] = d
-        return ds
 
     def record(self, decision: Decision) -> Decision:
         "Write one decision."
@@ -199,6 +193,14 @@ def _mend_tail(self: DecisionLog, fd: int) -> bytes:
     os.ftruncate(fd, cut)
     return b''
 
+# %% ../nbs/31_review.ipynb #6e25adb9
+def _fsync_dir(d: Path):
+    try: fd = os.open(d, os.O_RDONLY)
+    except OSError: return                     # Windows cannot open a folder: nothing to sync there
+    try: os.fsync(fd)
+    except OSError: pass
+    finally: os.close(fd)
+
 @patch
 def _write(self: DecisionLog, data: bytes):
     self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -214,7 +216,34 @@ def _write(self: DecisionLog, data: bytes):
     finally: os.close(fd)
     if new: _fsync_dir(self.path.parent)  # the new file's name is durable too
 
+# %% ../nbs/31_review.ipynb #27af9389
+@patch
+def append(self: DecisionLog, decisions: Iterable[Decision]) -> list[Decision]:
+    "Write `decisions` at the end of the file in one `os.write`, then `fsync`; only then are they in `decisions`."
+    ds = list(decisions)
+    for d in ds:
+        if not isinstance(d, Decision):
+            raise TypeError(f'a DecisionLog takes Decision objects, got {type(d).__name__}')
+    if not ds: return ds
+    self._write(''.join(json.dumps(d.to_json(), ensure_ascii=False) + '\n' for d in ds).encode('utf-8'))
+    self.records += ds; self.seen.update(d.id for d in ds)
+    for d in ds:
+        self.decisions.pop(d.id, None)
+        if d.decision != UNDO: self.decisions[d.id] = d
+    return ds
+
 # %% ../nbs/31_review.ipynb #e3c07572
+def _checked_proposals(id: str, proposals) -> list[Proposal]:
+    "Mention `id`'s proposals as `Proposal`s (JSON objects are read), checked: finite scores, best first."
+    out = [p if isinstance(p, Proposal) else Proposal.from_json(p) for p in proposals]
+    scores = [p.score for p in out]
+    if not all(_number(s) for s in scores):
+        raise ValueError(f'mention {id}: proposal scores must be finite numbers, got {scores}')
+    if any(a < b for a, b in zip(scores, scores[1:])):
+        raise ValueError(f'mention {id}: proposals must come best first, got scores {scores}')
+    return out
+
+# %% ../nbs/31_review.ipynb #e4779d43
 @dataclass
 class ReviewItem:
     """One mention to review: its image, sentence and mention words, the answer entity and its KB images, and the box
@@ -232,26 +261,22 @@ class ReviewItem:
         if isinstance(self.id, numbers.Integral) and not isinstance(self.id, bool): self.id = str(self.id)
         if not isinstance(self.id, str) or not self.id:
             raise ValueError(f'a review item needs a mention id, got {self.id!r}')
-        self.proposals = [p if isinstance(p, Proposal) else Proposal.from_json(p) for p in self.proposals]
-        scores = [p.score for p in self.proposals]
-        if not all(_number(s) for s in scores):
-            raise ValueError(f'mention {self.id}: proposal scores must be finite numbers, got {scores}')
-        if any(a < b for a, b in zip(scores, scores[1:])):
-            raise ValueError(f'mention {self.id}: proposals must come best first, got scores {scores}')
+        self.proposals = _checked_proposals(self.id, self.proposals)
         k = self.suggested                                 # 0 (the best) also stands when there are no proposals yet
-        if k is not None and (
-            isinstance(k, bool) or not isinstance(k, numbers.Integral) or not (k == 0 or 0 <= k < len(self.proposals))
-        ):
+        if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral)
+                              or not (k == 0 or 0 <= k < len(self.proposals))):
             raise ValueError(f'mention {self.id}: suggested is a proposal index 0..{len(self.proposals) - 1} or None, '
                              f'got {k!r}')
         self.kb_images = list(self.kb_images)
         self._size = None
 
-    @property
-    def best(self) -> Proposal | None: return self.proposals[0] if self.proposals else None
-    @property
-    def suggestion(self) -> Proposal | None:
-        return None if self.suggested is None or not self.proposals else self.proposals[self.suggested]
+# %% ../nbs/31_review.ipynb #97cca1eb
+@patch(as_prop=True)
+def best(self: ReviewItem) -> Proposal | None: return self.proposals[0] if self.proposals else None
+
+@patch(as_prop=True)
+def suggestion(self: ReviewItem) -> Proposal | None:
+    return None if self.suggested is None or not self.proposals else self.proposals[self.suggested]
 
 # %% ../nbs/31_review.ipynb #f1a20b06
 @patch
@@ -270,9 +295,8 @@ def size(self: ReviewItem) -> tuple[int, int]:
             try:
                 with Image.open(self.image) as im: self._size = im.size
             except Exception as e:
-                raise ReviewError(
-                    f'mention {self.id}: cannot read image {self.image}: {type(e).__name__}: {e}'
-                ) from None
+                raise ReviewError(f'mention {self.id}: cannot read image {self.image}: '
+                                  f'{type(e).__name__}: {e}') from None
     return self._size
 
 # %% ../nbs/31_review.ipynb #f1a20b09
@@ -280,7 +304,6 @@ def dataset_items(root, split: str = 'test', propose: Callable[[Mention, ReviewI
                   limit: int | None = None) -> list[ReviewItem]:
     """Review items for the mentions of `split` in a VPWiki-format folder, with `propose(mention, item)`'s proposals
     (none without `propose`): the scene without prompt when there is one, the answer entity's name and KB images."""
-    from vpmel.loading import RAW_IMG          # imported here: torch is not needed to review
     ds = load_dataset(root, [split])
     if split not in ds.splits: raise ValueError(f'{root} has no {split}.json')
     out = []
@@ -294,6 +317,7 @@ def dataset_items(root, split: str = 'test', propose: Callable[[Mention, ReviewI
         out.append(it)
     return out
 
+# %% ../nbs/31_review.ipynb #3942f428
 def stand_in_proposals(m: Mention, item: ReviewItem, scores: tuple[float, float] = (0.9, 0.4)) -> list[Proposal]:
     """Two made-up proposals for a mention whose box is known (MiniVPWiki), until a grounder (chapter 29) makes real
     ones: the box itself (`scores[0]`) and the same box moved by half its size (`scores[1]`)."""
@@ -337,35 +361,40 @@ class ReviewSession:
         self.auto_accepted = self.log.append(self._auto_decisions()) if auto_accept is not None else []
         self._queue = [it.id for it in self.items if it.id not in self.log]
 
-    def _auto_decisions(self) -> list[Decision]:
-        out = []
-        for it in self.items:
-            p = it.suggestion
-            # seen: decided, or undone by a person
-            if it.id in self.log.seen or p is None or p.score < self.auto_accept: continue
-            try: box = validate_box(p.box, it.size)
-            except (TypeError, ValueError): continue     # outside the image, or an unreadable image: a person looks
-            out.append(Decision(it.id, 'accept', box, it.suggested, None, True, float(p.score)))
-        return out
+# %% ../nbs/31_review.ipynb #2db74ee0
+@patch
+def _auto_decisions(self: ReviewSession) -> list[Decision]:
+    out = []
+    for it in self.items:
+        p = it.suggestion
+        # seen: decided, or undone by a person
+        if it.id in self.log.seen or p is None or p.score < self.auto_accept: continue
+        try: box = validate_box(p.box, it.size)
+        except (TypeError, ValueError): continue     # outside the image, or an unreadable image: a person looks
+        out.append(Decision(it.id, 'accept', box, it.suggested, None, True, float(p.score)))
+    return out
 
-    def pending(self) -> list[ReviewItem]:
-        "The mentions still to decide, in the order they come."
-        return [self.by_id[i] for i in self._queue]
+# %% ../nbs/31_review.ipynb #029a46ae
+@patch
+def pending(self: ReviewSession) -> list[ReviewItem]:
+    "The mentions still to decide, in the order they come."
+    return [self.by_id[i] for i in self._queue]
 
-    @property
-    def current(self) -> ReviewItem | None: return self.by_id[self._queue[0]] if self._queue else None
+@patch(as_prop=True)
+def current(self: ReviewSession) -> ReviewItem | None: return self.by_id[self._queue[0]] if self._queue else None
 
-    @property
-    def progress(self) -> Progress:
-        ds = [self.log.get(it.id) for it in self.items]
-        return Progress(sum(d is not None for d in ds), len(ds), sum(d is not None and d.auto for d in ds))
+@patch(as_prop=True)
+def progress(self: ReviewSession) -> Progress:
+    ds = [self.log.get(it.id) for it in self.items]
+    return Progress(sum(d is not None for d in ds), len(ds), sum(d is not None and d.auto for d in ds))
 
-    @property
-    def can_undo(self) -> bool: return bool(self._history)
+@patch(as_prop=True)
+def can_undo(self: ReviewSession) -> bool: return bool(self._history)
 
-    def decision(self, id) -> Decision | None:
-        "Mention `id`'s current decision."
-        return self.log.get(id)
+@patch
+def decision(self: ReviewSession, id) -> Decision | None:
+    "Mention `id`'s current decision."
+    return self.log.get(id)
 
 # %% ../nbs/31_review.ipynb #f1a20b13
 @patch
@@ -379,15 +408,14 @@ def _decide(self: ReviewSession, d: Decision) -> Decision:
     self._queue.remove(d.id); self._history.append(('decided', d.id))
     return d
 
+# %% ../nbs/31_review.ipynb #4b709e30
 @patch
 def accept(self: ReviewSession, k: int | None = None) -> Decision:
     "Accept the current mention's proposal `k` as it is (default: the suggested one)."
     it = self._item()
     if k is None and it.proposals and it.suggested is None:
-        raise ReviewError(
-            f'mention {it.id}: no proposal is suggested (other mentions of the image claim them): '
-            'choose one, draw the box, or reject it'
-        )
+        raise ReviewError(f'mention {it.id}: no proposal is suggested (other mentions of the image claim them): '
+                          'choose one, draw the box, or reject it')
     k = it.suggested if k is None else k
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 <= k < len(it.proposals):
         raise ReviewError(f'mention {it.id} has no proposals: draw the box, or reject it' if not it.proposals else
@@ -398,6 +426,7 @@ def accept(self: ReviewSession, k: int | None = None) -> Decision:
         raise ReviewError(f'proposal {k} of mention {it.id} cannot be used ({e}): draw the box instead') from None
     return self._decide(Decision(it.id, 'accept', box, int(k), None, False, float(p.score)))
 
+# %% ../nbs/31_review.ipynb #e67f7863
 @patch
 def redraw(self: ReviewSession, box) -> Decision:
     "Save the reviewer's own `box` (`[x0, y0, x1, y1]`, image pixels) for the current mention."
@@ -422,6 +451,7 @@ def skip(self: ReviewSession) -> ReviewItem | None:
     self._queue.append(self._queue.pop(0)); self._history.append(('skipped', it.id))
     return self.current
 
+# %% ../nbs/31_review.ipynb #773a347d
 @patch
 def undo(self: ReviewSession) -> ReviewItem:
     "Take back this session's last decision or skip; its mention becomes the current one again."

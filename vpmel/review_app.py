@@ -40,6 +40,7 @@ _KEYS = ('<details><summary>keys and mouse</summary><small>Drag on the image: dr
          'A proposal as shown is saved as <i>accept</i>, a box you drew '
          'or changed as <i>redraw</i>. Reject and Undo have no key, on purpose.</small></details>')
 
+# %% ../nbs/32_review_app.ipynb #ec1f178b
 def mark_mention(sentence: str, mention: str) -> str:
     """`sentence` as HTML (escaped) with each occurrence of the `mention` words (`mention_spans`: any case, whole words)
     in `<mark>`."""
@@ -70,23 +71,16 @@ class ReviewApp(WidgetApp):
         self.bbox.observe(self._on_boxes, names=['bboxes', 'selected_index'])
         self.accept_button = W.Button(description='Accept', button_style='success', icon='check',
                                       tooltip='Save the box shown below the sentence (Enter on the image)')
-        self.reject_button = W.Button(
-            description='Reject', button_style='danger', icon='times', tooltip='The mention cannot get a box: say why'
-        )
-        self.reason = W.Dropdown(
-            options=REJECT_REASONS, value=REJECT_REASONS[0], description='because', layout=W.Layout(width='230px')
-        )
+        self.reject_button = W.Button(description='Reject', button_style='danger', icon='times',
+                                      tooltip='The mention cannot get a box: say why')
+        self.reason = W.Dropdown(options=REJECT_REASONS, value=REJECT_REASONS[0], description='because',
+                                 layout=W.Layout(width='230px'))
         self.reason_text = W.Text(placeholder='details (needed for "other")', layout=W.Layout(width='220px'))
         self.skip_button = W.Button(description='Skip', icon='arrow-right', tooltip='Decide later (Space on the image)')
-        self.undo_button = W.Button(
-            description='Undo', icon='undo', tooltip="Take back this session's last decision or skip"
-        )
-        for b, fn in (
-            (self.accept_button, self.accept),
-            (self.reject_button, self.reject),
-            (self.skip_button, self.skip),
-            (self.undo_button, self.undo),
-        ):
+        self.undo_button = W.Button(description='Undo', icon='undo',
+                                    tooltip="Take back this session's last decision or skip")
+        for b, fn in ((self.accept_button, self.accept), (self.reject_button, self.reject),
+                      (self.skip_button, self.skip), (self.undo_button, self.undo)):
             b.add_class('vpmel-' + b.description.lower())
             b.on_click(lambda _, fn=fn: fn())
         self.progress, self.title, self.sentence, self.kb, self.will_save, self.status = (W.HTML() for _ in range(6))
@@ -98,69 +92,16 @@ class ReviewApp(WidgetApp):
 @patch
 def _layout(self: ReviewApp):
     import ipywidgets as W
-    return W.VBox(
-        [
-            W.HTML(_STYLE),
-            self.progress,
-            W.HBox(
-                [
-                    self.bbox,
-                    W.VBox([self.title, self.sentence, self.will_save, self.kb], layout=W.Layout(width='440px')),
-                ]
-            ),
-            W.HBox(
-                [
-                    self.accept_button,
-                    self.reject_button,
-                    self.reason,
-                    self.reason_text,
-                    self.skip_button,
-                    self.undo_button,
-                ]
-            ),
-            self.status,
-            W.HTML(_KEYS),
-        ]
-    )
-
-# %% ../nbs/32_review_app.ipynb #2de1e479
-@patch
-def show(self: ReviewApp):
-    "Show the current mention (or say that all are decided)."
-    with self.busy(): ok = self.guard(self._show)
-    self._update_choice()
-    return ok
-
-@patch
-def _show(self: ReviewApp):
-    s, it = self.s, self.s.current
-    self.progress.value = f'<b class="vpmel-progress">{html.escape(str(s.progress))}</b>'
-    for b in (self.accept_button, self.reject_button, self.skip_button): b.disabled = it is None
-    self.undo_button.disabled = not s.can_undo
-    self.bbox.selected_index = -1
-    if it is None: return self._show_done()
-    why = '' if it.suggested == 0 or not it.proposals else '<br><small>(' + (
-        'none suggested: other mentions of this image claim these boxes' if it.suggested is None else
-        f'proposal {it.suggested + 1} suggested: another mention of this image claims proposal 1') + ')</small>'
-    self.title.value = (
-        f'<b>mention {html.escape(it.id)}</b>: where is <b>{html.escape(it.entity_name or it.mention)}</b>? '
-        f'<small>({len(s.pending())} to review)</small>{why}'
-    )
-    note = '' if not it.mention.strip() or it.mention.strip().lower() in it.sentence.lower() else \
-           f'<br><small>(the mention words <i>{html.escape(it.mention)}</i> are not in the sentence)</small>'
-    self.sentence.value = f'<p class="vpmel-sentence">{mark_mention(it.sentence, it.mention)}{note}</p>'
-    self.kb.value = self._kb_html(it)
-    self._show_image(it)
-    self.message()
-
-@patch
-def _show_done(self: ReviewApp):
-    s = self.s
-    self._shown, self.bbox.bboxes = [], []
-    self.bbox.image_bytes = png(Image.new('RGB', (self.display_side, self.display_side // 2), (245, 245, 245)))
-    self.title.value = (f'<b>All {len(s.items)} mentions are decided.</b> '
-                        f'The decisions are in <code>{html.escape(str(s.log.path))}</code>.')
-    self.sentence.value = self.kb.value = ''
+    return W.VBox([
+        W.HTML(_STYLE),
+        self.progress,
+        W.HBox([self.bbox,
+                W.VBox([self.title, self.sentence, self.will_save, self.kb], layout=W.Layout(width='440px'))]),
+        W.HBox([self.accept_button, self.reject_button, self.reason, self.reason_text, self.skip_button,
+                self.undo_button]),
+        self.status,
+        W.HTML(_KEYS),
+    ])
 
 # %% ../nbs/32_review_app.ipynb #3db4e27e
 def _label(k: int, p: Proposal, suggested: int | None = 0) -> str:
@@ -181,6 +122,7 @@ def _show_image(self: ReviewApp, it: ReviewItem):
     self._shown = [widget_box(p.box, self.scale, label) for p, label in zip(it.proposals, labels)]
     self.bbox.bboxes = [dict(b) for b in self._shown]
 
+# %% ../nbs/32_review_app.ipynb #22be1892
 @patch
 def _kb_html(self: ReviewApp, it: ReviewItem) -> str:
     name = html.escape(it.entity_name or '(answer entity unknown)')
@@ -196,6 +138,38 @@ def _kb_html(self: ReviewApp, it: ReviewItem) -> str:
     more = f' <small>(+{len(it.kb_images) - 6} more)</small>' if len(it.kb_images) > 6 else ''
     return f'<div class="vpmel-kb"><small><b>{name}</b> in the KB:</small><br>{"".join(imgs)}{more}</div>'
 
+# %% ../nbs/32_review_app.ipynb #2de1e479
+@patch
+def _show(self: ReviewApp):
+    s, it = self.s, self.s.current
+    self.progress.value = f'<b class="vpmel-progress">{html.escape(str(s.progress))}</b>'
+    for b in (self.accept_button, self.reject_button, self.skip_button): b.disabled = it is None
+    self.undo_button.disabled = not s.can_undo
+    self.bbox.selected_index = -1
+    if it is None: return self._show_done()
+    why = '' if it.suggested == 0 or not it.proposals else '<br><small>(' + (
+        'none suggested: other mentions of this image claim these boxes' if it.suggested is None else
+        f'proposal {it.suggested + 1} suggested: another mention of this image claims proposal 1') + ')</small>'
+    self.title.value = (f'<b>mention {html.escape(it.id)}</b>: where is '
+                        f'<b>{html.escape(it.entity_name or it.mention)}</b>? '
+                        f'<small>({len(s.pending())} to review)</small>{why}')
+    note = '' if not it.mention.strip() or it.mention.strip().lower() in it.sentence.lower() else \
+           f'<br><small>(the mention words <i>{html.escape(it.mention)}</i> are not in the sentence)</small>'
+    self.sentence.value = f'<p class="vpmel-sentence">{mark_mention(it.sentence, it.mention)}{note}</p>'
+    self.kb.value = self._kb_html(it)
+    self._show_image(it)
+    self.message()
+
+# %% ../nbs/32_review_app.ipynb #a4c41686
+@patch
+def _show_done(self: ReviewApp):
+    s = self.s
+    self._shown, self.bbox.bboxes = [], []
+    self.bbox.image_bytes = png(Image.new('RGB', (self.display_side, self.display_side // 2), (245, 245, 245)))
+    self.title.value = (f'<b>All {len(s.items)} mentions are decided.</b> '
+                        f'The decisions are in <code>{html.escape(str(s.log.path))}</code>.')
+    self.sentence.value = self.kb.value = ''
+
 # %% ../nbs/32_review_app.ipynb #b52f0510
 def _geo(b) -> tuple | None:
     try: return tuple(int(round(float(b[k]))) for k in ('x', 'y', 'width', 'height'))
@@ -208,6 +182,7 @@ def _image_box(self: ReviewApp, b) -> Box | None:
     box = clip_box(box_from_widget(b, self.scale), self.s.current.size)
     return box if box[2] > box[0] and box[3] > box[1] else None
 
+# %% ../nbs/32_review_app.ipynb #dd255e22
 @patch
 def choice(self: ReviewApp) -> tuple[str, object]:
     """What Accept saves now: `('accept', k)` for proposal `k` as shown, or `('redraw', box)` for a box drawn or
@@ -223,11 +198,8 @@ def choice(self: ReviewApp) -> tuple[str, object]:
         box = self._image_box(b)
         return None if box is None else ('redraw', box)
     sel = self.bbox.selected_index
-    if (
-        0 <= sel < len(self.bbox.bboxes or [])
-        and isinstance(self.bbox.bboxes[sel], dict)
-        and _geo(self.bbox.bboxes[sel]) is not None
-    ):
+    if (0 <= sel < len(self.bbox.bboxes or []) and isinstance(self.bbox.bboxes[sel], dict)
+            and _geo(self.bbox.bboxes[sel]) is not None):
         c = what(self.bbox.bboxes[sel])
         if c is not None: return c
     drawn = [c for c in map(what, boxes) if c is not None and c[0] == 'redraw']
@@ -254,6 +226,13 @@ def _update_choice(self: ReviewApp):
 def _on_boxes(self: ReviewApp, change):
     if not self._busy: self._update_choice()
 
+@patch
+def show(self: ReviewApp):
+    "Show the current mention (or say that all are decided)."
+    with self.busy(): ok = self.guard(self._show)
+    self._update_choice()
+    return ok
+
 # %% ../nbs/32_review_app.ipynb #6c03520b
 @patch
 def _after(self: ReviewApp, text: str):
@@ -269,6 +248,7 @@ def accept(self: ReviewApp):
         self._after(f'mention {d.id}: {d.decision} {list(d.box)} saved')
     self.guard(go)
 
+# %% ../nbs/32_review_app.ipynb #8ef77662
 @patch
 def reject(self: ReviewApp):
     "Reject the mention with the reason picked (and the details typed); then the next mention."
@@ -280,6 +260,7 @@ def reject(self: ReviewApp):
         self._after(f'mention {d.id}: rejected ({d.reason}) saved')
     self.guard(go)
 
+# %% ../nbs/32_review_app.ipynb #f21d23b0
 @patch
 def skip(self: ReviewApp):
     "Leave the mention for later."

@@ -22,10 +22,6 @@ from .evaluate import LinkingEvaluator, entity_index, encode_dataset, two_stage_
 # %% auto #0
 __all__ = ['RUN_FILES', 'main_process_first', 'train_run', 'add_run_args', 'run_config_from_args', 'cli_train', 'cli_eval']
 
-# %% ../nbs/22_runs.ipynb #885707e4
-RUN_FILES = ('best', 'checkpoint', 'index', 'metrics.json', 'metrics.jsonl', 'model', 'run_config.json',
-             'train_config.json', 'vpmel-explore.ipynb')   # what a run folder holds: `--fresh` clears only these
-
 # %% ../nbs/22_runs.ipynb #6c1ab09e
 def main_process_first():
     "Under `accelerate launch` (several processes) a context in which the main process goes first; otherwise nothing."
@@ -33,6 +29,10 @@ def main_process_first():
         from accelerate import PartialState
         return PartialState().main_process_first()
     return contextlib.nullcontext()
+
+# %% ../nbs/22_runs.ipynb #885707e4
+RUN_FILES = ('best', 'checkpoint', 'index', 'metrics.json', 'metrics.jsonl', 'model', 'run_config.json',
+             'train_config.json', 'vpmel-explore.ipynb')   # what a run folder holds: `--fresh` clears only these
 
 def train_run(cfg: RunConfig, out_root='runs', resume: bool = True, progress: bool = True) -> dict:
     """Train `cfg` (building data and the tiny CLIP if needed), evaluate the best epoch on test, save everything in
@@ -51,6 +51,29 @@ def train_run(cfg: RunConfig, out_root='runs', resume: bool = True, progress: bo
         if rank == 0 and (new or not resume) and not (out/'checkpoint').exists(): shutil.rmtree(out, ignore_errors=True)
         raise
 
+# %% ../nbs/22_runs.ipynb #89eb1def
+def _training_set(cfg: RunConfig, ds: MELDataset, model: IIER, mentions, progress: bool) -> tuple:
+    "(training pairs, their collate function, whether they are precomputed) for the training `mentions`."
+    enc = model.cfg.encoder
+    cache = (enc.freeze_vision or enc.freeze_text) if cfg.precompute is None else cfg.precompute
+    if cache:
+        train_set = cache_training_pairs(model, ds, mentions, cfg.train.seed, cfg.eval_batch_size, progress,
+                                         ds.root/'cache')
+        collate = collate_cached
+    else:
+        ents = EntityDataset(ds, model.encoder.image_transform(), image_choice=cfg.image_choice, seed=cfg.train.seed)
+        train_set, collate = PairDataset(mentions, ents), PairCollate(model.encoder.tokenize)
+    return train_set, collate, cache
+
+# %% ../nbs/22_runs.ipynb #126911ea
+def _run_summary(cfg: RunConfig, ds: MELDataset, out: Path, res: dict, test: dict, t0: float) -> dict:
+    "The summary of a finished run: `fit`'s result `res`, the `test` metrics, and the best epoch kept in `out/best`."
+    best = json.loads((out/'best'/'state.json').read_text())
+    dev_rank = 'exact' if cfg.dev_ranking == 'exact' else f'two-stage ({cfg.dev_candidates} candidates)'
+    return {'name': cfg.name, 'task': dataset_kind(ds), 'ranking': {'dev': dev_rank, 'test': 'exact'},
+            'dev': best['metrics'], 'best_epoch': best['loop']['best_epoch'] + 1, 'test': test,
+            'seconds': round(time.time() - t0, 1), 'stopped': res['stopped']}
+
 # %% ../nbs/22_runs.ipynb #cf047517
 def _train_claimed(cfg: RunConfig, ds: MELDataset, out: Path, rank: int, progress: bool, t0: float) -> dict:
     with main_process_first(): model = build_model(cfg, ds, progress)
@@ -58,48 +81,21 @@ def _train_claimed(cfg: RunConfig, ds: MELDataset, out: Path, rank: int, progres
     if torch.cuda.is_available(): model.to(f"cuda:{os.environ.get('LOCAL_RANK', 0)}")
     if rank == 0: write_json_atomic(out/'run_config.json', cfg.to_json(), indent=1)
     with main_process_first(): men = mention_sets(cfg, ds, model, progress)
-    enc = model.cfg.encoder
-    cache = (enc.freeze_vision or enc.freeze_text) if cfg.precompute is None else cfg.precompute
-    if cache:
-        train_set = cache_training_pairs(model, ds, men['train'], cfg.train.seed, cfg.eval_batch_size, progress,
-                                         ds.root/'cache')
-        collate = collate_cached
-    else:
-        ents = EntityDataset(ds, model.encoder.image_transform(), image_choice=cfg.image_choice, seed=cfg.train.seed)
-        train_set, collate = PairDataset(men['train'], ents), PairCollate(model.encoder.tokenize)
+    train_set, collate, cache = _training_set(cfg, ds, model, men['train'], progress)
     kb = train_set.entity_inputs() if cache else None      # the KB is encoded once, for training and evaluation
-    dev = LinkingEvaluator(
-        model,
-        ds,
-        first_mentions(men['dev'], cfg.dev_mentions),
-        cfg.eval_batch_size,
-        cache,
-        progress,
-        ds.root/'cache',
-        kb,
-        cfg.dev_ranking,
-        cfg.dev_candidates,
-    )
-    res = fit(
-        model,
-        SeededBatches(train_set, collate, cfg.train.batch_size, cfg.train.seed, cfg.train.num_workers),
-        cfg.train,
-        out,
-        evaluate=dev,
-        resume=True,  # a folder claimed afresh holds no checkpoint
-        progress=progress,
-    )
+    dev = LinkingEvaluator(model, ds, first_mentions(men['dev'], cfg.dev_mentions), cfg.eval_batch_size, cache,
+                           progress, ds.root/'cache', kb, cfg.dev_ranking, cfg.dev_candidates)
+    batches = SeededBatches(train_set, collate, cfg.train.batch_size, cfg.train.seed, cfg.train.num_workers)
+    res = fit(model, batches, cfg.train, out, evaluate=dev,
+              resume=True,  # a folder claimed afresh holds no checkpoint
+              progress=progress)
     if res['stopped'] == 'max_steps': return res
     # the main process tests and saves
     if rank != 0: return {'name': cfg.name, 'rank': rank, 'stopped': res['stopped']}
     load_weights(model, out/'best')
     test = LinkingEvaluator(model, ds, men['test'], cfg.eval_batch_size, cache, progress, ds.root/'cache', kb)(model)
     model.save_pretrained(out/'model')
-    best = json.loads((out/'best'/'state.json').read_text())
-    dev_rank = 'exact' if cfg.dev_ranking == 'exact' else f'two-stage ({cfg.dev_candidates} candidates)'
-    summary = {'name': cfg.name, 'task': dataset_kind(ds), 'ranking': {'dev': dev_rank, 'test': 'exact'},
-               'dev': best['metrics'], 'best_epoch': best['loop']['best_epoch'] + 1, 'test': test,
-               'seconds': round(time.time() - t0, 1), 'stopped': res['stopped']}
+    summary = _run_summary(cfg, ds, out, res, test, t0)
     write_json_atomic(out/'metrics.json', summary, indent=1)
     return summary
 
@@ -111,49 +107,28 @@ def add_run_args(p: argparse.ArgumentParser):
     p.add_argument('--epochs', type=int, default=None)
     p.add_argument('--patience', type=int, default=None, help='epochs without dev-MRR gain before stopping')
     p.add_argument('--data', default=None, help='dataset folder (default: the preset\'s)')
-    p.add_argument(
-        '--detective',
-        default=None,
-        help="Detective answers for the mention text: a JSON-lines file, a folder of answers_<split>.jsonl, or 'auto'",
-    )
-    p.add_argument(
-        '--prompt-style', default=None, help="redraw the prompt: 'rect', 'ellipse', 'arrow', 'darken' (MiniVPWiki)"
-    )
-    p.add_argument(
-        '--clip-weights',
-        default=None,
-        help="a local open_clip checkpoint file for the preset's CLIP (offline clusters), or 'none' for random weights",
-    )
-    p.add_argument(
-        '--text-model', default=None, help='a local from_pretrained folder for the text model (offline clusters)'
-    )
-    p.add_argument(
-        '--dev-ranking',
-        default=None,
-        choices=('exact', 'two-stage'),
-        help='dev evaluation during training (early stopping): exact, or two-stage for large KBs; test is always exact',
-    )
-    p.add_argument(
-        '--name',
-        default=None,
-        help='run folder name under --out (default: the preset, ablation, seed and what the '
-        'options change, e.g. iier-cpu-seed0-epochs-12)',
-    )
+    p.add_argument('--detective', default=None,
+                   help="Detective answers for the mention text: a JSON-lines file, a folder of answers_<split>.jsonl, "
+                   "or 'auto'")
+    p.add_argument('--prompt-style', default=None,
+                   help="redraw the prompt: 'rect', 'ellipse', 'arrow', 'darken' (MiniVPWiki)")
+    p.add_argument('--clip-weights', default=None,
+                   help="a local open_clip checkpoint file for the preset's CLIP (offline clusters), or 'none' for "
+                   "random weights")
+    p.add_argument('--text-model', default=None,
+                   help='a local from_pretrained folder for the text model (offline clusters)')
+    p.add_argument('--dev-ranking', default=None, choices=('exact', 'two-stage'),
+                   help='dev evaluation during training (early stopping): exact, or two-stage for large KBs; test is '
+                   'always exact')
+    p.add_argument('--name', default=None,
+                   help='run folder name under --out (default: the preset, ablation, seed and what the '
+                   'options change, e.g. iier-cpu-seed0-epochs-12)')
     p.add_argument('--out', default='runs')
     p.add_argument('--quiet', action='store_true')
 
-# %% ../nbs/22_runs.ipynb #6a7a738a
-def run_config_from_args(a) -> RunConfig:
-    "A `RunConfig` from the shared command-line options (preset, ablation, seed, overrides)."
-    cfg = ablate(preset(a.preset), a.ablation)
-    if a.data: cfg.data = a.data
-    if a.seed is not None: cfg.train.seed = a.seed
-    if a.epochs is not None: cfg.train.epochs = a.epochs
-    if getattr(a, 'patience', None) is not None: cfg.train.patience = a.patience
-    if a.detective: cfg.detective = a.detective
-    if getattr(a, 'prompt_style', None): cfg.prompt = a.prompt_style
-    if getattr(a, 'dev_ranking', None): cfg.dev_ranking = a.dev_ranking
-    enc = cfg.model.encoder
+# %% ../nbs/22_runs.ipynb #edd89bcd
+def _offline_weights(enc, a):
+    "Point the encoder config `enc` at the local weights of the options `a` (`--clip-weights`, `--text-model`)."
     if getattr(a, 'clip_weights', None):                  # offline clusters: a local copy of the CLIP weights, or none
         if a.clip_weights == 'none': enc.pretrained = None
         else:
@@ -171,6 +146,19 @@ def run_config_from_args(a) -> RunConfig:
                 "--text-model replaces a transformers text backend; this preset reads text with CLIP's own tower"
             )
         enc.text_backend = str(Path(a.text_model).resolve())
+
+# %% ../nbs/22_runs.ipynb #6a7a738a
+def run_config_from_args(a) -> RunConfig:
+    "A `RunConfig` from the shared command-line options (preset, ablation, seed, overrides)."
+    cfg = ablate(preset(a.preset), a.ablation)
+    if a.data: cfg.data = a.data
+    if a.seed is not None: cfg.train.seed = a.seed
+    if a.epochs is not None: cfg.train.epochs = a.epochs
+    if getattr(a, 'patience', None) is not None: cfg.train.patience = a.patience
+    if a.detective: cfg.detective = a.detective
+    if getattr(a, 'prompt_style', None): cfg.prompt = a.prompt_style
+    if getattr(a, 'dev_ranking', None): cfg.dev_ranking = a.dev_ranking
+    _offline_weights(cfg.model.encoder, a)
     cfg.name = a.name or run_name(cfg, a.preset, a.ablation)
     return cfg
 
@@ -191,28 +179,9 @@ def cli_train(argv: list[str]) -> int:
     if dist_rank_world()[0] == 0: print(json.dumps(s, indent=1))
     return 0
 
-# %% ../nbs/22_runs.ipynb #682b14b1
-def cli_eval(argv: list[str]) -> int:
-    "`vpmel eval RUN`: evaluate a trained run folder (its `model/`) on a split of its dataset, or of `--data`."
-    p = argparse.ArgumentParser(prog='vpmel eval', description='Rank the whole KB for every mention of a split.')
-    p.add_argument('run', help='a run folder written by vpmel train (holds run_config.json and model/)')
-    p.add_argument('--split', default='test')
-    p.add_argument('--data', default=None)
-    p.add_argument(
-        '--two-stage',
-        action='store_true',
-        help="rank with the run's persistent entity index: faiss first stage + exact rerank",
-    )
-    p.add_argument(
-        '--candidates', type=int, default=100, help='first-stage candidates reranked exactly (with --two-stage)'
-    )
-    p.add_argument(
-        '--two-stage-report',
-        action='store_true',
-        help='exact vs two-stage metrics for several K, and the first stage recall@K',
-    )
-    a = p.parse_args(argv)
-    run = Path(a.run)
+# %% ../nbs/22_runs.ipynb #7b4524e5
+def _load_run(run: Path, data=None) -> tuple[RunConfig, MELDataset, IIER]:
+    "A trained run folder's config, dataset (or the one in `data`) and saved model."
     if not (run/'model'/'config.json').exists():
         raise RunError(
             f'{run} has no trained model (no model/config.json): train it with vpmel train, or name a run folder'
@@ -220,30 +189,44 @@ def cli_eval(argv: list[str]) -> int:
     try: cfg = RunConfig.from_json(json.loads((run/'run_config.json').read_text()))
     except (OSError, ValueError, TypeError) as e:
         raise RunError(f'{run/"run_config.json"}: unreadable run config ({e})') from e
-    if a.data: cfg.data = a.data
+    if data: cfg.data = data
     ds = ensure_data(cfg)
     model = IIER.from_pretrained(run/'model')
     if torch.cuda.is_available(): model.cuda()
+    return cfg, ds, model
+
+# %% ../nbs/22_runs.ipynb #17caad1e
+def _two_stage_metrics(model: IIER, ds: MELDataset, mentions, run: Path, bs: int, candidates: int) -> tuple[dict, str]:
+    "(metrics, how it ranked) of `mentions` ranked with the run's entity index: first stage + exact rerank."
+    cache, _ = entity_index(model, ds, run/'index', bs, progress=True)
+    mf = encode_dataset(model, mentions, bs, progress=True)
+    first = FirstStage.from_cache(model.matcher, cache)
+    res = two_stage_rank(model.matcher, mf, cache, first, mentions.rows, candidates)
+    return mel_metrics(res.ranks), f'two-stage ({first.kind} first stage, {candidates} candidates)'
+
+# %% ../nbs/22_runs.ipynb #682b14b1
+def cli_eval(argv: list[str]) -> int:
+    "`vpmel eval RUN`: evaluate a trained run folder (its `model/`) on a split of its dataset, or of `--data`."
+    p = argparse.ArgumentParser(prog='vpmel eval', description='Rank the whole KB for every mention of a split.')
+    p.add_argument('run', help='a run folder written by vpmel train (holds run_config.json and model/)')
+    p.add_argument('--split', default='test')
+    p.add_argument('--data', default=None)
+    p.add_argument('--two-stage', action='store_true',
+                   help="rank with the run's persistent entity index: faiss first stage + exact rerank")
+    p.add_argument('--candidates', type=int, default=100,
+                   help='first-stage candidates reranked exactly (with --two-stage)')
+    p.add_argument('--two-stage-report', action='store_true',
+                   help='exact vs two-stage metrics for several K, and the first stage recall@K')
+    a = p.parse_args(argv)
+    run = Path(a.run)
+    cfg, ds, model = _load_run(run, a.data)
     men = mention_sets(cfg, ds, model)
     if a.split not in men: raise RunError(f'{cfg.data} has no split {a.split!r} (it has {", ".join(men)})')
     if a.two_stage_report:
-        print(
-            json.dumps(
-                {
-                    'run': str(run),
-                    'split': a.split,
-                    **two_stage_report(model, ds, men[a.split], run/'index', cfg.eval_batch_size),
-                },
-                indent=1,
-            )
-        )
+        rep = two_stage_report(model, ds, men[a.split], run/'index', cfg.eval_batch_size)
+        print(json.dumps({'run': str(run), 'split': a.split, **rep}, indent=1))
         return 0
-    if a.two_stage:
-        cache, _ = entity_index(model, ds, run/'index', cfg.eval_batch_size, progress=True)
-        mf = encode_dataset(model, men[a.split], cfg.eval_batch_size, progress=True)
-        first = FirstStage.from_cache(model.matcher, cache)
-        res = two_stage_rank(model.matcher, mf, cache, first, men[a.split].rows, a.candidates)
-        m, ranking = mel_metrics(res.ranks), f'two-stage ({first.kind} first stage, {a.candidates} candidates)'
+    if a.two_stage: m, ranking = _two_stage_metrics(model, ds, men[a.split], run, cfg.eval_batch_size, a.candidates)
     else: m, ranking = LinkingEvaluator(model, ds, men[a.split], cfg.eval_batch_size, progress=True)(model), 'exact'
     print(json.dumps({'run': str(run), 'split': a.split, 'ranking': ranking, **m}, indent=1))
     return 0

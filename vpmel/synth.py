@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+from fastcore.basics import patch
 from PIL import Image
 from .vpwiki import KBEntity, Mention, SPLITS
 from .prompts import draw_prompt, box_area
@@ -53,24 +54,27 @@ class SynthConfig:
     prompt_width: int = 2                       # the red rectangle, drawn inside the box
     prompt_margin: int = 4                      # box = glyph box + this margin (> prompt_width: the glyph stays intact)
 
-    def __post_init__(self):
-        bad = [t for t in self.types if t not in GLYPHS] + [c for c in self.colours if c not in PALETTE]
-        if bad: raise ValueError(f'unknown types/colours {bad}')
-        if self.prompt_margin <= self.prompt_width: raise ValueError('prompt_margin must exceed prompt_width')
-        if not 2 <= self.entities_per_scene[0] <= self.entities_per_scene[1]:
-            raise ValueError('scenes need >= 2 entities')
-        if self.n_entities > self.capacity:
-            raise ValueError(
-                f'{self.n_entities} entities exceed the {self.capacity} distinct looks of this config '
-                '(use two_tone=True or more types/colours)'
-            )
-        if self.n_entities < 10: raise ValueError('need at least 10 entities')
+    def __post_init__(self): _check_synth_config(self)   # the rules every config obeys: next cell
 
-    @property
-    def capacity(self) -> int:
-        "How many distinct looks (identities) this config can draw."
-        inks = len(self.colours) - 1 if self.two_tone else 1
-        return len(self.types) * len(self.colours) * (1 + (len(PATTERNS) - 1) * inks) * len(MARKS)
+# %% ../nbs/05_synth.ipynb #b354d0eb
+@patch(as_prop=True)
+def capacity(self: SynthConfig) -> int:
+    "How many distinct looks (identities) this config can draw."
+    inks = len(self.colours) - 1 if self.two_tone else 1
+    return len(self.types) * len(self.colours) * (1 + (len(PATTERNS) - 1) * inks) * len(MARKS)
+
+def _check_synth_config(cfg: SynthConfig):
+    bad = [t for t in cfg.types if t not in GLYPHS] + [c for c in cfg.colours if c not in PALETTE]
+    if bad: raise ValueError(f'unknown types/colours {bad}')
+    if cfg.prompt_margin <= cfg.prompt_width: raise ValueError('prompt_margin must exceed prompt_width')
+    if not 2 <= cfg.entities_per_scene[0] <= cfg.entities_per_scene[1]:
+        raise ValueError('scenes need >= 2 entities')
+    if cfg.n_entities > cfg.capacity:
+        raise ValueError(
+            f'{cfg.n_entities} entities exceed the {cfg.capacity} distinct looks of this config '
+            '(use two_tone=True or more types/colours)'
+        )
+    if cfg.n_entities < 10: raise ValueError('need at least 10 entities')
 
 # %% ../nbs/05_synth.ipynb #b201f2c2
 PRESETS = {
@@ -110,20 +114,13 @@ class Scene:
     named: list[int] = field(default_factory=list)  # KB rows named in the caption
     mentions: list[tuple[str, int, tuple[int, int, int, int]]] = field(default_factory=list)  # (id, target row, box)
 
+# %% ../nbs/05_synth.ipynb #0faa220a
 _CAPTIONS = {
     0: ('A photo taken at the {z} ceremony.', 'Scene from {y}, {year}.', 'Visitors during the {z} days in {y}.'),
-    1: (
-        '{0} at the {z} ceremony.',
-        '{0} pictured during a visit to {y}.',
-        'A view of {0} in {year}.',
-        '{0}, photographed in {y}.',
-    ),
-    2: (
-        '{0} and {1} at the {z} ceremony.',
-        '{0} with {1} during the {z} summit.',
-        '{0} meets {1} in {y}.',
-        '{0} next to {1}, {y} {year}.',
-    ),
+    1: ('{0} at the {z} ceremony.', '{0} pictured during a visit to {y}.', 'A view of {0} in {year}.',
+        '{0}, photographed in {y}.'),
+    2: ('{0} and {1} at the {z} ceremony.', '{0} with {1} during the {z} summit.', '{0} meets {1} in {y}.',
+        '{0} next to {1}, {y} {year}.'),
     'n': ('{names} at the {z} ceremony.', '{names} during the {z} summit in {y}.', 'From left: {names} ({year}).'),
 }
 
@@ -160,19 +157,15 @@ def _kb_image_poses(lk: Look, n_img: int, cfg: SynthConfig, rng: random.Random) 
     for k in range(n_img):
         s = rng.uniform(*cfg.kb_glyph_frac) * S
         while True:
-            p = Pose(
-                rng.uniform(0.3, 0.7) * S,
-                rng.uniform(0.3, 0.7) * S,
-                s,
-                rng.uniform(-cfg.max_angle, cfg.max_angle),
-                rng.random() < 0.5,
-            )
+            p = Pose(rng.uniform(0.3, 0.7) * S, rng.uniform(0.3, 0.7) * S, s,
+                     rng.uniform(-cfg.max_angle, cfg.max_angle), rng.random() < 0.5)
             b = glyph_box(lk.type, p)
             if b[0] >= 1 and b[1] >= 1 and b[2] <= S - 1 and b[3] <= S - 1: break
             s *= 0.97
         poses.append((rng.randrange(2**31), p))
     return poses
 
+# %% ../nbs/05_synth.ipynb #0d832b60
 def _plan_kb(looks: list[Look], cfg: SynthConfig, rng: random.Random) -> tuple[list[KBEntity], list, set[str]]:
     "Phase 1: one KB record per look (unique name, `attr` from the look) and its image poses; also the names used."
     names, kb, kb_poses = set(), [], []
@@ -186,6 +179,7 @@ def _plan_kb(looks: list[Look], cfg: SynthConfig, rng: random.Random) -> tuple[l
         kb.append(KBEntity(qid, name, lk.describe(), tuple(f'kb_img/{qid}_{k}.png' for k in range(n_img)), lk.type))
     return kb, kb_poses, names
 
+# %% ../nbs/05_synth.ipynb #fa2116b8
 def _plan_roles(n: int, cfg: SynthConfig, rng: random.Random) -> dict[str, list[int]]:
     "Phase 2: KB-only distractors, entities seen as train targets, entities only targeted in dev/test."
     rows = list(range(n)); rng.shuffle(rows)
@@ -212,6 +206,7 @@ class _Pools:
 
     def allowed(self, r: int, split: str) -> bool: return split != 'train' or r not in self.roles['unseen']
 
+# %% ../nbs/05_synth.ipynb #aadaeb35
 def _free_word(pools: _Pools, rng: random.Random) -> str:
     "A made-up word that is no part of any entity name (caption filler: places, ceremonies)."
     while True:
@@ -219,9 +214,8 @@ def _free_word(pools: _Pools, rng: random.Random) -> str:
         if w not in pools.name_tokens: return w
 
 # %% ../nbs/05_synth.ipynb #316bf184
-def _scene_members(
-    target: int, split: str, pool: list[int], pools: _Pools, cfg: SynthConfig, rng: random.Random
-) -> tuple[list[int], list[int]]:
+def _scene_members(target: int, split: str, pool: list[int], pools: _Pools, cfg: SynthConfig,
+                   rng: random.Random) -> tuple[list[int], list[int]]:
     """The scene's entities around `target` (maybe a hard-negative sibling, companions of its type or any), and its
     siblings."""
     k, members, lk = rng.randint(*cfg.entities_per_scene), [target], pools.looks[target]
@@ -233,18 +227,17 @@ def _scene_members(
     rng.shuffle(members)
     return members, sib
 
+# %% ../nbs/05_synth.ipynb #6e1cf253
 def _plan_scene(target: int, split: str, pool: list[int], room: bool, next_id: int, pools: _Pools, cfg: SynthConfig,
                 rng: random.Random) -> Scene:
     """Phase 3, one scene: its entities and poses, clutter, a second mention when there is `room`, the caption, the
     boxes."""
     members, sib = _scene_members(target, split, pool, pools, cfg, rng)
-    poses = place_glyphs(
-        [pools.looks[r].type for r in members], cfg.image_size, cfg.prompt_margin, cfg.glyph_frac, cfg.max_angle, rng
-    )
+    poses = place_glyphs([pools.looks[r].type for r in members], cfg.image_size, cfg.prompt_margin, cfg.glyph_frac,
+                         cfg.max_angle, rng)
     sc = Scene(rng.randrange(2**31), split, members, poses, random_clutter(cfg.image_size, cfg.clutter, rng))
-    targets = [target] + (
-        [rng.choice([r for r in members if r != target])] if room and rng.random() < cfg.shared_scene_p else []
-    )
+    targets = [target] + ([rng.choice([r for r in members if r != target])]
+                          if room and rng.random() < cfg.shared_scene_p else [])
     named = [r for r in members if rng.random() < (cfg.target_named_p if r == target else cfg.other_named_p)]
     if rng.random() < cfg.distractor_name_p:               # a name of an entity that is not in the picture
         everyone = range(len(pools.kb))
@@ -293,9 +286,9 @@ def scene_records(plan: Plan) -> list[dict]:
     return out
 
 # %% ../nbs/05_synth.ipynb #11c9d3a7
-def plan_stats(plan: Plan) -> dict:
-    "Dataset statistics (counts and shares) computed from a plan."
-    looks, kb = plan.looks, plan.kb
+def _mention_counts(plan: Plan) -> tuple[dict, dict]:
+    "Counts over every mention of `plan` (what `plan_stats` turns into shares), and the targets of each split."
+    looks = plan.looks
     cell: dict = {}
     for lk in looks: cell[(lk.type, lk.colour)] = cell.get((lk.type, lk.colour), 0) + 1
     ms, ge2, named, hard, notlargest, sametype = 0, 0, 0, 0, 0, 0
@@ -315,6 +308,16 @@ def plan_stats(plan: Plan) -> dict:
                 guess_caption += 1 / len(sc.named)
                 guess_caption_type += 1 / sum(looks[r].type == looks[t].type for r in sc.named)
             guess_scene += 1 / len(sc.rows)
+    counts = dict(ms=ms, ge2=ge2, named=named, hard=hard, notlargest=notlargest, sametype=sametype,
+                  guess_caption=guess_caption, guess_caption_type=guess_caption_type, guess_scene=guess_scene)
+    return counts, split_targets
+
+# %% ../nbs/05_synth.ipynb #d0fea6ef
+def plan_stats(plan: Plan) -> dict:
+    "Dataset statistics (counts and shares) computed from a plan."
+    looks, kb = plan.looks, plan.kb
+    c, split_targets = _mention_counts(plan)
+    ms = c['ms']
     train = set(split_targets['train'])
     per = {s: len(v) for s, v in split_targets.items()}
     used = {r for sc in plan.scenes for r in sc.rows}
@@ -325,10 +328,11 @@ def plan_stats(plan: Plan) -> dict:
         'entities_never_mentioned': r3(sum(r not in used for r in range(len(kb))) / len(kb)),
         'types': {t: sum(lk.type == t for lk in looks) for t in plan.cfg.types},
         'mentions': per, 'scenes': {s: sum(sc.split == s for sc in plan.scenes) for s in SPLITS},
-        'captions_ge2_names': r3(ge2 / ms), 'target_named': r3(named / ms), 'hard_negative': r3(hard / ms),
-        'target_not_largest': r3(notlargest / ms), 'same_type_in_scene': r3(sametype / ms),
-        'h1_random_caption_name': r3(guess_caption / ms), 'h1_random_caption_name_of_type': r3(guess_caption_type / ms),
-        'h1_random_scene_entity': r3(guess_scene / ms),
+        'captions_ge2_names': r3(c['ge2'] / ms), 'target_named': r3(c['named'] / ms),
+        'hard_negative': r3(c['hard'] / ms), 'target_not_largest': r3(c['notlargest'] / ms),
+        'same_type_in_scene': r3(c['sametype'] / ms), 'h1_random_caption_name': r3(c['guess_caption'] / ms),
+        'h1_random_caption_name_of_type': r3(c['guess_caption_type'] / ms),
+        'h1_random_scene_entity': r3(c['guess_scene'] / ms),
         'entities_per_scene': r3(sum(len(sc.rows) for sc in plan.scenes) / len(plan.scenes)),
         'test_targets_seen_in_train': r3(sum(t in train for t in split_targets['test']) / max(1, per['test'])),
     }
@@ -358,11 +362,8 @@ def show_scene(plan: Plan, i: int, mention: int = 0):
     axs[1].imshow(raw); axs[1].set_title('no prompt')
     for ax, r in zip(axs[2:], sc.rows):
         e = plan.kb[r]
-        im = (
-            render_kb_image(plan.looks[r], *plan.kb_poses[r][0], cfg)
-            if plan.kb_poses[r]
-            else Image.new('RGB', (cfg.image_size,) * 2, 'white')
-        )
+        im = (render_kb_image(plan.looks[r], *plan.kb_poses[r][0], cfg) if plan.kb_poses[r]
+              else Image.new('RGB', (cfg.image_size,) * 2, 'white'))
         ax.imshow(im); ax.set_title(e.entity_name + ('\n(no KB image)' if not plan.kb_poses[r] else ''), fontsize=8,
                                     color='red' if r == target else 'black')
         if r == target:

@@ -25,7 +25,7 @@ from .crossfit import answers_for_mentions
 from .config import RunConfig, RunError
 
 # %% auto #0
-__all__ = ['ensure_data', 'build_model', 'tiny_clip_dir', 'prompt_mode', 'detective_answers', 'mention_sets', 'first_mentions',
+__all__ = ['ensure_data', 'tiny_clip_dir', 'build_model', 'prompt_mode', 'detective_answers', 'mention_sets', 'first_mentions',
            'text_inputs', 'ItemField', 'KBImages', 'image_inputs', 'CachedPairs', 'collate_cached',
            'cache_training_pairs']
 
@@ -43,15 +43,7 @@ def ensure_data(cfg: RunConfig) -> MELDataset:
         )
     return load_dataset(root)
 
-def build_model(cfg: RunConfig, ds: MELDataset, progress: bool = True) -> IIER:
-    "The run's IIER; with `clip_pretrain_steps`, on top of a tiny CLIP pretrained on the KB (cached beside the data)."
-    mcfg = copy.deepcopy(cfg.model)
-    if cfg.clip_pretrain_steps:
-        d = tiny_clip_dir(cfg, ds, progress)
-        mcfg.encoder.clip_model, mcfg.encoder.pretrained = f'local-dir:{d}', None
-    torch.manual_seed(cfg.train.seed)
-    return IIER(mcfg)
-
+# %% ../nbs/20_towers.ipynb #1b825b6a
 def tiny_clip_dir(cfg: RunConfig, ds: MELDataset, progress: bool = True) -> Path | None:
     """The run's offline pretrained tiny CLIP (pretrained now if not cached under `<data>/clip/`), or None without
     `clip_pretrain_steps`."""
@@ -66,12 +58,23 @@ def tiny_clip_dir(cfg: RunConfig, ds: MELDataset, progress: bool = True) -> Path
         progress=progress,
     )
 
+# %% ../nbs/20_towers.ipynb #9e6ba6fe
+def build_model(cfg: RunConfig, ds: MELDataset, progress: bool = True) -> IIER:
+    "The run's IIER; with `clip_pretrain_steps`, on top of a tiny CLIP pretrained on the KB (cached beside the data)."
+    mcfg = copy.deepcopy(cfg.model)
+    if cfg.clip_pretrain_steps:
+        d = tiny_clip_dir(cfg, ds, progress)
+        mcfg.encoder.clip_model, mcfg.encoder.pretrained = f'local-dir:{d}', None
+    torch.manual_seed(cfg.train.seed)
+    return IIER(mcfg)
+
 # %% ../nbs/20_towers.ipynb #502f3a65
 def prompt_mode(cfg: RunConfig):
     "What `MentionDataset` draws: 'dataset', 'none', or a function that draws the box in `cfg.prompt`'s style."
     if cfg.prompt in ('dataset', 'none'): return cfg.prompt
     return partial(draw_prompt, style=cfg.prompt)
 
+# %% ../nbs/20_towers.ipynb #d3769a8d
 def detective_answers(cfg: RunConfig, ds: MELDataset, progress: bool = True) -> dict | None:
     """The run's Detective answers (None without `cfg.detective`); `'auto'` trains and runs the offline Detective once
     (chapter 17)."""
@@ -88,11 +91,13 @@ def detective_answers(cfg: RunConfig, ds: MELDataset, progress: bool = True) -> 
         progress=progress,
     )
 
+# %% ../nbs/20_towers.ipynb #82073f3d
 def mention_sets(cfg: RunConfig, ds: MELDataset, model: IIER, progress: bool = True) -> dict[str, MentionDataset]:
     "One `MentionDataset` per split, with the run's prompt mode and Detective answers."
     tf, det = model.encoder.image_transform(), detective_answers(cfg, ds, progress)
     return {s: MentionDataset(ds, s, tf, prompt=prompt_mode(cfg), detective=det) for s in ds.splits}
 
+# %% ../nbs/20_towers.ipynb #95485801
 def first_mentions(mentions: MentionDataset, n: int | None) -> MentionDataset:
     "A view of the first `n` mentions of a split (all of them for `None`)."
     if n is None or n >= len(mentions): return mentions
@@ -108,6 +113,7 @@ def _text_cache_key(model: IIER, texts: Sequence[str]) -> str:
         h.update(k.encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
+# %% ../nbs/20_towers.ipynb #8a002f6c
 @torch.no_grad()
 def _tower_outputs(tower, model: IIER, *args, **kwargs) -> dict:
     "A frozen tower's outputs, computed on the model's device (a GPU if there), kept on the CPU (caches can be large)."
@@ -115,6 +121,7 @@ def _tower_outputs(tower, model: IIER, *args, **kwargs) -> dict:
     to = lambda v: v.to(dev) if torch.is_tensor(v) else v
     return {k: v.cpu() for k, v in tower(*map(to, args), **{k: to(v) for k, v in kwargs.items()}).items()}
 
+# %% ../nbs/20_towers.ipynb #281b7cd6
 def text_inputs(model: IIER, texts: Sequence[str], bs: int = 256, cache_dir=None) -> dict:
     """Token ids of `texts`, or, when the text tower is frozen, its outputs (computed once; with `cache_dir`, also kept
     on disk)."""
@@ -135,6 +142,7 @@ class ItemField(torch.utils.data.Dataset):
     def __len__(self): return len(self.dataset)
     def __getitem__(self, i): return self.dataset[i][self.key]
 
+# %% ../nbs/20_towers.ipynb #702620b9
 class KBImages(torch.utils.data.Dataset):
     "Every (KB row, image) of an `EntityDataset` as image tensors (a blank one for an entity without images)."
     def __init__(self, ents: EntityDataset):
@@ -147,6 +155,7 @@ class KBImages(torch.utils.data.Dataset):
         img, ok = (self.ents.reader.blank(), True) if rel is None else self.ents.reader(rel)
         return self.ents.transform(img)
 
+# %% ../nbs/20_towers.ipynb #21be1364
 @torch.no_grad()
 def image_inputs(model: IIER, images, bs: int = 256, progress: bool = False, desc: str = 'images') -> dict:
     "Pixel tensors of a dataset of images, or, when the vision tower is frozen, its outputs (computed once)."
@@ -182,11 +191,13 @@ class CachedPairs(torch.utils.data.Dataset):
             **index_cache(self.image_inputs, torch.tensor([imgs[0] for imgs in self.images_of_entity])),
         }
 
+# %% ../nbs/20_towers.ipynb #4438edd9
 def collate_cached(items: list[dict]) -> dict:
     "Stack `CachedPairs` items into `{'mention': {...}, 'entity': {...}}` batches."
     return {side: {k: torch.stack([torch.as_tensor(it[side][k]) for it in items]) for k in items[0][side]}
             for side in ('mention', 'entity')}
 
+# %% ../nbs/20_towers.ipynb #5358bab9
 @torch.no_grad()
 def cache_training_pairs(model: IIER, ds: MELDataset, mentions: MentionDataset, seed: int, bs: int = 256,
                          progress: bool = True, cache_dir=None) -> CachedPairs:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from fastcore.basics import patch
 from safetensors.torch import save_file, load_file
 
 from .files import VpmelError, write_bytes_atomic, write_json_atomic
@@ -28,6 +29,7 @@ def set_seed(seed: int):
     random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
     if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
 
+# %% ../nbs/12_train.ipynb #f5e51dbf
 _NORMS = (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.Embedding)
 
 def param_groups(model: nn.Module, weight_decay: float = 1e-4, lr_by_prefix: dict[str, float] | None = None,
@@ -78,6 +80,7 @@ class TrainConfig:
     max_steps: int | None = None    # stop after this many optimizer steps in total (a budget, or a simulated crash)
     fused_adamw: bool = False       # torch's fused AdamW (much faster on large models; rounds differently, see `adamw`)
 
+# %% ../nbs/12_train.ipynb #0439585e
 @dataclass
 class LoopState:
     epoch: int = 0                  # epoch being run
@@ -88,10 +91,26 @@ class LoopState:
     bad_epochs: int = 0
     done: bool = False
 
-# %% ../nbs/12_train.ipynb #84624187
+# %% ../nbs/12_train.ipynb #14e18b89
 def _state_dict_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
 
+def _rng_states() -> dict:
+    "The states of torch's, NumPy's, Python's (and CUDA's) generators, as tensors and a JSON string."
+    rng = {'torch': torch.get_rng_state(), 'numpy': torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+           'python': json.dumps(random.getstate())}
+    if torch.cuda.is_available(): rng['cuda'] = torch.cuda.get_rng_state_all()
+    return rng
+
+def _restore_rng(rng: dict):
+    "Set the generators back to the states `_rng_states` gave."
+    torch.set_rng_state(rng['torch'])
+    np_state = np.random.get_state()
+    np.random.set_state((np_state[0], rng['numpy'].numpy().astype(np.uint32), *np_state[2:]))
+    st = json.loads(rng['python']); random.setstate((st[0], tuple(st[1]), st[2]))
+    if 'cuda' in rng and torch.cuda.is_available(): torch.cuda.set_rng_state_all(rng['cuda'])
+
+# %% ../nbs/12_train.ipynb #84624187
 def save_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, state: LoopState | None = None,
                     extra: dict | None = None):
     "Write a checkpoint folder atomically: a temporary sibling folder renamed into place."
@@ -102,10 +121,7 @@ def save_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, stat
         if optimizer is not None:
             torch.save({'optimizer': optimizer.state_dict(),
                         'scheduler': scheduler.state_dict() if scheduler is not None else None}, tmp/'optimizer.pt')
-        rng = {'torch': torch.get_rng_state(), 'numpy': torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-               'python': json.dumps(random.getstate())}
-        if torch.cuda.is_available(): rng['cuda'] = torch.cuda.get_rng_state_all()
-        torch.save(rng, tmp/'rng.pt')
+        torch.save(_rng_states(), tmp/'rng.pt')
         (tmp/'state.json').write_text(json.dumps({'loop': asdict(state) if state else None, **(extra or {})}, indent=1))
         old = path.with_name(f'.{path.name}.old')
         if path.exists(): os.replace(path, old)
@@ -121,6 +137,7 @@ def load_weights(model: nn.Module, path, strict: bool = True):
     model.load_state_dict(load_file(str(path/'model.safetensors' if path.is_dir() else path)), strict=strict)
     return model
 
+# %% ../nbs/12_train.ipynb #37a7f683
 def load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None) -> LoopState:
     "Restore model, optimizer, scheduler and RNG states; return the loop state."
     path = Path(path)
@@ -129,12 +146,7 @@ def load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None) -> L
         o = torch.load(path/'optimizer.pt', weights_only=True)
         optimizer.load_state_dict(o['optimizer'])
         if scheduler is not None and o['scheduler'] is not None: scheduler.load_state_dict(o['scheduler'])
-    rng = torch.load(path/'rng.pt', weights_only=True)
-    torch.set_rng_state(rng['torch'])
-    np_state = np.random.get_state()
-    np.random.set_state((np_state[0], rng['numpy'].numpy().astype(np.uint32), *np_state[2:]))
-    st = json.loads(rng['python']); random.setstate((st[0], tuple(st[1]), st[2]))
-    if 'cuda' in rng and torch.cuda.is_available(): torch.cuda.set_rng_state_all(rng['cuda'])
+    _restore_rng(torch.load(path/'rng.pt', weights_only=True))
     return LoopState(**json.loads((path/'state.json').read_text())['loop'])
 
 # %% ../nbs/12_train.ipynb #b9ab6a1f
@@ -150,6 +162,7 @@ def dist_rank_world() -> tuple[int, int]:
     import torch.distributed as dist
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
+# %% ../nbs/12_train.ipynb #d777996d
 class SeededBatches:
     """Batches of a map-style `dataset` in an order drawn from `(seed, epoch)`; calls `dataset.set_epoch(e)` if it has
     one. Under several processes `batch_size` is the global batch: each process takes every world-th item of it (a batch
@@ -180,6 +193,7 @@ class LoaderBatches:
         if start: raise ValueError('LoaderBatches cannot resume in the middle of an epoch; use SeededBatches')
         return self.loader
 
+# %% ../nbs/12_train.ipynb #a05f0612
 class DrawnBatches:
     "`n_batches` batches per epoch, each made by `draw()` (which samples from the global RNG)."
     def __init__(self, draw: Callable[[], object], n_batches: int): self.draw, self.n_batches = draw, n_batches
@@ -224,6 +238,7 @@ def adamw(groups, fused: bool = True, **kw) -> torch.optim.AdamW:
         except (RuntimeError, TypeError, ValueError): pass
     return torch.optim.AdamW(groups, **kw)
 
+# %% ../nbs/12_train.ipynb #0083b29e
 def _optimizer(model: nn.Module, cfg: TrainConfig, batches_per_epoch: int):
     "AdamW over `param_groups` and its `lr_factor` schedule, for the steps `cfg` will run."
     opt = adamw(
@@ -232,6 +247,7 @@ def _optimizer(model: nn.Module, cfg: TrainConfig, batches_per_epoch: int):
     total = max(1, min(batches_per_epoch * cfg.epochs, cfg.max_steps or math.inf))
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(int(cfg.warmup_ratio * total), total, cfg.cosine))
 
+# %% ../nbs/12_train.ipynb #f50a5dcc
 class _RunFiles:
     """What `fit` keeps in `out_dir` (nothing when it is None): checkpoint, best weights, metrics, config. Only the main
     process writes."""
@@ -240,23 +256,26 @@ class _RunFiles:
         if self.dir is not None and write:
             self.dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.dir/'train_config.json', asdict(cfg), indent=1)
-    def start(self, resume: bool, model, opt, sched) -> LoopState:
-        "The loop state: restored from the checkpoint when resuming, fresh (and old metrics dropped) otherwise."
-        if self.dir is None: return LoopState()
-        ck, metrics = self.dir/'checkpoint', self.dir/'metrics.jsonl'
-        if resume and (ck/'state.json').exists():
-            try: state = load_checkpoint(ck, model, opt, sched)
-            except Exception as e:                # truncated, corrupt, or of another model
-                raise VpmelError(f'{ck} cannot be resumed ({type(e).__name__}: {e}): pass --fresh to train again '
-                                 'from scratch') from e
-            if self.write: _truncate_metrics(metrics, state.global_step)
-            return state
-        if self.write: metrics.unlink(missing_ok=True)
-        return LoopState()
     def log(self, rec: dict):
         if self.dir is not None and self.write: _append_jsonl(self.dir/'metrics.jsonl', rec)
     def checkpoint(self, model, opt, sched, state: LoopState, name: str = 'checkpoint', **extra):
         if self.dir is not None and self.write: save_checkpoint(self.dir/name, model, opt, sched, state, extra or None)
+
+# %% ../nbs/12_train.ipynb #98964a7f
+@patch
+def start(self: _RunFiles, resume: bool, model, opt, sched) -> LoopState:
+    "The loop state: restored from the checkpoint when resuming, fresh (and old metrics dropped) otherwise."
+    if self.dir is None: return LoopState()
+    ck, metrics = self.dir/'checkpoint', self.dir/'metrics.jsonl'
+    if resume and (ck/'state.json').exists():
+        try: state = load_checkpoint(ck, model, opt, sched)
+        except Exception as e:                # truncated, corrupt, or of another model
+            raise VpmelError(f'{ck} cannot be resumed ({type(e).__name__}: {e}): pass --fresh to train again '
+                             'from scratch') from e
+        if self.write: _truncate_metrics(metrics, state.global_step)
+        return state
+    if self.write: metrics.unlink(missing_ok=True)
+    return LoopState()
 
 # %% ../nbs/12_train.ipynb #0647e27d
 def _end_of_epoch(model, evaluate, cfg: TrainConfig, state: LoopState, files: _RunFiles, progress: bool) -> dict:
@@ -292,13 +311,41 @@ def train_step(
     opt.zero_grad(set_to_none=True)
     return out
 
+# %% ../nbs/12_train.ipynb #a1cf6d8e
+def _train_record(state: LoopState, out: dict) -> dict:
+    "The training record of the step `state` is at: its epoch and step, and every `loss*` entry of `out` as a float."
+    losses = {k: float(v.detach() if torch.is_tensor(v) else v) for k, v in out.items() if k.startswith('loss')}
+    return {'split': 'train', 'epoch': state.epoch, 'step': state.global_step, **losses}
+
+# %% ../nbs/12_train.ipynb #c20f01aa
+def _train_epoch(model, raw, batches, cfg: TrainConfig, state: LoopState, acc, opt, sched, files: _RunFiles,
+                 history: list, loss_fn=None, after_step=None, progress: bool = True, desc: str = 'epoch') -> bool:
+    """The rest of epoch `state.epoch`, step by step (records to `history` and `files`, checkpoints); True when
+    `cfg.max_steps` ends the run. `raw`: the model out of `accelerate`'s wrapper."""
+    from accelerate.utils import send_to_device
+    bar = tqdm(total=len(batches) - state.step_in_epoch, desc=f'{desc} {state.epoch + 1}/{cfg.epochs}',
+               disable=not progress, leave=False)
+    for batch in batches(state.epoch, state.step_in_epoch):   # iterated once (tqdm.auto would call iter() twice)
+        out = train_step(model, send_to_device(batch, acc.device), opt, acc, sched, loss_fn, cfg.grad_clip)
+        if after_step is not None: after_step(raw)
+        state.step_in_epoch += 1; state.global_step += 1
+        bar.update(); bar.set_postfix(loss=f"{out['loss'].item():.3f}")
+        if state.global_step % cfg.log_every == 0:
+            history.append(_train_record(state, out)); files.log(history[-1])
+        if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0:
+            files.checkpoint(raw, opt, sched, state)
+        if cfg.max_steps is not None and state.global_step >= cfg.max_steps:
+            files.checkpoint(raw, opt, sched, state); bar.close()
+            return True
+    bar.close()
+    return False
+
 # %% ../nbs/12_train.ipynb #0647e27e
 def fit(model: nn.Module, batches, cfg: TrainConfig, out_dir=None, loss_fn: Callable | None = None,
         evaluate: Callable[[nn.Module], dict] | None = None, after_step: Callable[[nn.Module], None] | None = None,
         resume: bool = True, progress: bool = True, desc: str = 'epoch') -> dict:
     """Train `model` on `batches` (see above) with `cfg`; `loss_fn(model, batch)` gives the loss (default:
     `model(batch)`). Returns how it stopped, the loop state, and the records it made (`history`)."""
-    from accelerate.utils import send_to_device
     acc = make_accelerator(cfg.mixed_precision)
     if cfg.seed is not None: set_seed(cfg.seed)
     opt, sched = _optimizer(model, cfg, len(batches))
@@ -307,37 +354,10 @@ def fit(model: nn.Module, batches, cfg: TrainConfig, out_dir=None, loss_fn: Call
     state = files.start(resume, raw, opt, sched)
     while not state.done and state.epoch < cfg.epochs:
         model.train()
-        bar = tqdm(
-            total=len(batches) - state.step_in_epoch,
-            desc=f'{desc} {state.epoch + 1}/{cfg.epochs}',
-            disable=not progress,
-            leave=False,
-        )
-        for batch in batches(state.epoch, state.step_in_epoch):   # iterated once (tqdm.auto would call iter() twice)
-            out = train_step(model, send_to_device(batch, acc.device), opt, acc, sched, loss_fn, cfg.grad_clip)
-            if after_step is not None: after_step(raw)
-            state.step_in_epoch += 1; state.global_step += 1
-            bar.update(); bar.set_postfix(loss=f"{out['loss'].item():.3f}")
-            if state.global_step % cfg.log_every == 0:
-                history.append(
-                    {
-                        'split': 'train',
-                        'epoch': state.epoch,
-                        'step': state.global_step,
-                        **{
-                            k: float(v.detach() if torch.is_tensor(v) else v)
-                            for k, v in out.items()
-                            if k.startswith('loss')
-                        },
-                    }
-                )
-                files.log(history[-1])
-            if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0:
-                files.checkpoint(raw, opt, sched, state)
-            if cfg.max_steps is not None and state.global_step >= cfg.max_steps:
-                files.checkpoint(raw, opt, sched, state); bar.close()
-                return {'stopped': 'max_steps', 'state': asdict(state), 'history': history}
-        bar.close(); model.eval()
+        if _train_epoch(model, raw, batches, cfg, state, acc, opt, sched, files, history, loss_fn, after_step,
+                        progress, desc):
+            return {'stopped': 'max_steps', 'state': asdict(state), 'history': history}
+        model.eval()
         if evaluate is not None: history.append(_end_of_epoch(raw, evaluate, cfg, state, files, progress))
         state.epoch += 1; state.step_in_epoch = 0
         files.checkpoint(raw, opt, sched, state)

@@ -19,6 +19,8 @@ __all__ = ['FEATURE_NAMES', 'UNITS', 'random_features', 'index_features', 'cat_f
            'IIERMatcher', 'contrastive_loss', 'iier_loss', 'official_state_dict_shapes', 'load_official_state_dict']
 
 # %% ../nbs/09_units.ipynb #b0a89bf2
+FEATURE_NAMES = ('text_cls', 'text_tokens', 'text_mask', 'image_cls', 'image_tokens')
+
 def random_features(n: int, text_len: int = 40, dt: int = 512, patches: int = 50, dv: int = 96,
                     min_text_len: int | None = None, generator: torch.Generator | None = None,
                     dtype: torch.dtype = torch.float32) -> SimpleNamespace:
@@ -35,6 +37,7 @@ def random_features(n: int, text_len: int = 40, dt: int = 512, patches: int = 50
                            image_cls=torch.randn(n, dv, generator=g, dtype=dtype),
                            image_tokens=torch.randn(n, patches, dv, generator=g, dtype=dtype))
 
+# %% ../nbs/09_units.ipynb #6a9db93b
 def index_features(feats, idx) -> SimpleNamespace:
     "Items `idx` (slice, index tensor or bool mask) of a feature batch."
     return SimpleNamespace(**{k: getattr(feats, k)[idx] for k in FEATURE_NAMES})
@@ -42,8 +45,6 @@ def index_features(feats, idx) -> SimpleNamespace:
 def cat_features(feats: Sequence) -> SimpleNamespace:
     "Concatenate feature batches along the item dimension."
     return SimpleNamespace(**{k: torch.cat([getattr(f, k) for f in feats]) for k in FEATURE_NAMES})
-
-FEATURE_NAMES = ('text_cls', 'text_tokens', 'text_mask', 'image_cls', 'image_tokens')
 
 # %% ../nbs/09_units.ipynb #b0a89bf3
 def _map_cache(cache, fn):
@@ -60,6 +61,7 @@ def cat_caches(caches: Sequence[dict]) -> dict:
     if isinstance(c0, dict): return {k: cat_caches([c[k] for c in caches]) for k in c0}
     return None if c0 is None else torch.cat(list(caches))
 
+# %% ../nbs/09_units.ipynb #e229ebd0
 def cache_len(cache: dict) -> int:
     "Number of items in a cache."
     for v in cache.values():
@@ -72,6 +74,7 @@ def _check_mask(mask: Tensor, what: str):
     if mask.dtype != torch.bool: raise TypeError(f'{what}.text_mask must be bool, got {mask.dtype}')
     if not mask.any(-1).all(): raise ValueError(f'{what}: every item needs at least one real text token')
 
+# %% ../nbs/09_units.ipynb #29aeb48e
 class TextInteractionUnit(nn.Module):
     "TGLU: entity text tokens attend over mention text tokens (global-to-local), plus global-to-global."
     def __init__(self, dt: int = 512, hidden: int = 96, mask_padding: bool = True, max_block: int = 2**22):
@@ -146,6 +149,7 @@ def token_attention(self: TextInteractionUnit, mc: dict, ec: dict) -> Tensor:
     if mc['bias'] is not None: logits = logits + mc['bias'][None, :, None, :]
     return torch.einsum('ni,nmij->mnj', ec['w'], logits.softmax(-1))
 
+# %% ../nbs/09_units.ipynb #5f22d3bb
 @patch
 def reference(self: TextInteractionUnit, mention_feats, entity_feats) -> Tensor:
     "Straightforward broadcast version (materialises `[N, M, Le, Lm]` and `[N, M, Le, d]`): for tests."
@@ -213,16 +217,21 @@ class VisualInteractionUnit(nn.Module):
 
     def reference(self, mention_feats, entity_feats) -> Tensor:
         "The equations written out pair by pair (slow): for tests."
-        def D(dual, q, k, V):
-            q, k, vbar = dual.cls_fc(q), dual.cls_fc(k), dual.tokens_fc(V).mean(0)
-            u = dual.fc(dual.add_layer_norm(vbar + q))
-            g = torch.tanh(dual.gate_fc(u))
-            return (dual.layer_norm(g * u + k) * dual.layer_norm(q)).sum()
-        m, e = mention_feats, entity_feats
-        return torch.stack([torch.stack([
-            (D(self.dual_ent2men, e.image_cls[j], m.image_cls[i], m.image_tokens[i]) +
-             D(self.dual_men2ent, m.image_cls[i], e.image_cls[j], e.image_tokens[j])) / 2
-            for j in range(len(e.image_cls))]) for i in range(len(m.image_cls))])
+        return _vdlu_reference(self, mention_feats, entity_feats)
+
+# %% ../nbs/09_units.ipynb #afdea11b
+def _vdlu_reference(unit: VisualInteractionUnit, mention_feats, entity_feats) -> Tensor:
+    "`VisualInteractionUnit.reference`: the dual gate of every pair, both ways, averaged."
+    def D(dual, q, k, V):
+        q, k, vbar = dual.cls_fc(q), dual.cls_fc(k), dual.tokens_fc(V).mean(0)
+        u = dual.fc(dual.add_layer_norm(vbar + q))
+        g = torch.tanh(dual.gate_fc(u))
+        return (dual.layer_norm(g * u + k) * dual.layer_norm(q)).sum()
+    m, e = mention_feats, entity_feats
+    return torch.stack([torch.stack([
+        (D(unit.dual_ent2men, e.image_cls[j], m.image_cls[i], m.image_tokens[i]) +
+         D(unit.dual_men2ent, m.image_cls[i], e.image_cls[j], e.image_tokens[j])) / 2
+        for j in range(len(e.image_cls))]) for i in range(len(m.image_cls))])
 
 # %% ../nbs/09_units.ipynb #e50bdfec
 class CrossModalInteractionUnit(nn.Module):
@@ -254,12 +263,17 @@ class CrossModalInteractionUnit(nn.Module):
 
     def reference(self, mention_feats, entity_feats) -> Tensor:
         "Item by item: for tests."
-        def f(x, V):
-            t, p = self.text_fc(x), self.image_fc(V)
-            return self.gate_layer_norm(t * torch.tanh(self.gate_fc(t)) + (p * (p @ t).softmax(0)[:, None]).sum(0))
-        fm = [f(x, V) for x, V in zip(mention_feats.text_cls, mention_feats.image_tokens)]
-        fe = [f(x, V) for x, V in zip(entity_feats.text_cls, entity_feats.image_tokens)]
-        return torch.stack([torch.stack([a @ b for b in fe]) for a in fm])
+        return _cmfu_reference(self, mention_feats, entity_feats)
+
+# %% ../nbs/09_units.ipynb #e70f8c8f
+def _cmfu_reference(unit: CrossModalInteractionUnit, mention_feats, entity_feats) -> Tensor:
+    "`CrossModalInteractionUnit.reference`: each item's fused vector on its own, then every dot product."
+    def f(x, V):
+        t, p = unit.text_fc(x), unit.image_fc(V)
+        return unit.gate_layer_norm(t * torch.tanh(unit.gate_fc(t)) + (p * (p @ t).softmax(0)[:, None]).sum(0))
+    fm = [f(x, V) for x, V in zip(mention_feats.text_cls, mention_feats.image_tokens)]
+    fe = [f(x, V) for x, V in zip(entity_feats.text_cls, entity_feats.image_tokens)]
+    return torch.stack([torch.stack([a @ b for b in fe]) for a in fm])
 
 # %% ../nbs/09_units.ipynb #8b3ffd49
 UNITS = ('text', 'visual', 'cross')
@@ -284,18 +298,20 @@ class IIERMatcher(nn.Module):
 
     def unit(self, name: str) -> nn.Module: return getattr(self, _UNIT_ATTR[name])
 
-    def normed(self, feats) -> SimpleNamespace:
-        "The features after the matcher's input LayerNorms (the mask is passed through)."
-        for k in FEATURE_NAMES:
-            if not hasattr(feats, k): raise AttributeError(f'features lack {k!r} (see vpmel.encoders.Features)')
-        return SimpleNamespace(text_cls=self.text_cls_layernorm(feats.text_cls),
-                               text_tokens=self.text_tokens_layernorm(feats.text_tokens), text_mask=feats.text_mask,
-                               image_cls=self.image_cls_layernorm(feats.image_cls),
-                               image_tokens=self.image_tokens_layernorm(feats.image_tokens))
-
     def pair_scores(self, mention_cache: dict, entity_cache: dict) -> Tensor:
         "Fused scores `[M, N]`."
         return self.unit_scores(mention_cache, entity_cache)['fused']
+
+# %% ../nbs/09_units.ipynb #cf783660
+@patch
+def normed(self: IIERMatcher, feats) -> SimpleNamespace:
+    "The features after the matcher's input LayerNorms (the mask is passed through)."
+    for k in FEATURE_NAMES:
+        if not hasattr(feats, k): raise AttributeError(f'features lack {k!r} (see vpmel.encoders.Features)')
+    return SimpleNamespace(text_cls=self.text_cls_layernorm(feats.text_cls),
+                           text_tokens=self.text_tokens_layernorm(feats.text_tokens), text_mask=feats.text_mask,
+                           image_cls=self.image_cls_layernorm(feats.image_cls),
+                           image_tokens=self.image_tokens_layernorm(feats.image_tokens))
 
 # %% ../nbs/09_units.ipynb #b232cf73
 @patch
@@ -309,6 +325,7 @@ def prepare_mentions(self: IIERMatcher, feats) -> dict:
     f = self.normed(feats)
     return {u: self.unit(u).prepare_mentions(f) for u in self.units}
 
+# %% ../nbs/09_units.ipynb #e0c971ac
 @patch
 def unit_scores(self: IIERMatcher, mention_cache: dict, entity_cache: dict) -> dict[str, Tensor]:
     "`{unit: [M, N]}` for every enabled unit, plus `'fused'` (their mean)."
@@ -321,6 +338,7 @@ def forward(self: IIERMatcher, mention_feats, entity_feats) -> dict[str, Tensor]
     "All-pairs scores per unit and fused, e.g. the in-batch `[B, B]` matrices for training."
     return self.unit_scores(self.prepare_mentions(mention_feats), self.prepare_entities(entity_feats))
 
+# %% ../nbs/09_units.ipynb #538feb42
 @patch
 def reference_pair_scores(self: IIERMatcher, mention_feats, entity_feats) -> dict[str, Tensor]:
     "Same as `forward`, through every unit's straightforward `reference`: for tests."
@@ -347,6 +365,7 @@ def contrastive_loss(logits: Tensor, entity_index: Tensor | None = None, symmetr
     loss = F.cross_entropy(logits.float(), gold)
     return (loss + F.cross_entropy(logits.T.float(), gold)) / 2 if symmetric else loss
 
+# %% ../nbs/09_units.ipynb #6ca96a98
 def iier_loss(scores: dict[str, Tensor], entity_index: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     "`contrastive_loss` (rows) on `'fused'` and on every unit score, summed; returns `(total, parts)`."
     if 'fused' not in scores: raise KeyError("scores need a 'fused' entry (use IIERMatcher.forward)")
@@ -375,6 +394,7 @@ def official_state_dict_shapes(dt: int = 512, dv: int = 96, hidden: int = 96) ->
     ln('image_cls_layernorm', dv); ln('image_tokens_layernorm', dv)
     return shapes
 
+# %% ../nbs/09_units.ipynb #72848c1e
 def load_official_state_dict(matcher: IIERMatcher, sd: dict[str, Tensor]) -> IIERMatcher:
     "Load an official MIMIC/IIER matcher state dict (optionally `matcher.`-prefixed, encoder keys ignored) strictly."
     if any(k.startswith('matcher.') for k in sd): sd = {k[8:]: v for k, v in sd.items() if k.startswith('matcher.')}

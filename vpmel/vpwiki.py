@@ -12,8 +12,8 @@ from typing import Iterable, Literal, Sequence
 from .files import VpmelError, write_json_atomic
 
 # %% auto #0
-__all__ = ['SPLITS', 'KB_FILE', 'QID2ID_FILE', 'OnBadImage', 'ON_BAD_IMAGE', 'KBEntity', 'Mention', 'UnsafePathError',
-           'resolve_in_root', 'DatasetError', 'write_kb', 'write_split', 'read_kb', 'read_split', 'MELDataset',
+__all__ = ['SPLITS', 'KB_FILE', 'QID2ID_FILE', 'RAW_IMG', 'OnBadImage', 'ON_BAD_IMAGE', 'KBEntity', 'Mention', 'UnsafePathError',
+           'resolve_in_root', 'write_kb', 'write_split', 'DatasetError', 'read_kb', 'read_split', 'MELDataset',
            'write_dataset', 'is_nil', 'load_dataset', 'is_blank_mention', 'dataset_kind', 'BadImageError', 'open_image',
            'ImageReader']
 
@@ -84,15 +84,17 @@ def resolve_in_root(root: str | Path, rel: str) -> Path:
 # %% ../nbs/01_vpwiki.ipynb #98d55652
 SPLITS = ('train', 'dev', 'test')
 KB_FILE, QID2ID_FILE = 'kb_entity.json', 'qid2id.json'
-
-class DatasetError(VpmelError, ValueError):
-    "A dataset file that cannot be read as one: the message names the file, the record, and `vpmel check`."
+RAW_IMG = 'raw_img/mention_{id}.png'                 # the scene without the prompt (MiniVPWiki)
 
 def write_kb(path, entities: Iterable[KBEntity]):
     write_json_atomic(path, [e.to_json() for e in entities])
 
 def write_split(path, mentions: Iterable[Mention]):
     write_json_atomic(path, [m.to_json() for m in mentions])
+
+# %% ../nbs/01_vpwiki.ipynb #5beb4ae6
+class DatasetError(VpmelError, ValueError):
+    "A dataset file that cannot be read as one: the message names the file, the record, and `vpmel check`."
 
 def _read_json_file(path: Path, kind: type):
     how = f'`vpmel check {path.parent}` lists every problem'
@@ -103,6 +105,7 @@ def _read_json_file(path: Path, kind: type):
         raise DatasetError(f'{path}: a JSON {kind.__name__} expected, found a {type(data).__name__}; {how}')
     return data
 
+# %% ../nbs/01_vpwiki.ipynb #5e227ea0
 def _read_records(path, make) -> list:
     path = Path(path); out = []
     for i, d in enumerate(_read_json_file(path, list)):
@@ -148,10 +151,12 @@ def write_dataset(root, kb: Sequence[KBEntity], splits: dict[str, Sequence[Menti
     write_json_atomic(root/QID2ID_FILE, qid2id if qid2id is not None else {e.id: i for i, e in enumerate(kb)})
     for name, ms in splits.items(): write_split(root/f'{name}.json', ms)
 
+# %% ../nbs/01_vpwiki.ipynb #b61fcb18
 def is_nil(answer) -> bool:
     "MEL datasets mark mentions without a KB entity with the answer `nil` (or `NIL`)."
     return isinstance(answer, str) and answer.strip().lower() == 'nil'
 
+# %% ../nbs/01_vpwiki.ipynb #e583b4a3
 def load_dataset(root, splits: Sequence[str] = SPLITS) -> MELDataset:
     """Read a dataset folder in the VPWiki / MIMIC format (absent splits are skipped; `nil` mentions are skipped and
     counted in `.n_nil`)."""

@@ -23,6 +23,7 @@ def message_html(text: str = '', error: bool = False) -> str:
     cls = 'vpmel-message vpmel-error' if error else 'vpmel-message'
     return f'<span class="{cls}" style="color:{"#b00" if error else "#333"}">{html.escape(text)}</span>'
 
+# %% ../nbs/25_widgets.ipynb #7c7e87d7
 class WidgetApp:
     """The plumbing the widget apps share: shown by its `widget`; `message` writes in its `status` (an
     `ipywidgets.HTML`); `guard` runs a handler so that nothing raises."""
@@ -58,6 +59,7 @@ def display_scale(size: tuple[int, int], display_side: int = 384, max_side: int 
     if max_side is not None and max(size) > max_side: return max_side / max(size)
     return max(1, display_side // max(size))
 
+# %% ../nbs/25_widgets.ipynb #6c50b5fa
 def shown_image(img: Image.Image, scale: float) -> Image.Image:
     "`img` as shown at `scale`: enlarged with crisp pixels, or shrunk smoothly."
     if scale == 1: return img
@@ -65,6 +67,7 @@ def shown_image(img: Image.Image, scale: float) -> Image.Image:
     return img.resize((max(1, round(w * scale)), max(1, round(h * scale))),
                       Image.NEAREST if scale > 1 else Image.BILINEAR)
 
+# %% ../nbs/25_widgets.ipynb #efb26580
 def widget_box(box, scale: float = 1.0, label: str = '') -> dict:
     "A `jupyter-bbox-widget` box (`x, y, width, height`, `label`) for `box` on an image shown `scale` times larger."
     return {'x': round(box[0] * scale), 'y': round(box[1] * scale), 'width': round((box[2] - box[0]) * scale),
@@ -87,6 +90,7 @@ def one_cell_notebook(code: str, cell_id: str = 'app') -> dict:
         'nbformat_minor': 5,
     }
 
+# %% ../nbs/25_widgets.ipynb #79402e3e
 def serve_voila(path, code: str, port: int, print_command: bool = False, prog: str = 'vpmel', what: str = 'the app',
                 cell_id: str = 'app') -> int:
     """Write a one-cell notebook of `code` to `path` (atomic) and serve it with Voilà on 127.0.0.1:`port`; this process

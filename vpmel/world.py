@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 # %% auto #0
 __all__ = ['PALETTE', 'INKS', 'PATTERNS', 'MARKS', 'OUTLINE', 'GLYPHS', 'TYPES', 'auto_ink', 'Look', 'Pose', 'glyph_polygons',
-           'glyph_box', 'pattern_ink_mask', 'draw_glyph', 'background', 'place_glyphs', 'random_clutter',
+           'glyph_box', 'pattern_ink_mask', 'background', 'draw_glyph', 'place_glyphs', 'random_clutter',
            'draw_clutter', 'make_name']
 
 # %% ../nbs/04_world.ipynb #e1831fd6
@@ -33,14 +33,10 @@ def auto_ink(colour: str) -> str:
 def _ellipse(cx, cy, rx, ry, n=24):
     return [(cx + rx * math.cos(2 * math.pi * k / n), cy + ry * math.sin(2 * math.pi * k / n)) for k in range(n)]
 def _star(cx, cy, ro, ri, n=8):
-    return [
-        (
-            cx + (ro if k % 2 == 0 else ri) * math.sin(math.pi * k / n),
-            cy - (ro if k % 2 == 0 else ri) * math.cos(math.pi * k / n),
-        )
-        for k in range(2 * n)
-    ]
+    return [(cx + (ro if k % 2 == 0 else ri) * math.sin(math.pi * k / n),
+             cy - (ro if k % 2 == 0 else ri) * math.cos(math.pi * k / n)) for k in range(2 * n)]
 
+# %% ../nbs/04_world.ipynb #81f13b91
 GLYPHS = {  # type: (glyph family, polygons, mark anchor)
     'person': ('figure', [_ellipse(.5, .19, .17, .17), [(.26, .4), (.74, .4), (.88, .98), (.12, .98)]], (.5, .7)),
     'organization': ('shield', [[(.12, .04), (.88, .04), (.88, .52), (.5, .97), (.12, .52)]], (.5, .4)),
@@ -96,6 +92,7 @@ def _transform(pts, pose: Pose) -> np.ndarray:
     if pose.flip: p[:, 0] = -p[:, 0]
     return np.stack([pose.cx + ca * p[:, 0] - sa * p[:, 1], pose.cy + sa * p[:, 0] + ca * p[:, 1]], 1)
 
+# %% ../nbs/04_world.ipynb #796c1954
 _ALL_PTS = {t: np.concatenate([np.asarray(p, np.float64) for p in g[1]]) for t, g in GLYPHS.items()}
 
 def glyph_polygons(type: str, pose: Pose) -> list[list[tuple[float, float]]]:
@@ -122,6 +119,7 @@ def pattern_ink_mask(pattern: str, h: int, w: int) -> np.ndarray:
         _INK_CACHE[k] = m
     return _INK_CACHE[k]
 
+# %% ../nbs/04_world.ipynb #2ad52b56
 def _mark(d: ImageDraw.ImageDraw, mark: str, cx: float, cy: float, r: float, colour):
     "Draw `mark` centred at `(cx, cy)` with radius `r`: white with a dark outline (the ring's hole shows `colour`)."
     W, K = (250, 250, 250), OUTLINE
@@ -131,24 +129,9 @@ def _mark(d: ImageDraw.ImageDraw, mark: str, cx: float, cy: float, r: float, col
         q = r * .5; d.ellipse([cx - q, cy - q, cx + q, cy + q], fill=colour, outline=K)
     elif mark == 'cross':
         t = r * .38
-        d.polygon(
-            [
-                (cx - t, cy - r),
-                (cx + t, cy - r),
-                (cx + t, cy - t),
-                (cx + r, cy - t),
-                (cx + r, cy + t),
-                (cx + t, cy + t),
-                (cx + t, cy + r),
-                (cx - t, cy + r),
-                (cx - t, cy + t),
-                (cx - r, cy + t),
-                (cx - r, cy - t),
-                (cx - t, cy - t),
-            ],
-            fill=W,
-            outline=K,
-        )
+        d.polygon([(cx - t, cy - r), (cx + t, cy - r), (cx + t, cy - t), (cx + r, cy - t), (cx + r, cy + t),
+                   (cx + t, cy + t), (cx + t, cy + r), (cx - t, cy + r), (cx - t, cy + t), (cx - r, cy + t),
+                   (cx - r, cy - t), (cx - t, cy - t)], fill=W, outline=K)
     elif mark == 'triangle': d.polygon([(cx, cy - r), (cx + r, cy + r * .8), (cx - r, cy + r * .8)], fill=W, outline=K)
     elif mark == 'diamond':
         d.polygon([(cx, cy - r * 1.1), (cx + r, cy), (cx, cy + r * 1.1), (cx - r, cy)], fill=W, outline=K)
@@ -157,6 +140,16 @@ def _mark(d: ImageDraw.ImageDraw, mark: str, cx: float, cy: float, r: float, col
     else: raise ValueError(f'unknown mark {mark!r}')
 
 # %% ../nbs/04_world.ipynb #39db4e56
+def background(size: int, seed: int, noise: float = 1.0, blotch: float = 8.0) -> Image.Image:
+    "A pale background of a `seed`-dependent tint, with soft blotches (std `blotch`) and pixel noise (std `noise`)."
+    rng = np.random.default_rng(seed)
+    tint = rng.integers(190, 236, size=3).astype(np.float32)
+    k = size // 16 + 2
+    c = Image.fromarray(rng.normal(0, blotch, (k, k)).astype(np.float32), 'F').resize((16 * k, 16 * k), Image.BILINEAR)
+    a = tint + np.asarray(c)[8:8 + size, 8:8 + size, None] + rng.normal(0, noise, (size, size, 1)).astype(np.float32)
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), 'RGB')
+
+# %% ../nbs/04_world.ipynb #844e8069
 def draw_glyph(img: Image.Image, look: Look, pose: Pose):
     "Draw the entity `look` in `pose` onto `img` (in place): patterned fill, dark outline, then the mark."
     w, h = img.size
@@ -178,15 +171,6 @@ def draw_glyph(img: Image.Image, look: Look, pose: Pose):
     ax, ay = (float(v) for v in _transform([GLYPHS[look.type][2]], pose)[0])
     _mark(d, look.mark, ax, ay, max(3.0, 0.14 * pose.size), colour)
 
-def background(size: int, seed: int, noise: float = 1.0, blotch: float = 8.0) -> Image.Image:
-    "A pale background of a `seed`-dependent tint, with soft blotches (std `blotch`) and pixel noise (std `noise`)."
-    rng = np.random.default_rng(seed)
-    tint = rng.integers(190, 236, size=3).astype(np.float32)
-    k = size // 16 + 2
-    c = Image.fromarray(rng.normal(0, blotch, (k, k)).astype(np.float32), 'F').resize((16 * k, 16 * k), Image.BILINEAR)
-    a = tint + np.asarray(c)[8:8 + size, 8:8 + size, None] + rng.normal(0, noise, (size, size, 1)).astype(np.float32)
-    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), 'RGB')
-
 # %% ../nbs/04_world.ipynb #7a1c0002
 def place_glyphs(types: list[str], size: int, margin: int, glyph_frac: tuple[float, float], max_angle: float,
                  rng: random.Random) -> list[Pose]:
@@ -197,9 +181,8 @@ def place_glyphs(types: list[str], size: int, margin: int, glyph_frac: tuple[flo
         poses, boxes = [], []
         for t in types:
             for _ in range(10):  # a size and angle, then several integer centres (the box just shifts)
-                pose = Pose(
-                    0, 0, rng.uniform(*glyph_frac) * S * shrink, rng.uniform(-max_angle, max_angle), rng.random() < 0.5
-                )
+                pose = Pose(0, 0, rng.uniform(*glyph_frac) * S * shrink, rng.uniform(-max_angle, max_angle),
+                            rng.random() < 0.5)
                 r0, r1, r2, r3 = glyph_box(t, pose)
                 lox, hix, loy, hiy = g - r0, S - g - r2, g - r1, S - g - r3
                 if lox > hix or loy > hiy: continue
@@ -222,18 +205,13 @@ def random_clutter(size: int, n_range: tuple[int, int], rng: random.Random) -> l
         kind = rng.choice(('line', 'line', 'circle', 'rect'))
         x, y = rng.uniform(0, S), rng.uniform(0, S)
         if kind == 'line':
-            out.append(
-                (
-                    'line',
-                    (x, y, x + rng.uniform(-0.5, 0.5) * S, y + rng.uniform(-0.5, 0.5) * S),
-                    tint,
-                    rng.randint(1, 2),
-                )
-            )
+            out.append(('line', (x, y, x + rng.uniform(-0.5, 0.5) * S, y + rng.uniform(-0.5, 0.5) * S), tint,
+                        rng.randint(1, 2)))
         else:
             r = rng.uniform(2, 6); out.append((kind, (x - r, y - r, x + r, y + r), tint, 1))
     return out
 
+# %% ../nbs/04_world.ipynb #2ea63ed2
 def draw_clutter(img: Image.Image, clutter: list[tuple]) -> Image.Image:
     "Draw `random_clutter`'s pieces onto `img` (in place); returns `img`."
     d = ImageDraw.Draw(img)
@@ -247,6 +225,12 @@ def draw_clutter(img: Image.Image, clutter: list[tuple]) -> Image.Image:
 _ONSETS = ('b', 'd', 'f', 'g', 'k', 'l', 'm', 'n', 'p', 'r', 's', 't', 'v', 'z', 'br', 'dr', 'kl', 'st', 'tr', 'sh')
 _VOWELS = ('a', 'e', 'i', 'o', 'u', 'ai', 'ei', 'ou')
 _CODAS = ('', '', '', 'n', 'r', 'l', 's', 'k', 'm')
+
+def _word(rng: random.Random) -> str:
+    n = rng.choice((2, 2, 3))
+    return ''.join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(n)).capitalize() + rng.choice(_CODAS)
+
+# %% ../nbs/04_world.ipynb #fbfb59ab
 _NAME_FORMS = {
     'person': ('{} {}',), 'organization': ('{} Guild', '{} Union', '{} Group', '{} Institute', '{} Society'),
     'location': ('Mount {}', '{} Valley', 'Lake {}', '{} Island', '{} Bay'),
@@ -256,10 +240,6 @@ _NAME_FORMS = {
     'animal': ('{} the Heron', '{} the Bear', '{} the Otter', '{} the Lynx', '{} the Crane'),
     'vehicle': ('{} Rover', '{} Cruiser', '{} Express', '{} Coupe', '{} GT'),
 }
-
-def _word(rng: random.Random) -> str:
-    n = rng.choice((2, 2, 3))
-    return ''.join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(n)).capitalize() + rng.choice(_CODAS)
 
 def make_name(type: str, rng: random.Random) -> str:
     "A pronounceable name shaped like an entity of `type`."
