@@ -36,13 +36,14 @@ NO_FIGURES = {
     '20_towers': 'data, model and the frozen towers\' caches: tensors',
     '22_runs': 'one run end to end: metrics JSON, resumed runs, several processes',
     '23_official': 'the official code re-implemented: equality tests',
-    '25_widgets': 'widget plumbing; the widgets themselves are chapters 27 and 32',
+    '25_widgets': 'widget plumbing; the widgets themselves are chapters 27 and 33',
     '26_explore': "the explorer's logic; its pictures and widgets are chapter 27",
-    '31_review': 'the decision log and the review session; the widget is chapter 32',
-    '32_review_app': "a live widget: Run All in JupyterLab does not save widget state, so a page cannot show it",
-    '33_proposals': 'proposals files, claims and the grounding table',
-    '34_construct': "the construction pipeline; what was built is pictured in chapter 35",
-    '37_cli': 'the command dispatcher: commands and one-line messages',
+    '31_decisions': 'the decision log: JSON lines, a torn last line, undo lines',
+    '32_review': 'the review session as plain methods; the widget is chapter 33',
+    '33_review_app': "a live widget: Run All in JupyterLab does not save widget state, so a page cannot show it",
+    '34_proposals': 'proposals files, claims and the grounding table',
+    '35_construct': "the construction pipeline; what was built is pictured in chapter 36",
+    '38_cli': 'the command dispatcher: commands and one-line messages',
 }
 
 PAGE_JS = """() => {

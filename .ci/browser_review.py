@@ -3,7 +3,7 @@
 Usage (from the repository root, in the project's environment):
     apt-get install -y chromium && pip install playwright && python .ci/browser_review.py
 
-In a temporary folder: MiniVPWiki `tiny` (a second), and a one-cell notebook that opens `ReviewApp` (chapter 32) on
+In a temporary folder: MiniVPWiki `tiny` (a second), and a one-cell notebook that opens `ReviewApp` (chapter 33) on
 its first three test mentions with stand-in proposals and a decisions log in that folder. JupyterLab (127.0.0.1, with
 a token) runs it; then, as a person would:
 1. drag a new box on the first mention's image with real mouse events and press Enter (the box widget's Submit key);
@@ -21,7 +21,8 @@ from browser_run_all import free_port, start_lab, open_and_run_all  # noqa: E402
 from browser_explore import drag_box, voila_server  # noqa: E402
 
 NOTEBOOK_CODE = """\
-from vpmel.review import ReviewSession, DecisionLog, dataset_items, stand_in_proposals
+from vpmel.decisions import DecisionLog
+from vpmel.review import ReviewSession, dataset_items, stand_in_proposals
 from vpmel.review_app import ReviewApp
 items = dataset_items({root!r}, 'test', stand_in_proposals, limit=3)
 app = ReviewApp(ReviewSession(items, DecisionLog({log!r})))

@@ -24,8 +24,8 @@ NBS = ROOT/'nbs'
 # The book's parts by chapter number, for when nbs/index.ipynb has no `<!-- chapters: NN ... -->` cells to take them
 # from (titles and summaries always come from the notebooks)
 PARTS = [('Data', range(0, 8)), ('The model', range(8, 12)), ('Training', (12, 13)), ('Detective-VLM', range(14, 19)),
-         ('IIER runs', range(19, 24)), ('Using a trained model', range(24, 28)), ('Building VP-MEL data', range(28, 36)),
-         ('Benchmarks and the command line', (36, 37)), ('Experiments', (38,))]
+         ('IIER runs', range(19, 24)), ('Using a trained model', range(24, 28)), ('Building VP-MEL data', range(28, 37)),
+         ('Benchmarks and the command line', (37, 38)), ('Experiments', (39,))]
 OTHER_PART = 'More chapters'
 
 def chapters() -> list[Path]: return sorted(NBS.glob('[0-9]*.ipynb'))

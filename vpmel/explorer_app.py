@@ -327,7 +327,7 @@ def cli_explore(argv: list[str]) -> int:
     )
     p.add_argument('--print-command', action='store_true', help='print the Voilà command instead of running it')
     a = p.parse_args(argv)
-    trained_run(a.run)                                # no run: one line (chapter 37)
+    trained_run(a.run)                                # no run: one line (chapter 38)
     if a.detective and not Path(a.detective).is_dir():
         raise ExplorerError(
             f'no Detective folder {a.detective}: pass --detective a folder written by vpmel detective train'

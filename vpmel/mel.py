@@ -108,7 +108,7 @@ def mel_records(
 # %% ../nbs/28_mel.ipynb #4c635f05
 MEL_KIND = 'minivpwiki-mel'
 _MEL_NAMES = ('kb_entity.json', 'qid2id.json', 'train.json', 'dev.json', 'test.json', BOXES_FILE, 'scenes.json',
-              SOURCE_FILE, 'img', 'kb_img', 'clip')          # what `build_mel_source` writes, and chapter 33's CLIP
+              SOURCE_FILE, 'img', 'kb_img', 'clip')          # what `build_mel_source` writes, and chapter 34's CLIP
 _MEL_WAY_OUT = 'pass --fresh (fresh=True) to write it again, or choose another --out'
 
 def _render_scene_task(task) -> int:

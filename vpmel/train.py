@@ -97,7 +97,9 @@ def _state_dict_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _rng_states() -> dict:
     "The states of torch's, NumPy's, Python's (and CUDA's) generators, as tensors and a JSON string."
-    rng = {'torch': torch.get_rng_state(), 'numpy': torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    rng = {'torch': torch.get_rng_state(), 'numpy': torch.from_numpy(keys.astype(np.int64)),
+           'numpy_pos': torch.tensor([pos, has_gauss]), 'numpy_gauss': torch.tensor([gauss], dtype=torch.float64),
            'python': json.dumps(random.getstate())}
     if torch.cuda.is_available(): rng['cuda'] = torch.cuda.get_rng_state_all()
     return rng
@@ -105,8 +107,9 @@ def _rng_states() -> dict:
 def _restore_rng(rng: dict):
     "Set the generators back to the states `_rng_states` gave."
     torch.set_rng_state(rng['torch'])
-    np_state = np.random.get_state()
-    np.random.set_state((np_state[0], rng['numpy'].numpy().astype(np.uint32), *np_state[2:]))
+    pos, has_gauss = rng['numpy_pos'].tolist() if 'numpy_pos' in rng else np.random.get_state()[2:4]  # older: the key
+    gauss = float(rng['numpy_gauss'][0]) if 'numpy_gauss' in rng else 0.0
+    np.random.set_state(('MT19937', rng['numpy'].numpy().astype(np.uint32), pos, has_gauss, gauss))
     st = json.loads(rng['python']); random.setstate((st[0], tuple(st[1]), st[2]))
     if 'cuda' in rng and torch.cuda.is_available(): torch.cuda.set_rng_state_all(rng['cuda'])
 
