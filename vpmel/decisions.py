@@ -15,13 +15,14 @@ from .prompts import Box, validate_box
 from .files import VpmelError
 
 # %% auto #0
-__all__ = ['DECISIONS', 'UNDO', 'Decision', 'DecisionLogError', 'read_decisions', 'current_decisions', 'DecisionLog']
+__all__ = ['DECISIONS', 'UNDO', 'finite_number', 'Decision', 'DecisionLogError', 'read_decisions', 'current_decisions',
+           'DecisionLog']
 
 # %% ../nbs/31_decisions.ipynb #37e90d9a
 DECISIONS = ('accept', 'redraw', 'reject')   # what a person (or the auto-accept threshold) decides for a mention
 UNDO = 'undo'                                # a log line that withdraws the mention's earlier decision
 
-def _number(v) -> bool: return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+def finite_number(v) -> bool: return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 # %% ../nbs/31_decisions.ipynb #c970197d
 def _checked_box(d: str, box) -> Box | None:
@@ -70,7 +71,7 @@ class Decision:
         put('proposal', _checked_proposal(d, self.proposal))
         _check_reason_auto(d, self.reason, self.auto)
         if self.score is not None:
-            if not _number(self.score): raise ValueError(f'score is a finite number or null, got {self.score!r}')
+            if not finite_number(self.score): raise ValueError(f'score is a finite number or null, got {self.score!r}')
             put('score', float(self.score))
         if d == UNDO and any(v is not None for v in (self.proposal, self.reason, self.score)):
             raise ValueError('an undo line carries only the id')

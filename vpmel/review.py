@@ -16,7 +16,7 @@ from .prompts import validate_box, moved_box
 from .grounding import Proposal
 from .vpwiki import Mention, BadImageError, open_image, load_dataset, RAW_IMG
 from .files import VpmelError
-from .decisions import Decision, DecisionLog, _number
+from .decisions import Decision, DecisionLog, finite_number
 
 # %% auto #0
 __all__ = ['ReviewError', 'ReviewItem', 'dataset_items', 'stand_in_proposals', 'Progress', 'ReviewSession']
@@ -30,7 +30,7 @@ def _checked_proposals(id: str, proposals) -> list[Proposal]:
     "Mention `id`'s proposals as `Proposal`s (JSON objects are read), checked: finite scores, best first."
     out = [p if isinstance(p, Proposal) else Proposal.from_json(p) for p in proposals]
     scores = [p.score for p in out]
-    if not all(_number(s) for s in scores):
+    if not all(finite_number(s) for s in scores):
         raise ValueError(f'mention {id}: proposal scores must be finite numbers, got {scores}')
     if any(a < b for a, b in zip(scores, scores[1:])):
         raise ValueError(f'mention {id}: proposals must come best first, got scores {scores}')
@@ -146,7 +146,7 @@ class ReviewSession:
                 raise TypeError(f'a ReviewSession reviews ReviewItems, got {type(it).__name__}')
             if it.id in self.by_id: raise ValueError(f'mention id {it.id!r} comes twice')
             self.by_id[it.id] = it
-        if auto_accept is not None and not _number(auto_accept):
+        if auto_accept is not None and not finite_number(auto_accept):
             raise ValueError(f'auto_accept is a score or None, got {auto_accept!r}')
         self.log = log if isinstance(log, DecisionLog) else DecisionLog(log)
         self.auto_accept = auto_accept
