@@ -12,13 +12,14 @@ from tqdm.auto import tqdm
 
 from .vpwiki import MELDataset, open_image
 from .files import FolderConflict, VpmelError, record_diff, write_bytes_atomic
-from .detective import DetectiveExample, detective_target
+from .detective import DetectiveExample, detective_examples, detective_target
 from .detective_training import generate_answers
 
 # %% auto #0
 __all__ = ['ANSWERS_KIND', 'parse_answer', 'normalize_name', 'name_similarity', 'detective_metrics', 'AnswerCacheError',
            'cache_lines', 'read_answer_record', 'read_answer_cache', 'load_detective_answers', 'claim_answer_cache',
-           'generate_split', 'caption_names', 'caption_guess', 'compact_answer', 'shuffle_answers', 'detective_gallery']
+           'generate_split', 'caption_names', 'caption_guess', 'name_accuracy_by_seen', 'compact_answer',
+           'shuffle_answers', 'detective_gallery']
 
 # %% ../nbs/16_answers.ipynb #0374eed5
 _NEXT = r'[.;,]?\s*(?:and\s+)?(?:the\s+)?(?:entity\s*)?(?:type|name)\s*(?:[:=\-]|\bis\b)'
@@ -214,6 +215,20 @@ def caption_guess(ds: MELDataset, split: str) -> dict[str, str]:
         if not found: out[m.id] = detective_target(common, ''); continue
         typ = collections.Counter(kb[n].type for n in found).most_common(1)[0][0]
         out[m.id] = detective_target(typ, next(n for n in found if kb[n].type == typ))
+    return out
+
+# %% ../nbs/16_answers.ipynb #18a89181
+def name_accuracy_by_seen(answers: dict[str, str], ds: MELDataset, split: str = 'test') -> dict:
+    """Exact name and type accuracy of `answers` on `split`'s mentions whose gold entity is *seen* (the answer of a
+    training mention) and *unseen*: `{'seen': {'n', 'name', 'type'}, 'unseen': {...}}` (`None` for an empty group)."""
+    seen = {m.answer for m in ds.splits.get('train', ())}
+    groups = {'seen': [], 'unseen': []}
+    for m, e in zip(ds.splits.get(split, ()), detective_examples(ds, split)):
+        groups['seen' if m.answer in seen else 'unseen'].append(e)
+    out = {}
+    for g, ex in groups.items():
+        s = detective_metrics(answers, ex) if ex else {'name_exact': None, 'type_acc': None}
+        out[g] = {'n': len(ex), 'name': s['name_exact'], 'type': s['type_acc']}
     return out
 
 # %% ../nbs/16_answers.ipynb #g0000002

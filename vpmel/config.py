@@ -31,6 +31,8 @@ class RunConfig:
     synth_seed: int = 0
     clip_pretrain_steps: int = 0           # >0: pretrain a tiny CLIP on the KB first (offline stand-in for `openai`)
     clip_scene_fraction: float = 0.0       # share of its batches made of prompted training scenes (chapter 13)
+    clip_depth: int = 4                    # its ViT blocks
+    clip_captions: str = 'kb'              # its texts: 'kb' (name. description) or 'web' (name, colour, type)
     model: IIERConfig = field(default_factory=IIERConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     prompt: str = 'dataset'                # 'dataset' (boxed images) | 'none' (same scenes, no box) | a prompt style
@@ -84,12 +86,20 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
                           lr_by_prefix={'encoder.visual.': 1e-4, 'encoder.text.': 1e-4}),
         dev_mentions=200,
     ),
+    'cpu-hard': lambda: _cpu_hard(),
     'tiny': lambda: RunConfig(
         name='iier-tiny', data='data/minivpwiki/tiny', synth_preset='tiny',
         model=IIERConfig(_tiny_encoder(text_backend='clip', freeze_text=True)),
         train=TrainConfig(epochs=2, batch_size=16, lr=1e-3, patience=5, seed=0),
     ),
 }
+
+def _cpu_hard() -> RunConfig:
+    "`cpu` on the `cpu-hard` world, with an 8-block tiny CLIP pretrained on web captions (chapter 13)."
+    c = PRESETS['cpu']()
+    c.name, c.data, c.synth_preset = 'iier-cpu-hard', 'data/minivpwiki/cpu-hard', 'cpu-hard'
+    c.clip_depth, c.clip_captions = 8, 'web'
+    return c
 
 # %% ../nbs/19_config.ipynb #21b1ae65
 def preset(preset_name: str, **overrides) -> RunConfig:

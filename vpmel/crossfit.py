@@ -128,7 +128,8 @@ def _detective_model(ck: Path, ds: MELDataset, train: Sequence[DetectiveExample]
         return (model.cuda() if torch.cuda.is_available() else model), proc
     mcfg, tcfg = preset_cfgs(preset, clip_dir, seed)
     model, proc = build_tiny_detective(detective_corpus(ds), 'llava', mcfg, seed=seed)
-    hist = train_detective(model, proc, *training_data(ds, train, tcfg), tcfg, progress=progress)
+    hist = train_detective(model, proc, *training_data(ds, train, tcfg), tcfg, progress=progress,
+                           kb_pretrain=detective_kb_examples(ds, seed=tcfg.seed))
     write_json_atomic(ck.parent/f'history_{ck.name}.json', hist)
     save_detective(model, proc, ck)
     return model, proc

@@ -15,7 +15,8 @@ from .files import (CommandParser, check_out_folder, claim_folder, files_fingerp
                          remove_partial_writes, write_json_atomic)
 from .pretrain import CLIP_CONFIG_FILE
 from .detective import (PROMPT_VIEWS, TINY_BACKENDS, CheckpointError, DetectiveDataError, DetectiveExample,
-                             add_lora, build_tiny_detective, detective_corpus, detective_examples)
+                             add_lora, build_tiny_detective, detective_corpus, detective_examples,
+                             detective_kb_examples)
 from .detective_training import (DETECTIVE_PRESETS, check_checkpoint, load_detective, save_detective,
                                       train_detective)
 from .answers import (AnswerCacheError, cache_lines, claim_answer_cache, detective_metrics, generate_split,
@@ -70,6 +71,8 @@ def _detective_parser() -> argparse.ArgumentParser:
                                                         "or 'zoom' on the red box (default: the preset's)")
     t.add_argument('--epochs', type=int); t.add_argument('--batch-size', type=int); t.add_argument('--lr', type=float)
     t.add_argument('--max-steps', type=int); t.add_argument('--seed', type=int, default=0)
+    t.add_argument('--kb-pretrain-epochs', type=int, help="epochs on the KB's images (-> type and name) before "
+                                                          "instruction tuning (default: the preset's)")
     t.add_argument('--fresh', action='store_true', help='start --out again: train anew, whatever config made it')
     g = sub.add_parser('generate', help='answer every mention of a split into a resumable JSON-lines cache')
     g.add_argument('--data', required=True); g.add_argument('--split', default='test')
@@ -97,7 +100,7 @@ def _train_record(a, ds: MELDataset, mcfg, tcfg) -> dict:
 def _train_cfgs(a):
     "The model config and schedule of `vpmel detective train`: the preset's, with the command's overrides."
     mcfg, tcfg = preset_cfgs(a.preset, a.vision_from_clip, a.seed)
-    for k in ('epochs', 'batch_size', 'lr', 'max_steps'):
+    for k in ('epochs', 'batch_size', 'lr', 'max_steps', 'kb_pretrain_epochs'):
         if getattr(a, k) is not None: setattr(tcfg, k, getattr(a, k))
     if a.view: mcfg.prompt_view = a.view
     return mcfg, tcfg
@@ -110,7 +113,8 @@ def _train_model(a, ds: MELDataset, train: Sequence[DetectiveExample], mcfg, tcf
         model.config.prompt_view = mcfg.prompt_view if a.view else 'full'
         model = add_lora(model, r=a.lora_r, alpha=2 * a.lora_r)
     else: model, proc = build_tiny_detective(detective_corpus(ds), a.backend, mcfg, seed=a.seed)
-    return model, proc, train_detective(model, proc, *training_data(ds, train, tcfg), tcfg)
+    return model, proc, train_detective(model, proc, *training_data(ds, train, tcfg), tcfg,
+                                        kb_pretrain=detective_kb_examples(ds, seed=tcfg.seed))
 
 # %% ../nbs/18_detective_cli.ipynb #35049260
 def _cli_train(a) -> int:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_detective_training.ipynb #834552e2
 from __future__ import annotations
-import json, os, re, shutil, tempfile, time
+import dataclasses, json, os, re, shutil, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -14,11 +14,11 @@ from tqdm.auto import tqdm
 
 from .train import TrainConfig, LoaderBatches, fit
 from .detective import (VISION_TOWERS, CheckpointError, DetectiveCollate, DetectiveExample, TinyVLMConfig,
-                             detective_view, is_peft, names_by_type)
+                             detective_prompt, detective_view, is_peft, names_by_type)
 
 # %% auto #0
-__all__ = ['DETECTIVE_PRESETS', 'DetectiveTrainConfig', 'with_positions', 'answer_loss', 'detective_loss', 'train_detective',
-           'save_detective', 'check_checkpoint', 'load_detective', 'generate_answers']
+__all__ = ['DETECTIVE_PRESETS', 'DetectiveTrainConfig', 'with_positions', 'answer_loss', 'detective_loss', 'pretraining_examples',
+           'train_detective', 'save_detective', 'check_checkpoint', 'load_detective', 'generate_answers']
 
 # %% ../nbs/15_detective_training.ipynb #1d2d3b6c
 @dataclass
@@ -34,13 +34,14 @@ class DetectiveTrainConfig:
     log_every: int = 10
     num_workers: int = 0
     mixed_precision: str = 'no'
-    max_steps: int | None = None  # stop early (tests)
+    max_steps: int | None = None  # stop each stage early (tests)
     caption_dropout: float = 0.0  # share of training examples shown without their caption (the type must come from
                                   # the image)
     freeze_vision: bool = False   # keep the vision tower as it is (LLaVA's recipe); trained jointly from scratch
                                   # it collapses
     kb_examples: bool = False     # add one example per KB image (`detective_kb_examples`) to the training mentions
     rename: float = 0.0           # share of examples whose entity is renamed (caption + answer): teaches copying names
+    kb_pretrain_epochs: int = 0   # > 0: first a pretraining stage of that many epochs on the KB images alone
 
 # %% ../nbs/15_detective_training.ipynb #086d1d9b
 def with_positions(model, inputs: dict) -> dict:
@@ -100,22 +101,43 @@ def _loss_history(records: list[dict], log_every: int, seconds: float) -> dict:
         if r['split'] == 'dev': hist['epoch'].append(r['epoch'] + 1); hist['dev_loss'].append(r['dev_loss'])
     return hist
 
+# %% ../nbs/15_detective_training.ipynb #8bd9cf79
+def pretraining_examples(kb: Sequence[DetectiveExample]) -> list[DetectiveExample]:
+    """The pretraining stage's examples: each KB example with the question alone (no caption to read the name from),
+    the same image and answer."""
+    return [dataclasses.replace(e, prompt=detective_prompt('')) for e in kb]
+
+# %% ../nbs/15_detective_training.ipynb #18129b8e
+def _train_stage(model, processor, examples: Sequence[DetectiveExample], cfg: DetectiveTrainConfig, epochs: int,
+                 evaluate=None, progress: bool = True, desc: str = 'detective') -> dict:
+    "`fit` `model` on `examples` for `epochs` epochs (a fresh optimizer and schedule); the stage's `_loss_history`."
+    t0 = time.time()
+    loop = TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                       decay='all', adam_eps=1e-8, warmup_ratio=cfg.warmup, cosine=True, grad_clip=cfg.max_grad_norm,
+                       monitor=None, seed=cfg.seed, mixed_precision=cfg.mixed_precision, max_steps=cfg.max_steps)
+    res = fit(model, _detective_batches(model, processor, examples, cfg), loop, loss_fn=answer_loss, progress=progress,
+              desc=desc, evaluate=evaluate)
+    return _loss_history(res['history'], cfg.log_every, time.time() - t0)
+
 # %% ../nbs/15_detective_training.ipynb #698c31a6
 def train_detective(model, processor, train: Sequence[DetectiveExample], dev: Sequence[DetectiveExample] = (),
-                    cfg: DetectiveTrainConfig | None = None, progress: bool = True) -> dict:
-    "Fine-tune `model` (in place) on the instruction examples with `fit`; returns the history of losses."
+                    cfg: DetectiveTrainConfig | None = None, progress: bool = True,
+                    kb_pretrain: Sequence[DetectiveExample] = ()) -> dict:
+    """Fine-tune `model` (in place) on the instruction examples with `fit`, after `cfg.kb_pretrain_epochs` epochs of
+    pretraining on the KB examples `kb_pretrain` (`pretraining_examples`); returns the history of losses."""
     cfg, t0 = cfg or DetectiveTrainConfig(), time.time()
+    if cfg.kb_pretrain_epochs > 0 and not kb_pretrain:
+        raise ValueError(f'kb_pretrain_epochs={cfg.kb_pretrain_epochs} needs the KB examples to pretrain on: pass '
+                         'kb_pretrain=detective_kb_examples(ds)')
     if cfg.freeze_vision:
         for n, q in model.named_parameters():
             if any(k in n for k in VISION_TOWERS): q.requires_grad_(False)
     dev_col = DetectiveCollate(processor, view=detective_view(model))
-    loop = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                       decay='all', adam_eps=1e-8, warmup_ratio=cfg.warmup, cosine=True, grad_clip=cfg.max_grad_norm,
-                       monitor=None, seed=cfg.seed, mixed_precision=cfg.mixed_precision, max_steps=cfg.max_steps)
     evaluate = (lambda m: {'dev_loss': detective_loss(m, processor, dev, collate=dev_col)}) if dev else None
-    res = fit(model, _detective_batches(model, processor, train, cfg), loop, loss_fn=answer_loss, progress=progress,
-              desc='detective', evaluate=evaluate)
-    return _loss_history(res['history'], cfg.log_every, time.time() - t0)
+    pre = _train_stage(model, processor, pretraining_examples(kb_pretrain), cfg, cfg.kb_pretrain_epochs, evaluate,
+                       progress, 'kb pretraining') if cfg.kb_pretrain_epochs > 0 else None
+    hist = _train_stage(model, processor, train, cfg, cfg.epochs, evaluate, progress, 'detective')
+    return {**hist, 'seconds': time.time() - t0, **({'pretrain': pre} if pre else {})}
 
 # %% ../nbs/15_detective_training.ipynb #60bd5951
 def _move_into(tmp: Path, out: Path):

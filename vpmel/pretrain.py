@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_pretrain.ipynb #p0000004
 from __future__ import annotations
-import json, math, time
+import json, math, random, time
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 from typing import Sequence
@@ -16,16 +16,17 @@ from fastcore.basics import patch
 
 from .vpwiki import load_dataset, MELDataset, SPLITS, KB_FILE, QID2ID_FILE, BadImageError, open_image
 from .files import VpmelError, write_json_atomic, write_bytes_atomic, claim_folder, read_record, files_fingerprint
-from .encoders import tiny_clip_config, clip_image_transform
+from .world import PALETTE
+from .encoders import tiny_clip_config, clip_image_transform, vit_layer_tokens
 from .units import contrastive_loss
 from .train import TrainConfig, DrawnBatches, fit
 from .files import CommandParser, check_out_folder, remove_partial_writes
 
 # %% auto #0
-__all__ = ['CLIP_CONFIG_FILE', 'CLIP_WEIGHTS_FILE', 'CLIP_KIND', 'CLIP_LOG_FILE', 'PretrainError', 'entity_text',
-           'clip_preprocess_defaults', 'save_open_clip', 'clip_vision_state_dict', 'clip_kb_retrieval',
+__all__ = ['CAPTIONS', 'CLIP_CONFIG_FILE', 'CLIP_WEIGHTS_FILE', 'CLIP_KIND', 'CLIP_LOG_FILE', 'PretrainError', 'entity_text',
+           'web_caption', 'clip_preprocess_defaults', 'save_open_clip', 'clip_vision_state_dict', 'clip_kb_retrieval',
            'clip_scene_retrieval', 'PretrainConfig', 'clip_loss', 'clip_record', 'pretrain_tiny_clip',
-           'default_clip_dir', 'cli_pretrain_clip']
+           'default_clip_dir', 'cli_pretrain_clip', 'block_cls', 'linear_probe', 'layer_probe']
 
 # %% ../nbs/13_pretrain.ipynb #a1ac8908
 class PretrainError(VpmelError, ValueError):
@@ -34,6 +35,18 @@ class PretrainError(VpmelError, ValueError):
 def entity_text(e) -> str:
     "The text an entity is described by: `'name. attr'` (just the name when there is no description)."
     return f'{e.entity_name}. {e.attr}' if e.attr else e.entity_name
+
+def web_caption(e, name: bool = False) -> str:
+    """What a web alt-text says of an entity's picture: its colour (the first palette colour its description names)
+    and its type, never its pattern or mark: `'blue event'`; with `name`, `'Kletre Festival (blue event)'`."""
+    colour = next((w for w in e.attr.lower().replace(',', ' ').replace('.', ' ').split() if w in PALETTE), '')
+    what = ' '.join(w for w in (colour, e.type) if w)
+    if not name: return what or e.entity_name
+    return f'{e.entity_name} ({what})' if what else e.entity_name
+
+CAPTIONS = {'kb': entity_text, 'web': web_caption,     # the texts a tiny CLIP can be pretrained on
+            'web-named': lambda e: web_caption(e, name=True)}
+
 
 # %% ../nbs/13_pretrain.ipynb #85afbe64
 def _read_resized(ds: MELDataset, rel: str, size: int, record: str = '') -> torch.Tensor:
@@ -181,11 +194,13 @@ class PretrainConfig:
     weight_decay: float = 0.05
     scene_fraction: float = 0.0    # share of every batch made of prompted scenes of `scene_split`
     scene_split: str = 'train'
+    captions: str = 'kb'           # each entity's text: 'kb' (name. description), 'web', 'web-named' (`CAPTIONS`)
 
     def __post_init__(self):
         checks = (('steps', self.steps >= 1, 'at least 1'), ('batch_size', self.batch_size >= 2, 'at least 2'),
                   ('depth', self.depth >= 1, 'at least 1'), ('lr', self.lr > 0, 'positive'),
                   ('scene_fraction', 0 <= self.scene_fraction < 1, 'in [0, 1)'),
+                  ('captions', self.captions in CAPTIONS, f"one of {', '.join(CAPTIONS)}"),
                   ('image_size', self.image_size >= 8 and self.image_size % 8 == 0, 'a multiple of 8 (the patch size)'))
         bad = [f"{k} (--{k.replace('_', '-')}) must be {want}, got {getattr(self, k)}"
                for k, ok, want in checks if not ok]
@@ -270,7 +285,7 @@ def _pretrain(ds: MELDataset, cfg: PretrainConfig, progress: bool = True, num_th
             clip.visual.preprocess_cfg = {**clip_preprocess_defaults(), 'size': (cfg.image_size, cfg.image_size)}
             mean, std = (torch.tensor(clip.visual.preprocess_cfg[k]).view(1, 3, 1, 1) for k in ('mean', 'std'))
             draw = _PretrainBatches(ds, cfg, mean, std)
-            text_ids = open_clip.get_tokenizer('ViT-B-32')([entity_text(e) for e in ds.kb],
+            text_ids = open_clip.get_tokenizer('ViT-B-32')([CAPTIONS[cfg.captions](e) for e in ds.kb],
                                                            context_length=model_cfg['text_cfg']['context_length'])
             log = _retrieval_log(clip, ds, draw, 'init')
             res = fit(clip, DrawnBatches(draw, cfg.steps), cfg.loop(), loss_fn=_pretrain_loss(text_ids),
@@ -336,24 +351,29 @@ def pretrain_tiny_clip(kb_dataset, out_dir, cfg: PretrainConfig | None = None, f
     return out
 
 # %% ../nbs/13_pretrain.ipynb #64952454
-def default_clip_dir(data_root, steps: int = 600, scene_fraction: float = 0.5, seed: int = 0) -> Path:
+def default_clip_dir(data_root, steps: int = 600, scene_fraction: float = 0.5, seed: int = 0, depth: int = 4,
+                     captions: str = 'kb') -> Path:
     """Where a tiny CLIP pretrained on the dataset at `data_root` is cached:
-    `<data_root>/clip/tiny-s<steps>[-scenes<f>]-seed<seed>`."""
+    `<data_root>/clip/tiny[-d<depth>][-web]-s<steps>[-scenes<f>]-seed<seed>` (depth 4 and KB captions unsaid)."""
     scenes = f'-scenes{scene_fraction:g}' if scene_fraction else ''
-    return Path(data_root)/'clip'/f'tiny-s{steps}{scenes}-seed{seed}'
+    arch = (f'-d{depth}' if depth != 4 else '') + (f'-{captions}' if captions != 'kb' else '')
+    return Path(data_root)/'clip'/f'tiny{arch}-s{steps}{scenes}-seed{seed}'
 
 # %% ../nbs/13_pretrain.ipynb #9315bdc0
 def _pretrain_parser() -> CommandParser:
     ap = CommandParser(prog='vpmel pretrain_clip', description=pretrain_tiny_clip.__doc__)
     ap.add_argument('--data', required=True, help='dataset folder (kb_entity.json + kb_img/)')
     ap.add_argument('--out', default=None,
-                    help='output folder (default <data>/clip/tiny-s<steps>[-scenes<f>]-seed<seed>, where vpmel train '
-                         'looks)')
+                    help='output folder (default <data>/clip/tiny[-d<depth>][-web]-s<steps>[-scenes<f>]-seed<seed>, '
+                         'where vpmel train looks)')
     ap.add_argument('--steps', type=int, default=600, help='training steps (at least 1)')
     ap.add_argument('--scene-fraction', type=float, default=0.5,
                     help='share of each batch made of prompted training scenes, in [0, 1)')
     ap.add_argument('--batch-size', type=int, default=64, help='at least 2')
     ap.add_argument('--depth', type=int, default=4, help='ViT blocks (at least 1)')
+    ap.add_argument('--captions', default='kb', choices=sorted(CAPTIONS),
+                    help="each entity's text: kb (name. description), web (colour and type), web-named (name, colour, "
+                         "type)")
     ap.add_argument('--lr', type=float, default=1e-3)
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--threads', type=int, default=None, help='torch threads (default: torch decides)')
@@ -367,8 +387,9 @@ def cli_pretrain_clip(argv: list[str]) -> int:
     """`vpmel pretrain_clip`: contrastively pretrain a tiny open_clip CLIP on a dataset's KB (and prompted training
     scenes)."""
     a = _pretrain_parser().parse_args(argv)
-    out = Path(a.out) if a.out else default_clip_dir(a.data, a.steps, a.scene_fraction, a.seed)
+    out = Path(a.out) if a.out else default_clip_dir(a.data, a.steps, a.scene_fraction, a.seed, a.depth, a.captions)
     out = pretrain_tiny_clip(a.data, out, steps=a.steps, seed=a.seed, batch_size=a.batch_size, depth=a.depth, lr=a.lr,
+                             captions=a.captions,
                              scene_fraction=a.scene_fraction, fresh=a.fresh or a.force, num_threads=a.threads)
     log = json.loads((out/CLIP_LOG_FILE).read_text())
     i, f = log['retrieval_init'], log['retrieval_final']
@@ -378,3 +399,43 @@ def cli_pretrain_clip(argv: list[str]) -> int:
         si, sf = log['dev_scene_retrieval_init'], log['dev_scene_retrieval_final']
         print(f"dev scene -> entity H@1 {si['h1']:.3f} -> {sf['h1']:.3f}, H@10 {si['h10']:.3f} -> {sf['h10']:.3f}")
     return 0
+
+# %% ../nbs/13_pretrain.ipynb #f39633e0
+@torch.no_grad()
+def block_cls(clip: nn.Module, kb_dataset, batch_size: int = 256) -> tuple[list[int], torch.Tensor]:
+    "The KB row of every KB image of the dataset, and the CLS token of every ViT block for it `[N, depth, W]`."
+    from PIL import Image
+    ds, tf, vis = _as_dataset(kb_dataset), clip_image_transform(clip), clip.visual
+    items, out, was = [(r, p) for r, e in enumerate(ds.kb) for p in e.image_list], [], vis.training
+    vis.eval()
+    for s in range(0, len(items), batch_size):
+        px = []
+        for _, p in items[s:s + batch_size]:
+            with Image.open(ds.path(p)) as im: px.append(tf(im.convert('RGB')))
+        out.append(vit_layer_tokens(vis, torch.stack(px), range(len(vis.transformer.resblocks)))[0])
+    vis.train(was)
+    return [r for r, _ in items], torch.cat(out)
+
+# %% ../nbs/13_pretrain.ipynb #e80fd347
+def linear_probe(x: torch.Tensor, y: Sequence, train: torch.Tensor, ridge: float = 1.0) -> float:
+    """Accuracy, on the rows that are not `train` (a bool mask), of a ridge-regression classifier of labels `y` on
+    features `x` `[N, W]` fit on the `train` rows (features standardised on them; one-hot targets; closed form)."""
+    classes = sorted(set(y)); t = torch.tensor([classes.index(v) for v in y])
+    mu, sd = x[train].mean(0), x[train].std(0) + 1e-6
+    z = torch.cat([(x - mu) / sd, torch.ones(len(x), 1)], 1).double()
+    a = z[train]
+    w = torch.linalg.solve(a.T @ a + ridge * torch.eye(z.shape[1], dtype=z.dtype),
+                           a.T @ F.one_hot(t[train], len(classes)).double())
+    return ((z[~train] @ w).argmax(1) == t[~train]).double().mean().item()
+
+# %% ../nbs/13_pretrain.ipynb #463d9c01
+def layer_probe(clip: nn.Module, kb_dataset, labels: dict[str, Sequence[str]], test_share: float = 0.3,
+                seed: int = 0) -> dict[str, list[float]]:
+    """For each property in `labels` (name -> one label per KB row), the `linear_probe` accuracy of every block's CLS
+    token, fit on the KB images of a seeded `1 - test_share` of the entities and tested on the others'."""
+    rows, cls = block_cls(clip, kb_dataset)
+    ents = sorted(set(rows)); random.Random(seed).shuffle(ents)
+    test = set(ents[:round(test_share * len(ents))])
+    train = torch.tensor([r not in test for r in rows])
+    return {k: [round(linear_probe(cls[:, b], [v[r] for r in rows], train), 4) for b in range(cls.shape[1])]
+            for k, v in labels.items()}

@@ -4,8 +4,8 @@
 
 # %% ../nbs/05_synth.ipynb #53c50847
 from __future__ import annotations
-import random
-from dataclasses import dataclass, field
+import collections, random
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 from fastcore.basics import patch
@@ -13,7 +13,7 @@ from PIL import Image
 from .vpwiki import KBEntity, Mention, SPLITS
 from .prompts import draw_prompt, box_area
 from .world import (PALETTE, PATTERNS, MARKS, GLYPHS, TYPES, Look, Pose, auto_ink, glyph_box, draw_glyph, background,
-                         make_name, _word, place_glyphs, random_clutter, draw_clutter)
+                         make_name, bare_name, place_glyphs, random_clutter, draw_clutter)
 
 # %% auto #0
 __all__ = ['PRESETS', 'SynthConfig', 'make_looks', 'Scene', 'Plan', 'make_plan', 'scene_records', 'plan_stats', 'render_kb_image',
@@ -53,6 +53,10 @@ class SynthConfig:
     shared_scene_p: float = 0.3                 # a scene gives two mentions (two different boxes, one caption)
     prompt_width: int = 2                       # the red rectangle, drawn inside the box
     prompt_margin: int = 4                      # box = glyph box + this margin (> prompt_width: the glyph stays intact)
+    homonym_share: float = 0.0                  # share of entities whose name other entities carry too (groups of 2-3)
+    homonym_same_cell_p: float = 0.5            # a homonym group shares type and colour (else: other types and
+                                                # a bare name)
+    description_detail: float = 1.0             # chance a KB description spells the pattern (and, apart, the mark)
 
     def __post_init__(self): _check_synth_config(self)   # the rules every config obeys: next cell
 
@@ -75,11 +79,14 @@ def _check_synth_config(cfg: SynthConfig):
             '(use two_tone=True or more types/colours)'
         )
     if cfg.n_entities < 10: raise ValueError('need at least 10 entities')
+    for k in ('homonym_share', 'homonym_same_cell_p', 'description_detail'):
+        if not 0 <= getattr(cfg, k) <= 1: raise ValueError(f'{k} must be in [0, 1], got {getattr(cfg, k)}')
 
 # %% ../nbs/05_synth.ipynb #b201f2c2
 PRESETS = {
     'tiny': SynthConfig(n_entities=40, n_train=60, n_dev=20, n_test=20, clutter=(2, 5)),
     'cpu': SynthConfig(),
+    'cpu-hard': SynthConfig(homonym_share=0.3, description_detail=0.3),   # names shared, descriptions coarse (below)
     'large': SynthConfig(n_entities=20000, n_train=30000, n_dev=5000, n_test=5000, two_tone=True),
 }
 
@@ -167,7 +174,8 @@ def _kb_image_poses(lk: Look, n_img: int, cfg: SynthConfig, rng: random.Random) 
 
 # %% ../nbs/05_synth.ipynb #0d832b60
 def _plan_kb(looks: list[Look], cfg: SynthConfig, rng: random.Random) -> tuple[list[KBEntity], list, set[str]]:
-    "Phase 1: one KB record per look (unique name, `attr` from the look) and its image poses; also the names used."
+    """Phase 1: one KB record per look (a unique name, `attr` from the look: every detail, or each of pattern and mark
+    with chance `description_detail`) and its image poses; also the names used."""
     names, kb, kb_poses = set(), [], []
     for i, lk in enumerate(looks):
         name = make_name(lk.type, rng)
@@ -176,8 +184,41 @@ def _plan_kb(looks: list[Look], cfg: SynthConfig, rng: random.Random) -> tuple[l
         qid = f'Q{100001 + i}'
         n_img = 0 if rng.random() < cfg.no_image_share else rng.randint(*cfg.kb_images)
         kb_poses.append(_kb_image_poses(lk, n_img, cfg, rng))
-        kb.append(KBEntity(qid, name, lk.describe(), tuple(f'kb_img/{qid}_{k}.png' for k in range(n_img)), lk.type))
+        d = cfg.description_detail
+        attr = lk.describe() if d == 1 else lk.describe(rng.random() < d, rng.random() < d)
+        kb.append(KBEntity(qid, name, attr, tuple(f'kb_img/{qid}_{k}.png' for k in range(n_img)), lk.type))
     return kb, kb_poses, names
+
+# %% ../nbs/05_synth.ipynb #09fa9ab2
+def _homonym_group(r: int, free: list[int], looks: list[Look], cfg: SynthConfig, rng: random.Random) -> list[int]:
+    "Entity `r` and 1-2 free entities of its type and colour (chance `homonym_same_cell_p`) or of other types."
+    size, group = rng.choice((2, 2, 3)), [r]
+    if rng.random() < cfg.homonym_same_cell_p:
+        cell = [q for q in free if q != r and (looks[q].type, looks[q].colour) == (looks[r].type, looks[r].colour)]
+        return group + rng.sample(cell, min(size - 1, len(cell)))
+    for q in rng.sample(free, len(free)):
+        if len(group) == size: break
+        if looks[q].type not in {looks[g].type for g in group}: group.append(q)
+    return group
+
+def _share_names(kb: list[KBEntity], looks: list[Look], names: set[str], cfg: SynthConfig,
+                 rng: random.Random) -> tuple[list[KBEntity], set[str]]:
+    "Phase 1b: homonym groups, until `homonym_share` of the KB is in one; each group gets one new name."
+    kb, names, order = list(kb), set(names), list(range(len(kb)))
+    rng.shuffle(order)
+    free, grouped = sorted(order), 0
+    for r in order:
+        if grouped >= round(cfg.homonym_share * len(kb)): break
+        if r not in free: continue
+        group = _homonym_group(r, free, looks, cfg, rng)
+        if len(group) < 2: continue
+        same_type = len({looks[q].type for q in group}) == 1
+        new = lambda: make_name(looks[r].type, rng) if same_type else bare_name(rng)
+        name = new()
+        while name in names: name = new()
+        names.add(name); grouped += len(group)
+        for q in group: kb[q] = replace(kb[q], entity_name=name); free.remove(q)
+    return kb, names
 
 # %% ../nbs/05_synth.ipynb #fa2116b8
 def _plan_roles(n: int, cfg: SynthConfig, rng: random.Random) -> dict[str, list[int]]:
@@ -210,7 +251,7 @@ class _Pools:
 def _free_word(pools: _Pools, rng: random.Random) -> str:
     "A made-up word that is no part of any entity name (caption filler: places, ceremonies)."
     while True:
-        w = _word(rng)
+        w = bare_name(rng)
         if w not in pools.name_tokens: return w
 
 # %% ../nbs/05_synth.ipynb #316bf184
@@ -259,6 +300,7 @@ def make_plan(cfg: SynthConfig, seed: int = 0) -> Plan:
     looks = make_looks(cfg, rng)
     rng.shuffle(looks)  # KB order does not reveal families
     kb, kb_poses, names = _plan_kb(looks, cfg, rng)
+    if cfg.homonym_share: kb, names = _share_names(kb, looks, names, cfg, rng)
     roles = _plan_roles(len(kb), cfg, rng)
     pools, scenes, next_id = _Pools.make(kb, looks, roles, names), [], 0
     for split, n in zip(SPLITS, (cfg.n_train, cfg.n_dev, cfg.n_test)):
@@ -322,6 +364,8 @@ def plan_stats(plan: Plan) -> dict:
     per = {s: len(v) for s, v in split_targets.items()}
     used = {r for sc in plan.scenes for r in sc.rows}
     r3 = lambda x: round(x, 4)
+    carriers = collections.Counter(e.entity_name for e in kb)   # how many entities carry each name
+    targets = [row for sc in plan.scenes for _, row, _ in sc.mentions]
     return {
         'entities': len(kb), 'kb_images': sum(len(e.image_list) for e in kb),
         'entities_without_image': r3(sum(not e.image_list for e in kb) / len(kb)),
@@ -334,6 +378,8 @@ def plan_stats(plan: Plan) -> dict:
         'h1_random_caption_name_of_type': r3(c['guess_caption_type'] / ms),
         'h1_random_scene_entity': r3(c['guess_scene'] / ms),
         'entities_per_scene': r3(sum(len(sc.rows) for sc in plan.scenes) / len(plan.scenes)),
+        'shared_names': r3(sum(carriers[e.entity_name] > 1 for e in kb) / len(kb)),
+        'h1_mention_name': r3(sum(1 / carriers[kb[t].entity_name] for t in targets) / len(targets)),
         'test_targets_seen_in_train': r3(sum(t in train for t in split_targets['test']) / max(1, per['test'])),
     }
 

@@ -48,15 +48,9 @@ def tiny_clip_dir(cfg: RunConfig, ds: MELDataset, progress: bool = True) -> Path
     """The run's offline pretrained tiny CLIP (pretrained now if not cached under `<data>/clip/`), or None without
     `clip_pretrain_steps`."""
     if not cfg.clip_pretrain_steps: return None
-    d = default_clip_dir(ds.root, cfg.clip_pretrain_steps, cfg.clip_scene_fraction, cfg.synth_seed)
-    return pretrain_tiny_clip(
-        ds,
-        d,
-        steps=cfg.clip_pretrain_steps,
-        seed=cfg.synth_seed,
-        scene_fraction=cfg.clip_scene_fraction,
-        progress=progress,
-    )
+    recipe = dict(steps=cfg.clip_pretrain_steps, scene_fraction=cfg.clip_scene_fraction, seed=cfg.synth_seed,
+                  depth=cfg.clip_depth, captions=cfg.clip_captions)
+    return pretrain_tiny_clip(ds, default_clip_dir(ds.root, **recipe), progress=progress, **recipe)
 
 # %% ../nbs/20_towers.ipynb #9e6ba6fe
 def build_model(cfg: RunConfig, ds: MELDataset, progress: bool = True) -> IIER:

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 # %% auto #0
 __all__ = ['PALETTE', 'INKS', 'PATTERNS', 'MARKS', 'OUTLINE', 'GLYPHS', 'TYPES', 'auto_ink', 'Look', 'Pose', 'glyph_polygons',
            'glyph_box', 'pattern_ink_mask', 'background', 'draw_glyph', 'place_glyphs', 'random_clutter',
-           'draw_clutter', 'make_name']
+           'draw_clutter', 'make_name', 'bare_name']
 
 # %% ../nbs/04_world.ipynb #e1831fd6
 PALETTE = {'blue': (35, 90, 225), 'green': (30, 150, 60), 'yellow': (240, 205, 30), 'purple': (125, 60, 185),
@@ -63,14 +63,15 @@ class Look:
     ink: str
     mark: str
 
-    def describe(self) -> str:
-        "The KB description (`attr`) of this look, in words."
-        if self.pattern == 'solid': body = f'solid {self.colour}'
+    def describe(self, pattern: bool = True, mark: bool = True) -> str:
+        "The KB description (`attr`) of this look, in words; `pattern=False` / `mark=False` leave that detail unsaid."
+        if not pattern: body = self.colour
+        elif self.pattern == 'solid': body = f'solid {self.colour}'
         elif self.pattern == 'grid': body = f'{self.colour} with a {self.ink} grid'
         else: body = f'{self.colour} with {self.ink} {self.pattern}'
-        mark = 'no mark' if self.mark == 'none' else f'a {self.mark} mark'
         art = 'An' if self.type[0] in 'aeiou' else 'A'
-        return f'{art} {self.type} glyph, {body} and {mark}.'
+        if not mark: return f'{art} {self.type} glyph, {body}.'
+        return f"{art} {self.type} glyph, {body} and {'no mark' if self.mark == 'none' else f'a {self.mark} mark'}."
 
     @property
     def key(self) -> tuple:  # what must be unique in a KB (the ink of a solid glyph is invisible)
@@ -247,3 +248,8 @@ def make_name(type: str, rng: random.Random) -> str:
     if type == 'person': return form.format(_word(rng), _word(rng))
     if form == '{} X{}': return form.format(_word(rng), rng.randint(2, 99))
     return form.format(_word(rng))
+
+# %% ../nbs/04_world.ipynb #0f0f6893
+def bare_name(rng: random.Random) -> str:
+    "A one-word name that fits any type (what homonyms of different types share)."
+    return _word(rng)
