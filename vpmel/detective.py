@@ -22,8 +22,8 @@ __all__ = ['QUESTION', 'SENTENCE_TAG', 'CHAT_TOKENS', 'EOS_TOKEN', 'PAD_TOKEN', 
            'LORA_TARGET', 'PROJECTORS', 'VISION_TOWERS', 'PROMPT_VIEWS', 'detective_prompt', 'prompt_caption',
            'detective_target', 'DetectiveExample', 'DetectiveDataError', 'detective_examples', 'detective_kb_examples',
            'detective_corpus', 'train_word_tokenizer', 'TinyVLMConfig', 'CheckpointError', 'build_tiny_detective',
-           'add_lora', 'is_peft', 'chat', 'prompt_view', 'detective_view', 'rename_entity', 'names_by_type',
-           'DetectiveCollate']
+           'add_lora', 'is_peft', 'chat', 'prompt_view', 'detective_view', 'rename_entity', 'without_caption',
+           'names_by_type', 'DetectiveCollate']
 
 # %% ../nbs/14_detective.ipynb #f8f31810
 QUESTION = ("In the red box of the image, tell me briefly what is the Entity Type, "
@@ -315,6 +315,10 @@ def rename_entity(e: DetectiveExample, new_name: str) -> DetectiveExample:
     return dataclasses.replace(e, prompt=detective_prompt(prompt_caption(e.prompt).replace(e.name, new_name)),
                                target=detective_target(e.type, new_name), name=new_name)
 
+def without_caption(e: DetectiveExample) -> DetectiveExample:
+    "`e` asked with the question alone: no caption to read a name from (the image and the answer unchanged)."
+    return dataclasses.replace(e, prompt=detective_prompt(''))
+
 def names_by_type(examples: Sequence[DetectiveExample]) -> dict[str, list[str]]:
     "`{type: sorted names}` of the examples' gold entities: the pool `rename` draws new names from."
     out = {}
@@ -367,7 +371,7 @@ def __call__(self: DetectiveCollate, examples: Sequence[DetectiveExample]) -> di
     images = [self.image(e.image) for e in examples]
     if self.train and self.rename: examples = [self._renamed(e) for e in examples]
     if self.train and self.caption_dropout:   # modality dropout: some examples keep only the question
-        examples = [dataclasses.replace(e, prompt=detective_prompt(''))
+        examples = [without_caption(e)
                     if self.rng.random() < self.caption_dropout else e for e in examples]
     p = self.processor
     prompts = [p.apply_chat_template(chat(e.prompt), tokenize=False, add_generation_prompt=True) for e in examples]

@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_detective_training.ipynb #834552e2
 from __future__ import annotations
-import dataclasses, json, os, re, shutil, tempfile, time
+import json, os, re, shutil, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .train import TrainConfig, LoaderBatches, fit
 from .detective import (VISION_TOWERS, CheckpointError, DetectiveCollate, DetectiveExample, TinyVLMConfig,
-                             detective_prompt, detective_view, is_peft, names_by_type)
+                             detective_view, is_peft, names_by_type, without_caption)
 
 # %% auto #0
 __all__ = ['DETECTIVE_PRESETS', 'DetectiveTrainConfig', 'with_positions', 'answer_loss', 'detective_loss', 'pretraining_examples',
@@ -105,7 +105,7 @@ def _loss_history(records: list[dict], log_every: int, seconds: float) -> dict:
 def pretraining_examples(kb: Sequence[DetectiveExample]) -> list[DetectiveExample]:
     """The pretraining stage's examples: each KB example with the question alone (no caption to read the name from),
     the same image and answer."""
-    return [dataclasses.replace(e, prompt=detective_prompt('')) for e in kb]
+    return [without_caption(e) for e in kb]
 
 # %% ../nbs/15_detective_training.ipynb #18129b8e
 def _train_stage(model, processor, examples: Sequence[DetectiveExample], cfg: DetectiveTrainConfig, epochs: int,
