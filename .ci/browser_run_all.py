@@ -4,7 +4,7 @@ Usage (from the repository root, in the project's environment):
     apt-get install -y chromium && pip install playwright && python .ci/browser_run_all.py [--only 01_vpwiki ...]
 
 A copy of the repository (without .git, .venv, data and runs) is served by JupyterLab on 127.0.0.1 with a token, so
-the browser never saves outputs into the real notebooks. For each chapter: open it in a fresh workspace, wait for the
+the browser never saves outputs into the real notebooks. One JupyterLab page serves every chapter: open it there (docmanager:open), wait for its
 kernel, run all cells, wait until no cell is running, and fail on any error output or a "Select Kernel" dialog.
 Prints seconds per chapter and writes a screenshot of each under --shots (default /tmp/vpmel-browser). With --save DIR,
 each chapter is saved by JupyterLab once it has run (in the copy) and copied to DIR with its outputs: the executed
@@ -29,7 +29,6 @@ def start_lab(nbs: Path, port: int, token: str) -> subprocess.Popen:
         except OSError: time.sleep(0.5)
     proc.kill(); raise RuntimeError('JupyterLab did not start')
 
-JS_PROMPTS = "() => Array.from(document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')).map(e => e.textContent)"
 
 def open_and_run_all(page, url: str) -> tuple[str, float]:
     """Open a notebook in JupyterLab, wait for its kernel, run all cells; returns (a problem or '', the time Run All
@@ -43,18 +42,39 @@ def open_and_run_all(page, url: str) -> tuple[str, float]:
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
     return '', t0
 
-def run_all(page, url: str, timeout: float) -> tuple[float, str]:
-    "Open a notebook, run all its cells; returns (seconds, problem or '')."
-    problem, t0 = open_and_run_all(page, url)
-    if problem: return 0.0, problem
+JS_OPEN = """async (path) => {
+    const app = window.jupyterapp;
+    const w = await app.commands.execute('docmanager:open', {path, factory: 'Notebook'});
+    await w.context.ready;
+    window.vpmelChapter = w;
+    return w.id;
+}"""
+JS_KERNEL_IDLE = """() => { const s = window.vpmelChapter?.sessionContext;
+    return !!(s && s.session && s.session.kernel && s.session.kernel.status === 'idle'); }"""
+JS_CHAPTER_PROMPTS = "() => Array.from(window.vpmelChapter.node.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')).map(e => e.textContent)"
+JS_CHAPTER_ERRORS = """() => Array.from(window.vpmelChapter.node.querySelectorAll('.jp-OutputArea-output')).map(e => e.textContent)
+    .filter(t => /Traceback|Error:/.test(t) && /Traceback/.test(t))"""
+JS_CLOSE = """async () => { const w = window.vpmelChapter; await w.sessionContext.shutdown(); w.dispose(); }"""
+
+def run_chapter(page, path: str, timeout: float) -> tuple[float, str]:
+    """In a JupyterLab already open in `page`: open the notebook `path`, wait for its kernel, run all its cells and wait
+    until none is running; returns (seconds of Run All, problem or ''). One page serves every chapter, as a reader's
+    JupyterLab does: opening a notebook there shows the same "Select Kernel" dialog as a fresh one would."""
+    page.evaluate(JS_OPEN, path)
+    try: page.wait_for_function(JS_KERNEL_IDLE, timeout=120_000)
+    except Exception: return 0.0, 'the kernel did not start' + (' (a dialog opened)' if page.query_selector('.jp-Dialog') else '')
+    if page.query_selector('.jp-Dialog'): return 0.0, 'a dialog opened (no kernelspec?)'
+    t0 = time.time()
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
     while time.time() - t0 < timeout:
         time.sleep(1)
-        prompts = page.evaluate(JS_PROMPTS)
-        if prompts and not any('*' in p for p in prompts) and all(any(c.isdigit() for c in p) for p in prompts): break
+        prompts = page.evaluate(JS_CHAPTER_PROMPTS)
+        if prompts and not any('*' in p for p in prompts) and (all(any(c.isdigit() for c in p) for p in prompts)
+                                                              or page.evaluate(JS_CHAPTER_ERRORS)): break
     else: return time.time() - t0, f'still running after {timeout:.0f} s'
     secs = time.time() - t0
     if page.query_selector('.jp-Dialog'): return secs, 'a dialog opened'
-    errors = page.evaluate("() => Array.from(document.querySelectorAll('.jp-OutputArea-output')).map(e => e.textContent).filter(t => /Traceback|Error:/.test(t) && /Traceback/.test(t))")
+    errors = page.evaluate(JS_CHAPTER_ERRORS)
     return secs, (errors[0][:500] if errors else '')
 
 def main() -> int:
@@ -77,15 +97,17 @@ def main() -> int:
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=a.chromium, args=['--no-sandbox', '--disable-gpu'])
-            for i, ch in enumerate(chapters):
-                page = browser.new_page(viewport={'width': 1400, 'height': 1000})
-                secs, problem = run_all(page, f'http://127.0.0.1:{port}/lab/workspaces/ci{i}/tree/{ch}.ipynb?reset&token={token}', a.timeout)
+            page = browser.new_page(viewport={'width': 1400, 'height': 1000})
+            page.goto(f'http://127.0.0.1:{port}/lab/workspaces/ci?reset&token={token}')
+            page.wait_for_function('() => window.jupyterapp !== undefined && window.jupyterapp.started !== undefined', timeout=60_000)
+            page.evaluate('() => window.jupyterapp.started')
+            for ch in chapters:
+                secs, problem = run_chapter(page, f'{ch}.ipynb', a.timeout)
                 page.screenshot(path=str(shots/f'{ch}.png'))
                 if a.save:   # the command's promise settles once the file is written
                     page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
                     shutil.copy(nbs/f'{ch}.ipynb', Path(a.save)/f'{ch}.ipynb')
-                page.evaluate("() => window.jupyterapp.commands.execute('kernelmenu:shutdown')")
-                page.close()
+                page.evaluate(JS_CLOSE)
                 results[ch] = {'seconds': round(secs, 1), 'problem': problem}
                 print(f"{ch:<18} {secs:7.1f} s  {'OK' if not problem else 'FAILED: ' + problem}", flush=True)
             browser.close()

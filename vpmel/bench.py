@@ -19,7 +19,6 @@ from .iier import IIER
 from .train import adamw, make_accelerator, param_groups, train_step
 from .config import PRESETS, preset
 from .official import OfficialIIER, official_optimizer, official_train_step, official_rank
-from .explore import EXACT_UP_TO, PromptExplorer, gold_vs_other_box
 from .proposals import GROUNDERS, grounding_table
 
 # %% auto #0
@@ -359,6 +358,7 @@ def _ms(xs) -> dict:
 def _explore_parser():
     "The options of `vpmel bench explore`."
     import argparse
+    from vpmel.explore import EXACT_UP_TO   # imported here, as below: a `bench rank` worker starts without CLIP
     p = argparse.ArgumentParser(prog='vpmel bench explore',
                                 description='Latency of the prompt explorer on a trained run (prints JSON).')
     p.add_argument('run', help='a run folder written by vpmel train')
@@ -392,6 +392,7 @@ def _time_box_changes(ex, app, split: str, changes: int, seed: int) -> tuple[lis
 def bench_explore(argv: list[str]) -> int:
     """`vpmel bench explore RUN`: how fast the explorer answers a box change, and the gold-box vs other-box measurement,
     as JSON."""
+    from vpmel.explore import PromptExplorer, gold_vs_other_box
     a = _explore_parser().parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
     t0 = time.perf_counter()

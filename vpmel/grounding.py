@@ -4,7 +4,8 @@
 
 # %% ../nbs/29_grounding.ipynb #dd74eb02
 from __future__ import annotations
-import dataclasses, hashlib, random
+import dataclasses, hashlib, random, threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 import numpy as np
@@ -63,9 +64,8 @@ def _background(a: np.ndarray, step: int = 4, k: int = 7) -> np.ndarray:
     return np.asarray(up).astype(np.float32)
 
 # %% ../nbs/29_grounding.ipynb #0e6f17de
-def region_proposals(img: Image.Image, thresholds: Sequence[float] = (20, 35, 55), margin: int = 4, min_side: int = 8,
-                     dedup_iou: float = 0.9) -> list[Box]:
-    "Object-like boxes: connected components of pixels that differ from the estimated background (see the prose)."
+def _region_proposals(img: Image.Image, thresholds: Sequence[float], margin: int, min_side: int,
+                      dedup_iou: float) -> list[Box]:
     from scipy import ndimage as ndi
     a = np.asarray(img.convert('RGB')).astype(np.float32)
     diff = np.abs(a - _background(a)).max(-1)
@@ -84,6 +84,24 @@ def region_proposals(img: Image.Image, thresholds: Sequence[float] = (20, 35, 55
     for b in sorted(found, key=lambda b: (-box_area(b), b)):   # large first, deterministic
         if all(box_iou(b, c) < dedup_iou for c in out): out.append(b)
     return out
+
+_RECENT_PROPOSALS: OrderedDict = OrderedDict()   # {(pixels' hash, settings): boxes} of the last few images
+_RECENT_LOCK = threading.Lock()
+
+def region_proposals(img: Image.Image, thresholds: Sequence[float] = (20, 35, 55), margin: int = 4, min_side: int = 8,
+                     dedup_iou: float = 0.9, remember: int = 16) -> list[Box]:
+    """Object-like boxes: connected components of pixels that differ from the estimated background (see the prose).
+    The answers for the last `remember` images are kept (keyed by their pixels): the mentions of one image, grounded
+    one after the other, share its proposals."""
+    key = (hashlib.blake2b(img.tobytes(), digest_size=16).digest(), img.mode, img.size, tuple(thresholds), margin,
+           min_side, dedup_iou)
+    with _RECENT_LOCK: boxes = _RECENT_PROPOSALS.get(key)
+    if boxes is None:
+        boxes = tuple(_region_proposals(img, thresholds, margin, min_side, dedup_iou))
+        with _RECENT_LOCK:
+            _RECENT_PROPOSALS[key] = boxes
+            while len(_RECENT_PROPOSALS) > remember: _RECENT_PROPOSALS.popitem(last=False)
+    return list(boxes)                                         # a new list: callers may reorder it
 
 # %% ../nbs/29_grounding.ipynb #0c7d5d66
 @dataclass
