@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from safetensors.torch import load_file, save as st_save
 
 from .vpwiki import load_dataset, MELDataset
-from .files import write_bytes_atomic
+from .files import read_record, write_bytes_atomic
 from .prompts import draw_prompt
 from .minivpwiki import build_minivpwiki
 from .loading import MentionDataset, EntityDataset
@@ -32,9 +32,13 @@ __all__ = ['ensure_data', 'tiny_clip_dir', 'build_model', 'prompt_mode', 'detect
 # %% ../nbs/20_towers.ipynb #db4acb9e
 def ensure_data(cfg: RunConfig) -> MELDataset:
     """Load the run's dataset. With `cfg.synth_preset`, MiniVPWiki is built first if the folder is missing, and a
-    MiniVPWiki folder made by another config or generator (its `made_by.json` differs) is refused, not silently used."""
+    MiniVPWiki folder made by another config or generator (its `made_by.json` differs) is refused, not silently used;
+    a dataset that another command wrote (its record names another kind) is loaded as it is."""
     root = Path(cfg.data)
     made = any((root/f).exists() for f in ('meta.json', 'made_by.json')) or not (root/'kb_entity.json').exists()
+    rec = read_record(root)
+    if rec is not None and rec.get('kind') != 'minivpwiki' and (root/'kb_entity.json').exists():
+        made = False                             # a dataset another command wrote (a MEL source, built VP-MEL data)
     if cfg.synth_preset is not None and made:    # built, being built (finished here), or to build
         build_minivpwiki(root, preset=cfg.synth_preset, seed=cfg.synth_seed)
     if not (root/'kb_entity.json').exists():
