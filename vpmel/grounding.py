@@ -4,7 +4,7 @@
 
 # %% ../nbs/29_grounding.ipynb #dd74eb02
 from __future__ import annotations
-import dataclasses, hashlib, random, threading
+import dataclasses, hashlib, random
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
@@ -86,8 +86,6 @@ def _region_proposals(img: Image.Image, thresholds: Sequence[float], margin: int
     return out
 
 _RECENT_PROPOSALS: OrderedDict = OrderedDict()   # {(pixels' hash, settings): boxes} of the last few images
-_RECENT_LOCK = threading.Lock()
-
 def region_proposals(img: Image.Image, thresholds: Sequence[float] = (20, 35, 55), margin: int = 4, min_side: int = 8,
                      dedup_iou: float = 0.9, remember: int = 16) -> list[Box]:
     """Object-like boxes: connected components of pixels that differ from the estimated background (see the prose).
@@ -95,12 +93,10 @@ def region_proposals(img: Image.Image, thresholds: Sequence[float] = (20, 35, 55
     one after the other, share its proposals."""
     key = (hashlib.blake2b(img.tobytes(), digest_size=16).digest(), img.mode, img.size, tuple(thresholds), margin,
            min_side, dedup_iou)
-    with _RECENT_LOCK: boxes = _RECENT_PROPOSALS.get(key)
-    if boxes is None:
-        boxes = tuple(_region_proposals(img, thresholds, margin, min_side, dedup_iou))
-        with _RECENT_LOCK:
-            _RECENT_PROPOSALS[key] = boxes
-            while len(_RECENT_PROPOSALS) > remember: _RECENT_PROPOSALS.popitem(last=False)
+    if key not in _RECENT_PROPOSALS:
+        _RECENT_PROPOSALS[key] = tuple(_region_proposals(img, thresholds, margin, min_side, dedup_iou))
+        while len(_RECENT_PROPOSALS) > remember: _RECENT_PROPOSALS.popitem(last=False)
+    boxes = _RECENT_PROPOSALS[key]
     return list(boxes)                                         # a new list: callers may reorder it
 
 # %% ../nbs/29_grounding.ipynb #0c7d5d66

@@ -35,10 +35,9 @@ def ensure_data(cfg: RunConfig) -> MELDataset:
     MiniVPWiki folder made by another config or generator (its `made_by.json` differs) is refused, not silently used;
     a dataset that another command wrote (its record names another kind) is loaded as it is."""
     root = Path(cfg.data)
-    made = any((root/f).exists() for f in ('meta.json', 'made_by.json')) or not (root/'kb_entity.json').exists()
-    rec = read_record(root)
-    if rec is not None and rec.get('kind') != 'minivpwiki' and (root/'kb_entity.json').exists():
-        made = False                             # a dataset another command wrote (a MEL source, built VP-MEL data)
+    rec, has_kb = read_record(root), (root/'kb_entity.json').exists()
+    foreign = has_kb and rec is not None and rec.get('kind') != 'minivpwiki'   # a MEL source, built VP-MEL data
+    made = not foreign and ((root/'meta.json').exists() or rec is not None or not has_kb)
     if cfg.synth_preset is not None and made:    # built, being built (finished here), or to build
         build_minivpwiki(root, preset=cfg.synth_preset, seed=cfg.synth_seed)
     if not (root/'kb_entity.json').exists():
