@@ -40,7 +40,6 @@ NO_FIGURES = {
     '26_explore': "the explorer's logic; its pictures and widgets are chapter 27",
     '31_decisions': 'the decision log: JSON lines, a torn last line, undo lines',
     '32_review': 'the review session as plain methods; the widget is chapter 33',
-    '33_review_app': "a live widget: Run All in JupyterLab does not save widget state, so a page cannot show it",
     '34_proposals': 'proposals files, claims and the grounding table',
     '35_construct': "the construction pipeline; what was built is pictured in chapter 36",
     '38_cli': 'the command dispatcher: commands and one-line messages',

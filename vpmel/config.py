@@ -95,10 +95,11 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
 }
 
 def _cpu_hard() -> RunConfig:
-    "`cpu` on the `cpu-hard` world, with an 8-block tiny CLIP pretrained on web captions (chapter 13)."
+    """`cpu` on the `cpu-hard` world, with an 8-block tiny CLIP pretrained on web captions (chapter 13) and, with a
+    Detective, the one that learns the KB first (`cpu-kb`, chapter 15)."""
     c = PRESETS['cpu']()
     c.name, c.data, c.synth_preset = 'iier-cpu-hard', 'data/minivpwiki/cpu-hard', 'cpu-hard'
-    c.clip_depth, c.clip_captions = 8, 'web'
+    c.clip_depth, c.clip_captions, c.detective_preset = 8, 'web', 'cpu-kb'
     return c
 
 # %% ../nbs/19_config.ipynb #21b1ae65

@@ -202,10 +202,12 @@ def load_detective(name_or_path: str | Path, dtype=None, way_out: str = _REDO, *
 
 # %% ../nbs/15_detective_training.ipynb #271c260a
 _CPU_VLM = TinyVLMConfig(patch_size=16, vision_layers=3, heads=4, tie_embeddings=True, prompt_view='zoom')
+_CPU_TUNING = dict(epochs=16, batch_size=16, lr=3e-3, log_every=25, freeze_vision=True, kb_examples=True)
 DETECTIVE_PRESETS = {  # offline model size + training schedule (copy before changing one: the cpu model is shared)
     'tiny': (TinyVLMConfig(), DetectiveTrainConfig(epochs=20, batch_size=12, lr=3e-3, log_every=10)),
-    'cpu': (_CPU_VLM, DetectiveTrainConfig(epochs=16, batch_size=16, lr=3e-3, log_every=25, freeze_vision=True,
-                                           kb_examples=True)),
+    'cpu': (_CPU_VLM, DetectiveTrainConfig(**_CPU_TUNING)),
+    # world knowledge first: four epochs on the KB's images (type and name), then the cpu tuning (`cpu-hard`'s)
+    'cpu-kb': (_CPU_VLM, DetectiveTrainConfig(**_CPU_TUNING, kb_pretrain_epochs=4)),
     # `vpmel demo --detective`: the cpu model, trained for the type (no KB examples, 10 epochs) to fit the demo's time
     'demo': (_CPU_VLM, DetectiveTrainConfig(epochs=10, batch_size=16, lr=3e-3, log_every=25, freeze_vision=True)),
 }
