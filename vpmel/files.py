@@ -4,15 +4,16 @@
 
 # %% ../nbs/00_files.ipynb #f11e0005
 from __future__ import annotations
-import argparse, hashlib, json, os, re, shutil, tempfile
+import argparse, contextlib, hashlib, json, os, re, shutil, signal, subprocess, sys, tempfile, time
 from multiprocessing import util as _mp_util
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 # %% auto #0
-__all__ = ['RECORD_FILE', 'scratch_dir', 'write_bytes_atomic', 'write_json_atomic', 'VpmelError', 'FolderConflict', 'fingerprint',
-           'files_fingerprint', 'flat_record', 'record_diff', 'read_record', 'claim_folder', 'OutFolderError',
-           'UsageError', 'CommandParser', 'check_out_folder', 'remove_partial_writes', 'repo_root', 'needs']
+__all__ = ['RECORD_FILE', 'CUT_WRITE', 'scratch_dir', 'write_bytes_atomic', 'write_json_atomic', 'VpmelError', 'FolderConflict',
+           'fingerprint', 'files_fingerprint', 'flat_record', 'record_diff', 'read_record', 'claim_folder',
+           'OutFolderError', 'UsageError', 'CommandParser', 'check_out_folder', 'remove_partial_writes', 'repo_root',
+           'needs', 'kill_when', 'kill_at_call']
 
 # %% ../nbs/00_files.ipynb #5c7a1d02
 def scratch_dir(prefix: str = 'vpmel-') -> Path:
@@ -159,3 +160,42 @@ def needs(rel: str, command: str, start=None) -> Path | None:
     if p.exists(): return p
     print(f'Skipped: {rel} is not there yet; make it first, from the repository root:\n    {command}')
     return None
+
+# %% ../nbs/00_files.ipynb #kill00b
+def _entry_code(entry: str, argv) -> str:
+    mod, fn = entry.split(':')
+    argv = [str(a) for a in argv] if isinstance(argv, (list, tuple)) else argv
+    return f'import sys\nfrom {mod} import {fn} as main\nsys.exit(main({argv!r}))'
+
+def kill_when(argv, ready: Callable[[], bool], timeout: float = 300, entry: str = 'vpmel.cli:main',
+              stderr: str | Path | None = None, env: dict | None = None) -> bool:
+    """Run `entry(argv)` in a subprocess and kill it (SIGKILL) as soon as `ready()` holds: True; False if it ended
+    first; `TimeoutError` if neither happens within `timeout` seconds. `stderr`: a file for what it prints there."""
+    with (open(stderr, 'w') if stderr else contextlib.nullcontext(subprocess.DEVNULL)) as err:
+        p = subprocess.Popen([sys.executable, '-c', _entry_code(entry, argv)], stdout=subprocess.DEVNULL, stderr=err,
+                             env=env)
+        t0 = time.time()
+        while p.poll() is None:
+            if ready(): p.kill(); p.wait(); return True
+            if time.time() - t0 > timeout:
+                p.kill(); p.wait(); raise TimeoutError(f'{argv!r}: ready() did not hold within {timeout} s')
+            time.sleep(0.0005)
+    return False
+
+# %% ../nbs/00_files.ipynb #kill00d
+CUT_WRITE = "p = Path(a[0]); (p.parent/f'.{p.name}.k1l2l3d4.tmp').write_bytes(a[1][:len(a[1]) // 2])"  # a write cut short
+
+def kill_at_call(argv, target: str, n: int, before: str = '', entry: str = 'vpmel.cli:main', env: dict | None = None):
+    """Run `entry(argv)` in a subprocess whose `n`-th call of `target` ('module:function' or 'module:Class.method')
+    runs the statement `before` (it sees the call's arguments `a` and `k`, and `f`, the function) and then kills the
+    process (SIGKILL). `AssertionError` if the process was not killed so."""
+    mod, name = target.split(':'); *owner, attr = name.split('.')
+    hook = '\n'.join(['import functools, importlib, os, signal', 'from pathlib import Path',
+                      f'o = functools.reduce(getattr, {owner!r}, importlib.import_module({mod!r}))',
+                      f'f, n = getattr(o, {attr!r}), [0]', 'def hook(*a, **k):', '    n[0] += 1',
+                      f'    if n[0] == {n}:', f'        {before or "pass"}', '        os.kill(os.getpid(), signal.SIGKILL)',
+                      '    return f(*a, **k)', f'setattr(o, {attr!r}, hook)'])
+    p = subprocess.run([sys.executable, '-c', hook + '\n' + _entry_code(entry, argv)], capture_output=True, text=True,
+                       env=env)
+    if p.returncode != -signal.SIGKILL:
+        raise AssertionError(f'not killed at call {n} of {target} (exit status {p.returncode}): {p.stderr[-800:]}')
