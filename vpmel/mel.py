@@ -323,9 +323,14 @@ def cli_mel(argv: list[str] | None = None) -> int:
     ap.add_argument('--fresh', action='store_true', help='write the folder again (also when another config made it)')
     ap.add_argument('--overwrite', action='store_true', help='the older name of --fresh')
     ap.add_argument('--workers', type=int, default=2)
+    ap.add_argument('--depicted-only', metavar='FOLDER', default=None,
+                    help='also write the mentions with a true box only (MEL on what VP-MEL can prompt) to FOLDER')
     a = ap.parse_args(argv)
     t = time.time()
     out = build_mel_source(a.out, a.preset, a.seed, a.nil, fresh=a.fresh or a.overwrite, workers=a.workers)
     print(f'MEL source ({a.preset}, seed {a.seed}) in {out} ({time.time() - t:.1f} s)')
     print(json.dumps(mel_stats(load_dataset(out), read_true_boxes(out))))
+    if a.depicted_only:
+        view = load_dataset(depicted_only(out, a.depicted_only, fresh=a.fresh or a.overwrite))
+        print(f'depicted mentions only in {view.root}: {json.dumps({s: len(v) for s, v in view.splits.items()})}')
     return 0
