@@ -183,7 +183,8 @@ def kill_when(argv, ready: Callable[[], bool], timeout: float = 300, entry: str 
     return False
 
 # %% ../nbs/00_files.ipynb #kill00d
-CUT_WRITE = "p = Path(a[0]); (p.parent/f'.{p.name}.k1l2l3d4.tmp').write_bytes(a[1][:len(a[1]) // 2])"  # a write cut short
+# a write cut short: half of the bytes in the temporary file of `write_bytes_atomic`
+CUT_WRITE = "p = Path(a[0]); (p.parent/f'.{p.name}.k1l2l3d4.tmp').write_bytes(a[1][:len(a[1]) // 2])"
 
 def kill_at_call(argv, target: str, n: int, before: str = '', entry: str = 'vpmel.cli:main', env: dict | None = None):
     """Run `entry(argv)` in a subprocess whose `n`-th call of `target` ('module:function' or 'module:Class.method')
@@ -193,7 +194,8 @@ def kill_at_call(argv, target: str, n: int, before: str = '', entry: str = 'vpme
     hook = '\n'.join(['import functools, importlib, os, signal', 'from pathlib import Path',
                       f'o = functools.reduce(getattr, {owner!r}, importlib.import_module({mod!r}))',
                       f'f, n = getattr(o, {attr!r}), [0]', 'def hook(*a, **k):', '    n[0] += 1',
-                      f'    if n[0] == {n}:', f'        {before or "pass"}', '        os.kill(os.getpid(), signal.SIGKILL)',
+                      f'    if n[0] == {n}:', f'        {before or "pass"}',
+                      '        os.kill(os.getpid(), signal.SIGKILL)',
                       '    return f(*a, **k)', f'setattr(o, {attr!r}, hook)'])
     p = subprocess.run([sys.executable, '-c', hook + '\n' + _entry_code(entry, argv)], capture_output=True, text=True,
                        env=env)
