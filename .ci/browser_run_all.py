@@ -4,12 +4,14 @@ Usage (from the repository root, in the project's environment):
     apt-get install -y chromium && pip install playwright && python .ci/browser_run_all.py [--only 01_vpwiki ...]
 
 A copy of the repository (without .git, .venv, data and runs) is served by JupyterLab on 127.0.0.1 with a token, so
-the browser never saves outputs into the real notebooks. One JupyterLab page serves every chapter: open it there (docmanager:open), wait for its
-kernel, run all cells, wait until no cell is running, and fail on any error output or a "Select Kernel" dialog.
+the browser never saves outputs into the real notebooks. Two browser tabs of one JupyterLab serve the chapters, two
+at a time (--tabs), as `nbdev_test --n_workers 2` runs them: a free tab opens the next chapter (docmanager:open),
+waits for its kernel, runs all cells, waits until no cell is running; any error output or a "Select Kernel" dialog
+fails the chapter.
 Prints seconds per chapter and writes a screenshot of each under --shots (default /tmp/vpmel-browser). With --save DIR,
 each chapter is saved by JupyterLab once it has run (in the copy) and copied to DIR with its outputs: the executed
 notebooks `.ci/build_book.py --executed DIR` renders as the HTML edition, without running the chapters again."""
-import argparse, json, secrets, shutil, socket, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, secrets, shutil, socket, subprocess, sys, tempfile, time, urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,11 +19,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def free_port() -> int:
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
-def start_lab(nbs: Path, port: int, token: str) -> subprocess.Popen:
+def start_lab(nbs: Path, port: int, token: str, threads: int | None = None) -> subprocess.Popen:
+    "JupyterLab serving `nbs`; with `threads`, its kernels (and what they start) use that many torch/OpenMP threads."
+    env = {**os.environ, **({'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)} if threads else {})}
     cmd = [sys.executable, '-m', 'jupyter', 'lab', '--no-browser', '--ip=127.0.0.1', f'--port={port}',
            f'--IdentityProvider.token={token}', f'--ServerApp.root_dir={nbs}', '--LabApp.expose_app_in_browser=True',
            '--allow-root']
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     for _ in range(120):
         try:
             with urllib.request.urlopen(f'http://127.0.0.1:{port}/api/status?token={token}', timeout=2) as r:
@@ -56,31 +60,56 @@ JS_CHAPTER_ERRORS = """() => Array.from(window.vpmelChapter.node.querySelectorAl
     .filter(t => /Traceback|Error:/.test(t) && /Traceback/.test(t))"""
 JS_CLOSE = """async () => { const w = window.vpmelChapter; await w.sessionContext.shutdown(); w.dispose(); }"""
 
-def run_chapter(page, path: str, timeout: float) -> tuple[float, str]:
-    """In a JupyterLab already open in `page`: open the notebook `path`, wait for its kernel, run all its cells and wait
-    until none is running; returns (seconds of Run All, problem or ''). One page serves every chapter, as a reader's
-    JupyterLab does: opening a notebook there shows the same "Select Kernel" dialog as a fresh one would."""
-    page.evaluate(JS_OPEN, path)
-    try: page.wait_for_function(JS_KERNEL_IDLE, timeout=120_000)
-    except Exception: return 0.0, 'the kernel did not start' + (' (a dialog opened)' if page.query_selector('.jp-Dialog') else '')
-    if page.query_selector('.jp-Dialog'): return 0.0, 'a dialog opened (no kernelspec?)'
-    t0 = time.time()
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    while time.time() - t0 < timeout:
-        time.sleep(1)
-        prompts = page.evaluate(JS_CHAPTER_PROMPTS)
-        if prompts and not any('*' in p for p in prompts) and (all(any(c.isdigit() for c in p) for p in prompts)
-                                                              or page.evaluate(JS_CHAPTER_ERRORS)): break
-    else: return time.time() - t0, f'still running after {timeout:.0f} s'
-    secs = time.time() - t0
-    if page.query_selector('.jp-Dialog'): return secs, 'a dialog opened'
-    errors = page.evaluate(JS_CHAPTER_ERRORS)
-    return secs, (errors[0][:500] if errors else '')
+# a tab in the background must run its chapter as fast as the one in front
+NO_THROTTLING = ['--disable-background-timer-throttling', '--disable-backgrounding-occluded-windows',
+                 '--disable-renderer-backgrounding', '--disable-features=IntensiveWakeUpThrottling']
+
+class Chapter:
+    """One chapter's Run All in a JupyterLab page of its own (`start`, then `poll` until it returns a result). One page
+    serves chapter after chapter, as a reader's JupyterLab does: opening a notebook there shows the same "Select
+    Kernel" dialog as a fresh one would."""
+    def __init__(self, page, name: str, timeout: float):
+        self.page, self.name, self.timeout, self.t0, self.result = page, name, timeout, 0.0, None
+
+    def start(self):
+        "Open the notebook, wait for its kernel, run all its cells."
+        self.page.evaluate(JS_OPEN, f'{self.name}.ipynb')
+        try: self.page.wait_for_function(JS_KERNEL_IDLE, timeout=120_000)
+        except Exception:
+            dialog = ' (a dialog opened)' if self.page.query_selector('.jp-Dialog') else ''
+            self.result = (0.0, 'the kernel did not start' + dialog); return
+        if self.page.query_selector('.jp-Dialog'): self.result = (0.0, 'a dialog opened (no kernelspec?)'); return
+        self.t0 = time.time()   # not awaited: the command's promise settles only once every cell has run
+        self.page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+
+    def poll(self) -> tuple[float, str] | None:
+        "(seconds of Run All, problem or '') once no cell is running (or on an error, or past the timeout); else None."
+        if self.result is not None: return self.result
+        secs = time.time() - self.t0
+        if secs > self.timeout: return secs, f'still running after {self.timeout:.0f} s'
+        prompts = self.page.evaluate(JS_CHAPTER_PROMPTS)
+        done = prompts and not any('*' in p for p in prompts) and (
+            all(any(c.isdigit() for c in p) for p in prompts) or self.page.evaluate(JS_CHAPTER_ERRORS))
+        if not done: return None
+        if self.page.query_selector('.jp-Dialog'): return secs, 'a dialog opened'
+        errors = self.page.evaluate(JS_CHAPTER_ERRORS)
+        return secs, (errors[0][:500] if errors else '')
+
+def open_lab_page(browser, port: int, token: str, workspace: str):
+    "A browser tab with JupyterLab started in a workspace of its own."
+    page = browser.new_page(viewport={'width': 1400, 'height': 1000})
+    page.goto(f'http://127.0.0.1:{port}/lab/workspaces/{workspace}?reset&token={token}')
+    page.wait_for_function('() => window.jupyterapp !== undefined && window.jupyterapp.started !== undefined',
+                           timeout=60_000)
+    page.evaluate('() => window.jupyterapp.started')
+    return page
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--only', nargs='*', default=None, help='chapter names (e.g. 01_vpwiki); default: all')
     ap.add_argument('--timeout', type=float, default=300, help='seconds a chapter may take')
+    ap.add_argument('--tabs', type=int, default=2, help='chapters run at once, each in a browser tab of its own '
+                    '(two on two cores, as `nbdev_test --n_workers 2` runs them)')
     ap.add_argument('--shots', default='/tmp/vpmel-browser', help='folder for screenshots')
     ap.add_argument('--chromium', default='/usr/bin/chromium')
     ap.add_argument('--save', default=None, help='folder for the executed notebooks (as JupyterLab saves them)')
@@ -93,23 +122,30 @@ def main() -> int:
     chapters = sorted(p.stem for p in nbs.glob('[0-9][0-9]_*.ipynb') if a.only is None or p.stem in a.only)
     if a.save: Path(a.save).mkdir(parents=True, exist_ok=True)
     port, token = free_port(), secrets.token_hex(16)
-    lab, results = start_lab(nbs, port, token), {}
+    # two chapters at once share the cores: one thread each (two threads each would wait on one another)
+    lab, results = start_lab(nbs, port, token, threads=max(1, (os.cpu_count() or 1) // a.tabs)), {}
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=a.chromium, args=['--no-sandbox', '--disable-gpu'])
-            page = browser.new_page(viewport={'width': 1400, 'height': 1000})
-            page.goto(f'http://127.0.0.1:{port}/lab/workspaces/ci?reset&token={token}')
-            page.wait_for_function('() => window.jupyterapp !== undefined && window.jupyterapp.started !== undefined', timeout=60_000)
-            page.evaluate('() => window.jupyterapp.started')
-            for ch in chapters:
-                secs, problem = run_chapter(page, f'{ch}.ipynb', a.timeout)
-                page.screenshot(path=str(shots/f'{ch}.png'))
-                if a.save:   # the command's promise settles once the file is written
-                    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
-                    shutil.copy(nbs/f'{ch}.ipynb', Path(a.save)/f'{ch}.ipynb')
-                page.evaluate(JS_CLOSE)
-                results[ch] = {'seconds': round(secs, 1), 'problem': problem}
-                print(f"{ch:<18} {secs:7.1f} s  {'OK' if not problem else 'FAILED: ' + problem}", flush=True)
+            browser = pw.chromium.launch(executable_path=a.chromium, args=['--no-sandbox', '--disable-gpu', *NO_THROTTLING])
+            pages = [open_lab_page(browser, port, token, f'ci{i}') for i in range(a.tabs)]
+            todo, running = list(chapters), {}
+            while todo or running:
+                for page in pages:                      # a free tab takes the next chapter
+                    if page not in running and todo:
+                        running[page] = Chapter(page, todo.pop(0), a.timeout); running[page].start()
+                time.sleep(1)
+                for page, ch in list(running.items()):
+                    res = ch.poll()
+                    if res is None: continue
+                    page.screenshot(path=str(shots/f'{ch.name}.png'))
+                    if a.save:   # the command's promise settles once the file is written
+                        page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+                        shutil.copy(nbs/f'{ch.name}.ipynb', Path(a.save)/f'{ch.name}.ipynb')
+                    page.evaluate(JS_CLOSE)
+                    del running[page]
+                    secs, problem = res
+                    results[ch.name] = {'seconds': round(secs, 1), 'problem': problem}
+                    print(f"{ch.name:<18} {secs:7.1f} s  {'OK' if not problem else 'FAILED: ' + problem}", flush=True)
             browser.close()
     finally:
         lab.terminate(); lab.wait(timeout=30); shutil.rmtree(work, ignore_errors=True)
