@@ -58,6 +58,7 @@ JS_KERNEL_IDLE = """() => { const s = window.vpmelChapter?.sessionContext;
 JS_CHAPTER_PROMPTS = "() => Array.from(window.vpmelChapter.node.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')).map(e => e.textContent)"
 JS_CHAPTER_ERRORS = """() => Array.from(window.vpmelChapter.node.querySelectorAll('.jp-OutputArea-output')).map(e => e.textContent)
     .filter(t => /Traceback|Error:/.test(t) && /Traceback/.test(t))"""
+JS_SAVE = "async () => { await window.vpmelChapter.context.save(); }"
 JS_CLOSE = """async () => { const w = window.vpmelChapter; await w.sessionContext.shutdown(); w.dispose(); }"""
 
 # a tab in the background must run its chapter as fast as the one in front
@@ -94,6 +95,12 @@ class Chapter:
         if self.page.query_selector('.jp-Dialog'): return secs, 'a dialog opened'
         errors = self.page.evaluate(JS_CHAPTER_ERRORS)
         return secs, (errors[0][:500] if errors else '')
+
+def unexecuted(path: Path) -> str:
+    "A problem if the saved notebook has code cells without an execution count (it was not saved after Run All)."
+    cells = [c for c in json.loads(path.read_text())['cells'] if c['cell_type'] == 'code' and ''.join(c['source']).strip()]
+    n = sum(c.get('execution_count') is None for c in cells)
+    return f'the saved notebook has {n} code cells that did not run' if n else ''
 
 def open_lab_page(browser, port: int, token: str, workspace: str):
     "A browser tab with JupyterLab started in a workspace of its own."
@@ -138,12 +145,13 @@ def main() -> int:
                     res = ch.poll()
                     if res is None: continue
                     page.screenshot(path=str(shots/f'{ch.name}.png'))
-                    if a.save:   # the command's promise settles once the file is written
-                        page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+                    secs, problem = res
+                    if a.save:   # this tab's chapter, not whichever widget has the focus; settles once written
+                        page.evaluate(JS_SAVE)
                         shutil.copy(nbs/f'{ch.name}.ipynb', Path(a.save)/f'{ch.name}.ipynb')
+                        problem = problem or unexecuted(Path(a.save)/f'{ch.name}.ipynb')
                     page.evaluate(JS_CLOSE)
                     del running[page]
-                    secs, problem = res
                     results[ch.name] = {'seconds': round(secs, 1), 'problem': problem}
                     print(f"{ch.name:<18} {secs:7.1f} s  {'OK' if not problem else 'FAILED: ' + problem}", flush=True)
             browser.close()
