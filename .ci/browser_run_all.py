@@ -55,9 +55,18 @@ JS_OPEN = """async (path) => {
 }"""
 JS_KERNEL_IDLE = """() => { const s = window.vpmelChapter?.sessionContext;
     return !!(s && s.session && s.session.kernel && s.session.kernel.status === 'idle'); }"""
-JS_CHAPTER_PROMPTS = "() => Array.from(window.vpmelChapter.node.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')).map(e => e.textContent)"
 JS_CHAPTER_ERRORS = """() => Array.from(window.vpmelChapter.node.querySelectorAll('.jp-OutputArea-output')).map(e => e.textContent)
     .filter(t => /Traceback|Error:/.test(t) && /Traceback/.test(t))"""
+# From the notebook's model, not the page: JupyterLab renders only the cells in view (windowing), so the prompts of the
+# page can all show a number while cells further down have not run yet.
+JS_CHAPTER_STATE = """() => { const w = window.vpmelChapter, cells = w.content.model.cells; let pending = 0, errors = [];
+    for (let i = 0; i < cells.length; i++) { const c = cells.get(i);
+        if (c.type !== 'code' || !c.sharedModel.getSource().trim()) continue;
+        if (c.executionCount === null) pending++;
+        for (let k = 0; k < c.outputs.length; k++) { const o = c.outputs.get(k).toJSON();
+            if (o.output_type === 'error') errors.push(`${o.ename}: ${o.evalue}`); } }
+    const k = w.sessionContext.session && w.sessionContext.session.kernel;
+    return {pending, errors, idle: !!(k && k.status === 'idle')}; }"""
 JS_SAVE = "async () => { await window.vpmelChapter.context.save(); }"
 JS_CLOSE = """async () => { const w = window.vpmelChapter; await w.sessionContext.shutdown(); w.dispose(); }"""
 
@@ -88,12 +97,10 @@ class Chapter:
         if self.result is not None: return self.result
         secs = time.time() - self.t0
         if secs > self.timeout: return secs, f'still running after {self.timeout:.0f} s'
-        prompts = self.page.evaluate(JS_CHAPTER_PROMPTS)
-        done = prompts and not any('*' in p for p in prompts) and (
-            all(any(c.isdigit() for c in p) for p in prompts) or self.page.evaluate(JS_CHAPTER_ERRORS))
-        if not done: return None
+        state = self.page.evaluate(JS_CHAPTER_STATE)
+        if not (state['idle'] and (state['pending'] == 0 or state['errors'])): return None
         if self.page.query_selector('.jp-Dialog'): return secs, 'a dialog opened'
-        errors = self.page.evaluate(JS_CHAPTER_ERRORS)
+        errors = state['errors'] or self.page.evaluate(JS_CHAPTER_ERRORS)
         return secs, (errors[0][:500] if errors else '')
 
 def unexecuted(path: Path) -> str:
