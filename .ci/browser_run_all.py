@@ -105,8 +105,9 @@ class Chapter:
 
 def unexecuted(path: Path) -> str:
     "A problem if the saved notebook has code cells without an execution count (it was not saved after Run All)."
-    cells = [c for c in json.loads(path.read_text())['cells'] if c['cell_type'] == 'code' and ''.join(c['source']).strip()]
-    n = sum(c.get('execution_count') is None for c in cells)
+    cells = json.loads(path.read_text())['cells']
+    n = sum(c['cell_type'] == 'code' and ''.join(c['source']).strip() != '' and c.get('execution_count') is None
+            for c in cells)
     return f'the saved notebook has {n} code cells that did not run' if n else ''
 
 def open_lab_page(browser, port: int, token: str, workspace: str):

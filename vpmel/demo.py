@@ -102,10 +102,12 @@ def run_demo(out_root='runs', preset_name: str = 'cpu', seeds: Sequence[int] = (
 
 # %% ../nbs/24_demo.ipynb #d24det01
 def demo_detective(preset_name: str, detective_preset: str | None = None) -> dict:
-    """What `vpmel demo --detective` trains: by default the `demo` Detective on the `cpu` and `tiny` worlds (two
-    half-data Detectives answer every split: it fits the demo's time), elsewhere the run preset's own Detective
-    (`cpu-hard`: `cpu-kb`, which learns the KB first); any preset but `demo` adds a full-data one for dev and test."""
-    chosen = detective_preset or ('demo' if preset_name in ('cpu', 'tiny') else PRESETS[preset_name]().detective_preset)
+    """What `vpmel demo --detective` trains: by default the run preset's own Detective, except that the `cpu` one
+    (the `cpu` and `tiny` presets') becomes the cheaper `demo` Detective (two half-data Detectives answer every
+    split: it fits the demo's time); `cpu-hard` keeps its `cpu-kb`, which learns the KB first. Any preset but `demo`
+    adds a full-data Detective for dev and test."""
+    own = PRESETS[preset_name]().detective_preset
+    chosen = detective_preset or ('demo' if own == 'cpu' else own)
     return dict(detective_preset=chosen, detective_full_model=chosen != 'demo')
 
 # %% ../nbs/24_demo.ipynb #e5ab04c9
@@ -152,8 +154,8 @@ def cli_demo(argv: list[str]) -> int:
     p.add_argument('--detective', action='store_true', help='add the Detective step: train the offline Detective-VLM, '
                    'then IIER with its answers and the shuffled control')
     p.add_argument('--detective-preset', default=None, choices=sorted(DETECTIVE_PRESETS),
-                   help="the offline Detective (default: 'demo' on the cpu and tiny worlds, two half-data Detectives "
-                        "that answer every split, fits the demo's time; elsewhere the preset's own, cpu-hard's "
+                   help="the offline Detective (default: the preset's own, its 'cpu' one swapped for 'demo', two "
+                        "half-data Detectives that answer every split and fit the demo's time; cpu-hard keeps "
                         "'cpu-kb'); 'cpu' is the strong one of chapter 15, plus two for the training split")
     p.add_argument('--out', default='runs')
     p.add_argument('--quiet', action='store_true')
