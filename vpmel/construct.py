@@ -10,7 +10,7 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Sequence
 from PIL import Image
-from .prompts import Box, validate_box, box_area, draw_prompt, PROMPT_STYLES
+from .prompts import Box, validate_box, box_area, draw_prompt, prompt_width, PROMPT_STYLES
 from .vpwiki import SPLITS, Mention, write_dataset, open_image, resolve_in_root
 from .check import check_dataset
 from .files import (FolderConflict, write_json_atomic, write_bytes_atomic, claim_folder, read_record, fingerprint,
@@ -24,8 +24,8 @@ from .proposals import (ConstructError, Source, open_sources, merged_kb, Candida
 
 # %% auto #0
 __all__ = ['CONSTRUCT_FILE', 'STATUS_FILE', 'REVIEW_FILE', 'CONSTRUCT_KIND', 'ConstructConfig', 'to_ground', 'review_items',
-           'review_session', 'decided_boxes', 'qa_boxes', 'assign_splits', 'prompt_width', 'mask_sentence',
-           'write_vpmel', 'sources_record', 'construct_record', 'bound_review', 'construct', 'open_review']
+           'review_session', 'decided_boxes', 'qa_boxes', 'assign_splits', 'mask_sentence', 'write_vpmel',
+           'sources_record', 'construct_record', 'bound_review', 'construct', 'open_review']
 
 # %% ../nbs/35_construct.ipynb #eaf8d6c9
 @dataclass
@@ -170,10 +170,6 @@ def assign_splits(cands: Sequence[Candidate], cfg: ConstructConfig) -> tuple[dic
     return out, moved
 
 # %% ../nbs/35_construct.ipynb #8395490d
-def prompt_width(size: tuple[int, int]) -> int:
-    "The red rectangle's line width for an image of `size`: 2 px up to ~400 px, then ~1/160 of the shorter side."
-    return max(2, round(min(size) / 160))
-
 def mask_sentence(sentence: str, mention: str, token: str = '[MASK]') -> str:
     """The sentence with the (first occurrence of the) mention words replaced by `token`; unchanged if they are not
     there."""

@@ -165,8 +165,8 @@ class HandVariation:
     seed: int = 0
 
 def prompt_width(size: tuple[int, int]) -> int:
-    "A line width for an image of `size` (width, height): 1 pixel per 40 of the shorter side, at least 1."
-    return max(1, round(min(size) / 40))
+    "A prompt's line width for an image of `size`: 2 px up to ~400 px, then ~1/160 of the shorter side (as VPWiki's)."
+    return max(2, round(min(size) / 160))
 
 # %% ../nbs/03_prompts.ipynb #shape005
 def check_silhouette(silhouette, size: tuple[int, int]) -> np.ndarray:
