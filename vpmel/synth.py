@@ -5,6 +5,7 @@
 # %% ../nbs/05_synth.ipynb #53c50847
 from __future__ import annotations
 import collections, random
+import numpy as np
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
@@ -12,12 +13,12 @@ from fastcore.basics import patch
 from PIL import Image
 from .vpwiki import KBEntity, Mention, SPLITS
 from .prompts import draw_prompt, box_area
-from .world import (PALETTE, PATTERNS, MARKS, GLYPHS, TYPES, Look, Pose, auto_ink, glyph_box, draw_glyph, background,
-                         make_name, bare_name, place_glyphs, random_clutter, draw_clutter)
+from .world import (PALETTE, PATTERNS, MARKS, GLYPHS, TYPES, Look, Pose, auto_ink, glyph_box, glyph_silhouette,
+                         draw_glyph, background, make_name, bare_name, place_glyphs, random_clutter, draw_clutter)
 
 # %% auto #0
 __all__ = ['PRESETS', 'SynthConfig', 'make_looks', 'Scene', 'Plan', 'make_plan', 'scene_records', 'plan_stats', 'render_kb_image',
-           'render_scene', 'show_scene']
+           'render_scene', 'mention_silhouette', 'show_scene']
 
 # %% ../nbs/05_synth.ipynb #3ef0c132
 @dataclass(frozen=True)
@@ -394,6 +395,15 @@ def render_scene(scene: Scene, looks: Mapping[int, Look] | Sequence[Look], cfg: 
     img = draw_clutter(background(cfg.image_size, scene.seed, cfg.noise, cfg.blotch), scene.clutter)
     for r, p in zip(scene.rows, scene.poses): draw_glyph(img, looks[r], p)
     return img
+
+# %% ../nbs/05_synth.ipynb #silsyn2
+def mention_silhouette(scene: Scene, row: int, looks: Mapping[int, Look] | Sequence[Look], size: int) -> np.ndarray:
+    """The visible pixels of KB `row`'s glyph in `scene` (an image of `size` x `size` pixels), boolean `[size, size]`:
+    its silhouette less what the glyphs drawn after it cover."""
+    k = scene.rows.index(row)
+    sil = glyph_silhouette(looks[row].type, scene.poses[k], (size, size))
+    for r, p in zip(scene.rows[k + 1:], scene.poses[k + 1:]): sil &= ~glyph_silhouette(looks[r].type, p, (size, size))
+    return sil
 
 # %% ../nbs/05_synth.ipynb #b4d5e96c
 def show_scene(plan: Plan, i: int, mention: int = 0):

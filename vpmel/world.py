@@ -11,8 +11,8 @@ from PIL import Image, ImageDraw
 
 # %% auto #0
 __all__ = ['PALETTE', 'INKS', 'PATTERNS', 'MARKS', 'OUTLINE', 'GLYPHS', 'TYPES', 'auto_ink', 'Look', 'Pose', 'glyph_polygons',
-           'glyph_box', 'pattern_ink_mask', 'background', 'draw_glyph', 'place_glyphs', 'random_clutter',
-           'draw_clutter', 'make_name', 'bare_name']
+           'glyph_box', 'glyph_silhouette', 'pattern_ink_mask', 'background', 'draw_glyph', 'place_glyphs',
+           'random_clutter', 'draw_clutter', 'make_name', 'bare_name']
 
 # %% ../nbs/04_world.ipynb #e1831fd6
 PALETTE = {'blue': (35, 90, 225), 'green': (30, 150, 60), 'yellow': (240, 205, 30), 'purple': (125, 60, 185),
@@ -105,6 +105,13 @@ def glyph_box(type: str, pose: Pose) -> tuple[int, int, int, int]:
     (x0, y0), (x1, y1) = np.floor(q.min(0)), np.floor(q.max(0))
     return (int(x0), int(y0), int(x1) + 1, int(y1) + 1)
 
+# %% ../nbs/04_world.ipynb #silw002
+def glyph_silhouette(type: str, pose: Pose, size: tuple[int, int]) -> np.ndarray:
+    "The pixels a glyph of `type` in `pose` fills in an image of `size` (width, height): boolean `[height, width]`."
+    mask = Image.new('L', size, 0); md = ImageDraw.Draw(mask)
+    for p in glyph_polygons(type, pose): md.polygon(p, fill=255)
+    return np.asarray(mask) > 0
+
 # %% ../nbs/04_world.ipynb #39db4e54
 _INK_CACHE: dict = {}
 
@@ -154,14 +161,12 @@ def background(size: int, seed: int, noise: float = 1.0, blotch: float = 8.0) ->
 def draw_glyph(img: Image.Image, look: Look, pose: Pose):
     "Draw the entity `look` in `pose` onto `img` (in place): patterned fill, dark outline, then the mark."
     w, h = img.size
-    mask = Image.new('L', (w, h), 0); md = ImageDraw.Draw(mask)
-    polys = glyph_polygons(look.type, pose)
-    for p in polys: md.polygon(p, fill=255)
+    sil, polys = glyph_silhouette(look.type, pose, img.size), glyph_polygons(look.type, pose)
     colour = PALETTE[look.colour]
     x0, y0, x1, y1 = glyph_box(look.type, pose)
     x0, y0, x1, y1 = max(0, x0 - 1), max(0, y0 - 1), min(w, x1 + 1), min(h, y1 + 1)  # work on the glyph's region only
     if x0 < x1 and y0 < y1:
-        m = np.asarray(mask)[y0:y1, x0:x1] > 0
+        m = sil[y0:y1, x0:x1]
         a = np.array(img.crop((x0, y0, x1, y1)))
         ink = INKS[look.ink] if look.ink in INKS else PALETTE[look.ink]
         inkm = pattern_ink_mask(look.pattern, h, w)[y0:y1, x0:x1]
