@@ -87,6 +87,7 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
         dev_mentions=200,
     ),
     'cpu-hard': lambda: _cpu_hard(),
+    'cpu-crowd': lambda: _cpu_crowd(),
     'tiny': lambda: RunConfig(
         name='iier-tiny', data='data/minivpwiki/tiny', synth_preset='tiny',
         model=IIERConfig(_tiny_encoder(text_backend='clip', freeze_text=True)),
@@ -100,6 +101,12 @@ def _cpu_hard() -> RunConfig:
     c = PRESETS['cpu']()
     c.name, c.data, c.synth_preset = 'iier-cpu-hard', 'data/minivpwiki/cpu-hard', 'cpu-hard'
     c.clip_depth, c.clip_captions, c.detective_preset = 8, 'web', 'cpu-kb'
+    return c
+
+def _cpu_crowd() -> RunConfig:
+    "`cpu` on the `cpu-crowd` world: half the scenes crowded, where a box frames its neighbours (chapter 40)."
+    c = PRESETS['cpu']()
+    c.name, c.data, c.synth_preset = 'iier-cpu-crowd', 'data/minivpwiki/cpu-crowd', 'cpu-crowd'
     return c
 
 # %% ../nbs/19_config.ipynb #21b1ae65

@@ -15,7 +15,8 @@ from fastcore.basics import patch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .vpwiki import (ImageReader, KBEntity, MELDataset, Mention, OnBadImage, RAW_IMG, resolve_in_root)
+from .vpwiki import (ImageReader, KBEntity, MELDataset, Mention, OnBadImage, RAW_IMG, SILHOUETTE, resolve_in_root)
+from .prompts import ShapePrompt, read_silhouette
 
 # %% auto #0
 __all__ = ['MENTION_TEMPLATE', 'DETECTIVE_TEMPLATE', 'ENTITY_TEMPLATE', 'PromptFn', 'ImageToTensor', 'HashTokenizer',
@@ -78,6 +79,11 @@ def _check_prompt(prompt, root: Path, mentions: Sequence[Mention]):
             f'and this dataset has none: only MiniVPWiki (vpmel.minivpwiki) provides them; '
             f"VPWiki ships prompted images only (use prompt='dataset')"
         )
+    if isinstance(prompt, ShapePrompt) and not (root/'silhouette').is_dir():
+        raise FileNotFoundError(
+            f"prompt={prompt!r} is drawn around each mention's object and needs its silhouette "
+            f'({root}/silhouette/mention_<id>.png): MiniVPWiki and its MEL source have them (vpmel synth, vpmel mel)'
+        )
     if callable(prompt):
         nobox = [m.id for m in mentions if m.bbox is None]
         if nobox:
@@ -97,7 +103,8 @@ def _detective_answers(detective: dict | None, mentions: Sequence[Mention], spli
 # %% ../nbs/07_loading.ipynb #a99c9e73
 class MentionDataset(Dataset):
     """Mention items `{id, text, image, index, image_ok}` of one split: `index` is the gold entity's KB row.
-    `prompt`: 'dataset' (prompted image), 'none' (raw scene) or a callable redrawing the prompt on the raw scene."""
+    `prompt`: 'dataset' (prompted image), 'none' (raw scene), a callable redrawing the prompt on the raw scene from the
+    box, or a `ShapePrompt` (chapter 03) drawing it around the mention's silhouette."""
     def __init__(self, ds: MELDataset, split: str, transform: Callable[[Image.Image], torch.Tensor],
                  prompt: Literal['dataset', 'none'] | PromptFn = 'dataset',
                  text_fn: Callable[[Mention, str | None], str] | None = None,
@@ -133,7 +140,10 @@ def pil_image(self: MentionDataset, i: int) -> tuple[Image.Image, bool]:
     m = self.mentions[i]
     if self.prompt == 'dataset': return self.reader(m.img_path)
     img, ok = self.reader(RAW_IMG.format(id=m.id))
-    if callable(self.prompt) and ok: img = self.prompt(img, m.bbox)
+    if isinstance(self.prompt, ShapePrompt) and ok:
+        sil = read_silhouette(resolve_in_root(self.root, SILHOUETTE.format(id=m.id)), img.size)
+        img = self.prompt(img, m.bbox, sil, m.id)
+    elif callable(self.prompt) and ok: img = self.prompt(img, m.bbox)
     return img, ok
 
 @patch

@@ -5,7 +5,7 @@
 # %% ../nbs/28_mel.ipynb #472254fe
 from __future__ import annotations
 import json, random, re, shutil, time, warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image
@@ -17,12 +17,13 @@ from .files import (VpmelError, write_json_atomic, write_bytes_atomic, claim_fol
                          check_out_folder, remove_partial_writes)
 from .world import glyph_box
 from .synth import PRESETS, SynthConfig, Plan, make_plan, render_scene
-from .minivpwiki import render_all, SynthError, render_task, render_tasks
+from .minivpwiki import (render_all, SynthError, render_task, render_tasks, write_silhouettes, SILHOUETTES_DONE,
+                              config_record)
 
 # %% auto #0
 __all__ = ['MEL_FORMAT', 'BOXES_FILE', 'SOURCE_FILE', 'MEL_KIND', 'mention_spans', 'mention_in_sentence', 'check_mel',
-           'MELSourceError', 'read_mel', 'mel_records', 'default_mel_out', 'build_mel_source', 'read_true_boxes',
-           'Dropped', 'load_mel', 'depicted_only', 'show_mel_scene', 'mel_stats', 'cli_mel']
+           'MELSourceError', 'read_mel', 'mel_records', 'mel_mention_rows', 'default_mel_out', 'build_mel_source',
+           'read_true_boxes', 'Dropped', 'load_mel', 'depicted_only', 'show_mel_scene', 'mel_stats', 'cli_mel']
 
 # %% ../nbs/28_mel.ipynb #cdcd69d3
 def mention_spans(mention: str, sentence: str) -> list[tuple[int, int]]:
@@ -105,10 +106,16 @@ def mel_records(
         scenes.append({'split': sc.split, 'image': img, 'mentions': ids})
     return splits, boxes, scenes
 
+def mel_mention_rows(plan: Plan, scenes: list[dict]) -> list[list[tuple[str, int]]]:
+    """Per scene, its depicted mentions as (mention id, KB row), from `mel_records`' scenes: the ids follow the named
+    entities in caption order (a nil mention, if any, comes last)."""
+    return [[(mid, r) for mid, r in zip(s['mentions'], sc.named) if r in sc.rows]
+            for sc, s in zip(plan.scenes, scenes)]
+
 # %% ../nbs/28_mel.ipynb #4c635f05
 MEL_KIND = 'minivpwiki-mel'
 _MEL_NAMES = ('kb_entity.json', 'qid2id.json', 'train.json', 'dev.json', 'test.json', BOXES_FILE, 'scenes.json',
-              SOURCE_FILE, 'img', 'kb_img', 'clip')          # what `build_mel_source` writes, and chapter 34's CLIP
+              SOURCE_FILE, 'img', 'kb_img', 'silhouette', 'clip')   # what build_mel_source writes; chapter 34's CLIP
 _MEL_WAY_OUT = 'pass --fresh (fresh=True) to write it again, or choose another --out'
 
 def _render_scene_task(task) -> int:
@@ -141,9 +148,13 @@ def build_mel_source(out=None, preset: str = 'cpu', seed: int = 0, nil_p: float 
     _check_mel_args(preset, nil_p, workers, config)
     config, out = config or PRESETS[preset], check_out_folder(out if out is not None else default_mel_out(preset, seed))
     made_by = {'format': MEL_FORMAT, 'preset': preset, 'seed': seed, 'nil_p': nil_p,
-               'config': json.loads(json.dumps(asdict(config)))}
+               'config': config_record(config)}
     claim_folder(out, MEL_KIND, made_by, fresh or overwrite, _MEL_NAMES, _MEL_WAY_OUT)
-    if (out/SOURCE_FILE).exists(): return out            # written last: the folder is whole
+    if (out/SOURCE_FILE).exists():                       # written last: the folder is whole
+        if not (out/SILHOUETTES_DONE).exists():          # written before silhouettes were kept: they are added
+            plan, scenes = make_plan(config, seed), json.loads((out/'scenes.json').read_text())
+            write_silhouettes(out, plan, mel_mention_rows(plan, scenes), workers, progress)
+        return out
     remove_partial_writes(out, recursive=True)
     plan = make_plan(config, seed)
     splits, boxes, scenes = mel_records(plan, nil_p, seed)
@@ -155,8 +166,10 @@ def build_mel_source(out=None, preset: str = 'cpu', seed: int = 0, nil_p: float 
               for sc, s in zip(plan.scenes, scenes)]
     tasks = [t for t in tasks if not (out/t[-1]).exists()]     # finishing an interrupted write: each file is whole
     render_all(tasks, _run_task, workers, 'rendering the MEL source', progress)
+    write_silhouettes(out, plan, mel_mention_rows(plan, scenes), workers, progress)
     about = ('MiniVPWiki written as a MEL dataset (MIMIC format, mention words in the records, scenes without prompt); '
-             'boxes.json holds the true box of every depicted mention, for scoring construction only.')
+             'boxes.json holds the true box of every depicted mention, silhouette/mention_<id>.png the pixels of its '
+             'object (1-bit PNG), for scoring construction only.')
     write_json_atomic(out/SOURCE_FILE, made_by | {'about': about}, indent=1)
     return out
 

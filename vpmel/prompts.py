@@ -4,16 +4,17 @@
 
 # %% ../nbs/03_prompts.ipynb #436f285e
 from __future__ import annotations
-import base64, io, math
+import base64, io, math, random
 from dataclasses import dataclass
 from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 # %% auto #0
-__all__ = ['Box', 'PROMPT_STYLES', 'SHAPE_STYLES', 'validate_box', 'clip_box', 'rescale_box', 'box_area', 'box_iou',
-           'crop_with_margin', 'moved_box', 'draw_prompt', 'find_prompt_box', 'png', 'png_uri', 'show_prompt_styles',
-           'HandVariation', 'prompt_width', 'check_silhouette', 'dilate', 'draw_shape_prompt', 'show_shape_prompts']
+__all__ = ['Box', 'PROMPT_STYLES', 'SHAPE_STYLES', 'MIXED_STYLES', 'validate_box', 'clip_box', 'rescale_box', 'box_area',
+           'box_iou', 'crop_with_margin', 'moved_box', 'draw_prompt', 'find_prompt_box', 'png', 'png_uri',
+           'show_prompt_styles', 'HandVariation', 'prompt_width', 'check_silhouette', 'dilate', 'draw_shape_prompt',
+           'show_shape_prompts', 'silhouette_png', 'read_silhouette', 'ShapePrompt']
 
 # %% ../nbs/03_prompts.ipynb #316781f1
 Box = tuple[int, int, int, int]
@@ -253,3 +254,46 @@ def draw_shape_prompt(img: Image.Image, silhouette, shape: str = 'lasso', color=
 def show_shape_prompts(img: Image.Image, silhouette, shapes: Sequence[str] = SHAPE_STYLES, **kw):
     "A matplotlib figure with `img` prompted with each of `shapes` around `silhouette`, side by side."
     return _show_row([draw_shape_prompt(img, silhouette, s, **kw) for s in shapes], shapes)
+
+# %% ../nbs/03_prompts.ipynb #shape020
+MIXED_STYLES = ('rect',) + SHAPE_STYLES   # what ShapePrompt('mixed') draws from: one per mention
+
+def silhouette_png(mask) -> bytes:
+    "A boolean `[height, width]` mask as a 1-bit PNG."
+    return png(Image.fromarray(np.asarray(mask, dtype=bool)))
+
+def read_silhouette(path, size: tuple[int, int]) -> np.ndarray:
+    "The silhouette stored at `path` (`silhouette_png`), checked against an image of `size`; errors name the file."
+    try:
+        with Image.open(path) as im: m = np.asarray(im.convert('1'))
+        return check_silhouette(m, size)
+    except FileNotFoundError: raise
+    except (OSError, ValueError) as e: raise ValueError(f'{path}: {e}') from None
+
+# %% ../nbs/03_prompts.ipynb #shape022
+@dataclass(frozen=True)
+class ShapePrompt:
+    """Draws a mention's prompt as `shape` (one of `MIXED_STYLES`, or 'mixed': one of them per mention) around its
+    silhouette, with a hand of its own: the same mention id and `seed` give the same pixels."""
+    shape: str = 'lasso'
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.shape not in MIXED_STYLES + ('mixed',):
+            raise ValueError(f"unknown prompt shape {self.shape!r}; choose from {MIXED_STYLES + ('mixed',)}")
+
+    def style(self, key: str) -> str:
+        "The shape drawn for the mention `key`."
+        return random.Random(f'{self.seed}:style:{key}').choice(MIXED_STYLES) if self.shape == 'mixed' else self.shape
+
+    def hand(self, key: str) -> HandVariation:
+        "The hand that draws the mention `key`."
+        r = random.Random(f'{self.seed}:hand:{key}')
+        return HandVariation(jitter=r.uniform(0.04, 0.12), overshoot=r.uniform(-0.1, 0.2), margin=r.uniform(0.2, 0.5),
+                             strokes=r.randint(3, 5), alpha=r.uniform(0.35, 0.55), seed=r.randrange(2**31))
+
+    def __call__(self, img: Image.Image, box, silhouette, key: str) -> Image.Image:
+        "`img` prompted for the mention `key`, whose object lies in `box` and covers `silhouette`."
+        s = self.style(key)
+        if s == 'rect': return draw_prompt(img, box, 'rect', width=prompt_width(img.size))
+        return draw_shape_prompt(img, silhouette, s, hand=self.hand(key))

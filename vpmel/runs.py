@@ -16,7 +16,8 @@ from .rank import mel_metrics, FirstStage, two_stage_rank
 from .iier import IIER
 from .train import SeededBatches, fit, load_weights, dist_rank_world
 from .config import RunConfig, RunError, PRESETS, ABLATIONS, preset, ablate, run_record, run_name
-from .towers import ensure_data, build_model, mention_sets, first_mentions, cache_training_pairs, collate_cached
+from .towers import (ensure_data, build_model, mention_sets, first_mentions, cache_training_pairs, collate_cached,
+                          PROMPT_MODES)
 from .evaluate import LinkingEvaluator, entity_index, encode_dataset, two_stage_report
 
 # %% auto #0
@@ -110,8 +111,9 @@ def add_run_args(p: argparse.ArgumentParser):
     p.add_argument('--detective', default=None,
                    help="Detective answers for the mention text: a JSON-lines file, a folder of answers_<split>.jsonl, "
                    "or 'auto'")
-    p.add_argument('--prompt-style', default=None,
-                   help="redraw the prompt: 'rect', 'ellipse', 'arrow', 'darken' (MiniVPWiki)")
+    p.add_argument('--prompt-style', default=None, choices=PROMPT_MODES[2:], metavar='STYLE',
+                   help="redraw the prompt (MiniVPWiki): around the box ('rect', 'ellipse', 'arrow', 'darken') or "
+                   "around the object ('contour', 'lasso', 'scribble', 'click', 'mask', or 'mixed': one per mention)")
     p.add_argument('--clip-weights', default=None,
                    help="a local open_clip checkpoint file for the preset's CLIP (offline clusters), or 'none' for "
                    "random weights")
@@ -217,9 +219,13 @@ def cli_eval(argv: list[str]) -> int:
                    help='first-stage candidates reranked exactly (with --two-stage)')
     p.add_argument('--two-stage-report', action='store_true',
                    help='exact vs two-stage metrics for several K, and the first stage recall@K')
+    p.add_argument('--prompt-style', default=None, choices=PROMPT_MODES, metavar='STYLE',
+                   help="test on the prompt drawn another way (MiniVPWiki; default: the run's): 'dataset', 'none', "
+                   "a box style or a shape (as vpmel train's)")
     a = p.parse_args(argv)
     run = Path(a.run)
     cfg, ds, model = _load_run(run, a.data)
+    if a.prompt_style: cfg.prompt = a.prompt_style
     men = mention_sets(cfg, ds, model)
     if a.split not in men: raise RunError(f'{cfg.data} has no split {a.split!r} (it has {", ".join(men)})')
     if a.two_stage_report:
@@ -228,5 +234,5 @@ def cli_eval(argv: list[str]) -> int:
         return 0
     if a.two_stage: m, ranking = _two_stage_metrics(model, ds, men[a.split], run, cfg.eval_batch_size, a.candidates)
     else: m, ranking = LinkingEvaluator(model, ds, men[a.split], cfg.eval_batch_size, progress=True)(model), 'exact'
-    print(json.dumps({'run': str(run), 'split': a.split, 'ranking': ranking, **m}, indent=1))
+    print(json.dumps({'run': str(run), 'split': a.split, 'prompt': cfg.prompt, 'ranking': ranking, **m}, indent=1))
     return 0

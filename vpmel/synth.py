@@ -58,6 +58,8 @@ class SynthConfig:
     homonym_same_cell_p: float = 0.5            # a homonym group shares type and colour (else: other types and
                                                 # a bare name)
     description_detail: float = 1.0             # chance a KB description spells the pattern (and, apart, the mark)
+    crowded_p: float = 0.0                      # share of crowded scenes: glyphs gathered, boxes overlap (chapter 04)
+    crowd: float = 0.3                          # ... how much: share of a box's width and height per side
 
     def __post_init__(self): _check_synth_config(self)   # the rules every config obeys: next cell
 
@@ -80,7 +82,8 @@ def _check_synth_config(cfg: SynthConfig):
             '(use two_tone=True or more types/colours)'
         )
     if cfg.n_entities < 10: raise ValueError('need at least 10 entities')
-    for k in ('homonym_share', 'homonym_same_cell_p', 'description_detail'):
+    if not 0 <= cfg.crowd < 0.5: raise ValueError(f'crowd must be in [0, 0.5), got {cfg.crowd}')
+    for k in ('homonym_share', 'homonym_same_cell_p', 'description_detail', 'crowded_p'):
         if not 0 <= getattr(cfg, k) <= 1: raise ValueError(f'{k} must be in [0, 1], got {getattr(cfg, k)}')
 
 # %% ../nbs/05_synth.ipynb #b201f2c2
@@ -88,6 +91,7 @@ PRESETS = {
     'tiny': SynthConfig(n_entities=40, n_train=60, n_dev=20, n_test=20, clutter=(2, 5)),
     'cpu': SynthConfig(),
     'cpu-hard': SynthConfig(homonym_share=0.3, description_detail=0.3),   # names shared, descriptions coarse (below)
+    'cpu-crowd': SynthConfig(crowded_p=0.5),   # half the scenes crowded: a box frames its neighbours (chapter 40)
     'large': SynthConfig(n_entities=20000, n_train=30000, n_dev=5000, n_test=5000, two_tone=True),
 }
 
@@ -275,8 +279,9 @@ def _plan_scene(target: int, split: str, pool: list[int], room: bool, next_id: i
     """Phase 3, one scene: its entities and poses, clutter, a second mention when there is `room`, the caption, the
     boxes."""
     members, sib = _scene_members(target, split, pool, pools, cfg, rng)
+    crowd = cfg.crowd if cfg.crowded_p and rng.random() < cfg.crowded_p else 0.0   # no draw at 0: old worlds stay
     poses = place_glyphs([pools.looks[r].type for r in members], cfg.image_size, cfg.prompt_margin, cfg.glyph_frac,
-                         cfg.max_angle, rng)
+                         cfg.max_angle, rng, crowd)
     sc = Scene(rng.randrange(2**31), split, members, poses, random_clutter(cfg.image_size, cfg.clutter, rng))
     targets = [target] + ([rng.choice([r for r in members if r != target])]
                           if room and rng.random() < cfg.shared_scene_p else [])

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save as st_save
 
 from .vpwiki import load_dataset, MELDataset
 from .files import read_record, write_bytes_atomic
-from .prompts import draw_prompt
+from .prompts import draw_prompt, PROMPT_STYLES, SHAPE_STYLES, ShapePrompt
 from .minivpwiki import build_minivpwiki
 from .loading import MentionDataset, EntityDataset
 from .units import cat_caches, index_cache
@@ -25,8 +25,8 @@ from .crossfit import answers_for_mentions
 from .config import RunConfig, RunError
 
 # %% auto #0
-__all__ = ['ensure_data', 'tiny_clip_dir', 'build_model', 'prompt_mode', 'detective_answers', 'mention_sets', 'first_mentions',
-           'text_inputs', 'ItemField', 'KBImages', 'image_inputs', 'CachedPairs', 'collate_cached',
+__all__ = ['PROMPT_MODES', 'ensure_data', 'tiny_clip_dir', 'build_model', 'prompt_mode', 'detective_answers', 'mention_sets',
+           'first_mentions', 'text_inputs', 'ItemField', 'KBImages', 'image_inputs', 'CachedPairs', 'collate_cached',
            'cache_training_pairs']
 
 # %% ../nbs/20_towers.ipynb #db4acb9e
@@ -66,10 +66,15 @@ def build_model(cfg: RunConfig, ds: MELDataset, progress: bool = True) -> IIER:
     return IIER(mcfg)
 
 # %% ../nbs/20_towers.ipynb #502f3a65
+PROMPT_MODES = ('dataset', 'none') + PROMPT_STYLES + SHAPE_STYLES + ('mixed',)   # what `cfg.prompt` may say
+
 def prompt_mode(cfg: RunConfig):
-    "What `MentionDataset` draws: 'dataset', 'none', or a function that draws the box in `cfg.prompt`'s style."
+    """What `MentionDataset` draws: 'dataset', 'none', a function that draws the box in `cfg.prompt`'s style, or for
+    a shape (or 'mixed') a `ShapePrompt` that draws it around each mention's silhouette."""
+    if cfg.prompt not in PROMPT_MODES: raise RunError(f'unknown prompt {cfg.prompt!r}: choose from {PROMPT_MODES}')
     if cfg.prompt in ('dataset', 'none'): return cfg.prompt
-    return partial(draw_prompt, style=cfg.prompt)
+    if cfg.prompt in PROMPT_STYLES: return partial(draw_prompt, style=cfg.prompt)
+    return ShapePrompt(cfg.prompt)
 
 # %% ../nbs/20_towers.ipynb #d3769a8d
 def detective_answers(cfg: RunConfig, ds: MELDataset, progress: bool = True) -> dict | None:

@@ -12,10 +12,10 @@ from typing import Iterable, Literal, Sequence
 from .files import VpmelError, write_json_atomic
 
 # %% auto #0
-__all__ = ['SPLITS', 'KB_FILE', 'QID2ID_FILE', 'RAW_IMG', 'OnBadImage', 'ON_BAD_IMAGE', 'KBEntity', 'Mention', 'UnsafePathError',
-           'resolve_in_root', 'write_kb', 'write_split', 'DatasetError', 'read_kb', 'read_split', 'MELDataset',
-           'write_dataset', 'is_nil', 'load_dataset', 'is_blank_mention', 'dataset_kind', 'BadImageError', 'open_image',
-           'ImageReader']
+__all__ = ['SPLITS', 'KB_FILE', 'QID2ID_FILE', 'RAW_IMG', 'SILHOUETTE', 'OnBadImage', 'ON_BAD_IMAGE', 'KBEntity', 'Mention',
+           'UnsafePathError', 'resolve_in_root', 'write_kb', 'write_split', 'DatasetError', 'read_kb', 'read_split',
+           'MELDataset', 'write_dataset', 'is_nil', 'load_dataset', 'is_blank_mention', 'dataset_kind', 'BadImageError',
+           'open_image', 'ImageReader']
 
 # %% ../nbs/01_vpwiki.ipynb #05659151
 @dataclass(frozen=True)
@@ -85,6 +85,7 @@ def resolve_in_root(root: str | Path, rel: str) -> Path:
 SPLITS = ('train', 'dev', 'test')
 KB_FILE, QID2ID_FILE = 'kb_entity.json', 'qid2id.json'
 RAW_IMG = 'raw_img/mention_{id}.png'                 # the scene without the prompt (MiniVPWiki)
+SILHOUETTE = 'silhouette/mention_{id}.png'           # the mention's object, a 1-bit mask (MiniVPWiki, its MEL source)
 
 def write_kb(path, entities: Iterable[KBEntity]):
     write_json_atomic(path, [e.to_json() for e in entities])

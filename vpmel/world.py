@@ -178,10 +178,17 @@ def draw_glyph(img: Image.Image, look: Look, pose: Pose):
     _mark(d, look.mark, ax, ay, max(3.0, 0.14 * pose.size), colour)
 
 # %% ../nbs/04_world.ipynb #7a1c0002
+def _core(b, crowd: float):
+    "Box `b` less `crowd` of its width and height on each side (the whole box for 0)."
+    dx, dy = crowd * (b[2] - b[0]), crowd * (b[3] - b[1])
+    return (b[0] + dx, b[1] + dy, b[2] - dx, b[3] - dy)
+
 def place_glyphs(types: list[str], size: int, margin: int, glyph_frac: tuple[float, float], max_angle: float,
-                 rng: random.Random) -> list[Pose]:
-    "Poses for glyphs of `types` in a `size` px scene: boxes grown by `margin + 1` disjoint and inside the image."
-    S, g = size, margin + 1
+                 rng: random.Random, crowd: float = 0.0) -> list[Pose]:
+    """Poses for glyphs of `types` in a `size` px scene, boxes grown by `margin + 1` inside the image and disjoint. A
+    crowded scene (`crowd` > 0) gathers the glyphs in the middle half and needs only the boxes' cores (less `crowd` of
+    their width and height per side) disjoint: a box around one glyph frames parts of its neighbours."""
+    S, g, mid = size, margin + 1, (size // 4, size - size // 4)
     for attempt in range(60):
         shrink = 1.0 - 0.01 * attempt
         poses, boxes = [], []
@@ -192,12 +199,14 @@ def place_glyphs(types: list[str], size: int, margin: int, glyph_frac: tuple[flo
                 r0, r1, r2, r3 = glyph_box(t, pose)
                 lox, hix, loy, hiy = g - r0, S - g - r2, g - r1, S - g - r3
                 if lox > hix or loy > hiy: continue
+                if crowd and max(lox, mid[0]) <= min(hix, mid[1]) and max(loy, mid[0]) <= min(hiy, mid[1]):
+                    lox, hix, loy, hiy = max(lox, mid[0]), min(hix, mid[1]), max(loy, mid[0]), min(hiy, mid[1])
                 for _ in range(10):
                     cx, cy = rng.randint(lox, hix), rng.randint(loy, hiy)
-                    b = (r0 + cx - g, r1 + cy - g, r2 + cx + g, r3 + cy + g)
-                    if not any(b[0] < c[2] and c[0] < b[2] and b[1] < c[3] and c[1] < b[3] for c in boxes): break
+                    b = (r0 + cx - g, r1 + cy - g, r2 + cx + g, r3 + cy + g); k = _core(b, crowd)
+                    if not any(k[0] < c[2] and c[0] < k[2] and k[1] < c[3] and c[1] < k[3] for c in boxes): break
                 else: continue
-                poses.append(replace(pose, cx=cx, cy=cy)); boxes.append(b); break
+                poses.append(replace(pose, cx=cx, cy=cy)); boxes.append(k); break
             else: break
         if len(poses) == len(types): return poses
     raise RuntimeError(f'could not place {len(types)} glyphs in a {S}px scene: lower glyph_frac or entities_per_scene')
