@@ -10,13 +10,14 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Sequence
 from PIL import Image
-from .prompts import Box, validate_box, box_area, draw_prompt, prompt_width, PROMPT_STYLES
-from .vpwiki import SPLITS, Mention, write_dataset, open_image, resolve_in_root
+from .prompts import (Box, validate_box, box_area, draw_prompt, prompt_width, PROMPT_STYLES, SHAPE_STYLES,
+                           draw_shape_prompt, ShapePrompt, silhouette_png)
+from .vpwiki import SPLITS, SILHOUETTE, Mention, write_dataset, open_image, resolve_in_root
 from .check import check_dataset
 from .files import (FolderConflict, write_json_atomic, write_bytes_atomic, claim_folder, read_record, fingerprint,
                           check_out_folder, remove_partial_writes)
 from .mel import mention_in_sentence, read_true_boxes
-from .grounding import grounder_record
+from .grounding import grounder_record, box_silhouette
 from .decisions import DecisionLog, DecisionLogError
 from .review import ReviewItem, ReviewSession
 from .proposals import (ConstructError, Source, open_sources, merged_kb, Candidate, candidates, read_proposals,
@@ -31,7 +32,8 @@ __all__ = ['CONSTRUCT_FILE', 'STATUS_FILE', 'REVIEW_FILE', 'CONSTRUCT_KIND', 'Co
 @dataclass
 class ConstructConfig:
     "How a MEL source becomes VP-MEL data (see the prose)."
-    style: str = 'rect'                        # the visual prompt (chapter 03): VPWiki's red rectangle
+    style: str = 'rect'                        # the visual prompt (chapter 03): VPWiki's red rectangle, another box
+                                               # style, or a shape around the object in the box (chapter 29)
     color: tuple[int, int, int] = (255, 0, 0)
     width: int | None = None                   # line width; None: scaled to the image (2 px at 128, ~6 at 1000)
     mask_mentions: bool = False                # also replace the mention words in the sentence
@@ -57,7 +59,8 @@ class ConstructConfig:
 
     def __post_init__(self):
         bad = lambda what: ConstructError(f'{what}: change that option')
-        if self.style not in PROMPT_STYLES: raise bad(f'style {self.style!r} is not one of {PROMPT_STYLES}')
+        if self.style not in PROMPT_STYLES + SHAPE_STYLES:
+            raise bad(f'style {self.style!r} is not one of {PROMPT_STYLES + SHAPE_STYLES}')
         if self.splits not in ('source', 'by-image'):
             raise bad(f"splits must be 'source' or 'by-image', not {self.splits!r}")
         if self.review not in ('none', 'uncertain', 'all'):
@@ -180,6 +183,15 @@ def _png_bytes(img: Image.Image) -> bytes:
     import io
     buf = io.BytesIO(); img.save(buf, format='PNG', compress_level=1); return buf.getvalue()
 
+# %% ../nbs/35_construct.ipynb #co35a
+def _draw(img: Image.Image, box: Box, cfg: ConstructConfig, key: str) -> tuple[Image.Image, object]:
+    """`img` prompted in `cfg.style` for the mention `key`: around `box`, or for a shape around the object inside it
+    (`box_silhouette`); and that object's silhouette (None for a box style)."""
+    width = cfg.width or prompt_width(img.size)
+    if cfg.style in PROMPT_STYLES: return draw_prompt(img, box, cfg.style, color=cfg.color, width=width), None
+    sil = box_silhouette(img, box)
+    return draw_shape_prompt(img, sil, cfg.style, cfg.color, width, ShapePrompt(cfg.style).hand(key)), sil
+
 # %% ../nbs/35_construct.ipynb #fc2e7a68
 def write_vpmel(
     out,
@@ -203,16 +215,16 @@ def write_vpmel(
         ds, m, split, b = sources[c.source].ds, c.mention, splits[c.id], boxes[c.id]
         img = open_image(ds.path(m.img_path))
         rel = f'{split}_img/mention_{c.id}.png'
-        write_bytes_atomic(
-            out/rel,
-            _png_bytes(draw_prompt(img, b, cfg.style, color=cfg.color, width=cfg.width or prompt_width(img.size))),
-        )
+        prompted, sil = _draw(img, b, cfg, c.id)
+        write_bytes_atomic(out/rel, _png_bytes(prompted))
+        if sil is not None: write_bytes_atomic(out/SILHOUETTE.format(id=c.id), silhouette_png(sil))
         if cfg.raw_images: write_bytes_atomic(out/f'raw_img/mention_{c.id}.png', _png_bytes(img))
         sent = mask_sentence(m.sentence, m.mentions, cfg.mask_token) if cfg.mask_mentions else m.sentence
         recs[split].append(Mention(c.id, sent, ' ', m.entities, sources[c.source].prefix + m.answer, rel, b))
     write_dataset(out, kb, {s: v for s, v in recs.items()})
-    kept = {p for v in recs.values() for m in v for p in (m.img_path, f'raw_img/mention_{m.id}.png')}
-    for d in [*(f'{s}_img' for s in SPLITS), 'raw_img']:
+    kept = {p for v in recs.values() for m in v
+            for p in (m.img_path, f'raw_img/mention_{m.id}.png', SILHOUETTE.format(id=m.id))}
+    for d in [*(f'{s}_img' for s in SPLITS), 'raw_img', 'silhouette']:
         for p in (out/d).glob('mention_*.png'):
             if f'{d}/{p.name}' not in kept: p.unlink()
     return recs

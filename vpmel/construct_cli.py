@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 from PIL import Image
-from .prompts import box_area, PROMPT_STYLES
+from .prompts import box_area, PROMPT_STYLES, SHAPE_STYLES
 from .vpwiki import SPLITS
 from .files import CommandParser
 from .proposals import GROUNDERS, open_sources, read_proposals, make_grounder
@@ -38,7 +38,9 @@ def _grounding_args(ap: CommandParser):
 # %% ../nbs/36_construct_cli.ipynb #fa072706
 def _drawing_args(ap: CommandParser):
     "The arguments of `vpmel construct` that draw the prompt, split the data and run the command."
-    ap.add_argument('--style', default='rect', choices=PROMPT_STYLES)
+    ap.add_argument('--style', default='rect', choices=PROMPT_STYLES + SHAPE_STYLES,
+                    help='the prompt: around the box (rect, ellipse, arrow, darken) or around the object in it '
+                    '(contour, lasso, scribble, click, mask)')
     ap.add_argument('--width', type=int, default=None, help='prompt line width (default: scaled to the image)')
     ap.add_argument('--mask-mentions', action='store_true', help='also replace the mention words in the sentence')
     ap.add_argument('--splits', default='source', choices=('source', 'by-image'))

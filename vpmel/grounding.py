@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 import numpy as np
 from fastcore.basics import patch
-from PIL import Image
+from PIL import Image, ImageDraw
 from .prompts import Box, validate_box, clip_box, box_iou, box_area
 from .files import fingerprint
 
 # %% auto #0
-__all__ = ['Proposal', 'GroundingQuery', 'Grounder', 'region_proposals', 'CentreBox', 'LargestRegion', 'RandomWindow',
-           'RandomRegion', 'TrueBox', 'square_crop', 'KBImageGrounder', 'weights_fingerprint', 'grounder_record',
-           'grounding_query', 'ground_mentions', 'grounding_row', 'evaluate_grounder']
+__all__ = ['Proposal', 'GroundingQuery', 'Grounder', 'region_proposals', 'box_silhouette', 'CentreBox', 'LargestRegion',
+           'RandomWindow', 'RandomRegion', 'TrueBox', 'square_crop', 'KBImageGrounder', 'weights_fingerprint',
+           'grounder_record', 'grounding_query', 'ground_mentions', 'grounding_row', 'evaluate_grounder']
 
 # %% ../nbs/29_grounding.ipynb #99ef6440
 @dataclass(frozen=True)
@@ -98,6 +98,22 @@ def region_proposals(img: Image.Image, thresholds: Sequence[float] = (20, 35, 55
         while len(_RECENT_PROPOSALS) > remember: _RECENT_PROPOSALS.popitem(last=False)
     boxes = _RECENT_PROPOSALS[key]
     return list(boxes)                                         # a new list: callers may reorder it
+
+# %% ../nbs/29_grounding.ipynb #gr29b
+def box_silhouette(img: Image.Image, box, threshold: float = 20.0) -> np.ndarray:
+    """The object inside `box` as a boolean `[height, width]` mask: the largest connected region of pixels that differ
+    from the estimated background (the proposals' rule), holes filled; the ellipse inscribed in the box if none."""
+    from scipy import ndimage as ndi
+    a = np.asarray(img.convert('RGB')).astype(np.float32)
+    x0, y0, x1, y1 = clip_box(validate_box(box), img.size)
+    m = np.zeros(a.shape[:2], bool)
+    m[y0:y1, x0:x1] = np.abs(a - _background(a)).max(-1)[y0:y1, x0:x1] > threshold
+    lab, n = ndi.label(ndi.binary_opening(m, structure=np.ones((2, 2))))
+    if n == 0:
+        e = Image.new('1', img.size, 0); ImageDraw.Draw(e).ellipse([x0, y0, x1 - 1, y1 - 1], fill=1)
+        return np.asarray(e)
+    k = 1 + int(np.argmax(ndi.sum(np.ones_like(m), lab, range(1, n + 1))))
+    return ndi.binary_fill_holes(lab == k)
 
 # %% ../nbs/29_grounding.ipynb #0c7d5d66
 @dataclass

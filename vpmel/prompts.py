@@ -210,7 +210,7 @@ def _scribble_points(mask: np.ndarray, hand: HandVariation, rng: np.random.Gener
     along, across = (xs, ys) if np.ptp(xs) >= np.ptp(ys) else (ys, xs)
     lo, hi = along.min(), along.max(); pts = []
     for i, a in enumerate(np.linspace(lo + 0.1 * (hi - lo), hi - 0.1 * (hi - lo), 2 * hand.strokes)):
-        col = across[np.abs(along - a) <= 1]
+        d = np.abs(along - a); col = across[d <= max(1, d.min())]   # the nearest column: a hidden part leaves gaps
         b = np.percentile(col, 10 if i % 2 == 0 else 90) + rng.normal(0, hand.jitter * rad)
         a = a + rng.normal(0, hand.jitter * rad)
         pts.append((a, b) if along is xs else (b, a))
