@@ -6,10 +6,11 @@ Usage (from the repository root, in the project's environment):
 Without --run, a tiny IIER is trained on MiniVPWiki `tiny` in a temporary folder (seconds). Two pages are tested:
 1. JupyterLab (127.0.0.1, with a token): a notebook shows `ExplorerApp` on a test mention; the script drags a new box
    on the image with real mouse events and checks that the box shown, the top-k table and the gold rank change, and
-   that no cell printed a traceback.
-2. `vpmel explore RUN` (Voilà on 127.0.0.1): the same drag on the served page.
+   that no cell printed a traceback; then it picks "lasso", draws a free-hand loop on the stroke canvas with the
+   mouse, and checks that the prompt becomes that lasso (the prompt line and the prompted image) and the top-k changes.
+2. `vpmel explore RUN` (Voilà on 127.0.0.1): the same drag and lasso on the served page.
 Screenshots go to --shots (default /tmp/vpmel-browser): explore-lab-before/after.png, explore-voila.png."""
-import argparse, contextlib, json, re, secrets, shutil, subprocess, sys, tempfile, time, urllib.request
+import argparse, contextlib, json, math, re, secrets, shutil, subprocess, sys, tempfile, time, urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,7 +55,9 @@ def state(page) -> dict:
         box: document.querySelector('.vpmel-box')?.textContent || '',
         gold: document.querySelector('.vpmel-gold-rank')?.textContent || '',
         table: document.querySelector('.vpmel-topk table')?.textContent || '',
-        message: document.querySelector('.vpmel-message')?.textContent || ''})""")
+        message: document.querySelector('.vpmel-message')?.textContent || '',
+        prompt: document.querySelector('.vpmel-prompt')?.textContent || '',
+        image: document.querySelector('.vpmel-prompted')?.src || ''})""")
 
 def drag_box(page, box, natural_size) -> None:
     "Drag from the box's top-left to its bottom-right corner on the bbox widget's image, with real mouse events."
@@ -95,6 +98,37 @@ def check_drag(page, box, size, name: str, shots: Path) -> list[str]:
     print(f'{name}: box {before["box"]} -> {after["box"]}, gold rank {before["gold"]} -> {after["gold"]}', flush=True)
     return problems
 
+def check_lasso(page, name: str, shots: Path) -> list[str]:
+    "Pick 'lasso', draw a loop round the middle of the image on the stroke canvas; what went wrong (empty: all changed)."
+    before = state(page)
+    page.get_by_role('button', name='lasso', exact=True).first.click()
+    cv = page.locator('.vpmel-stroke canvas').first
+    cv.wait_for(state='visible', timeout=30_000)
+    page.wait_for_function("() => document.querySelector('.vpmel-stroke canvas').width > 0", timeout=30_000)
+    cv.scroll_into_view_if_needed()
+    r = cv.bounding_box()
+    loop = [(r['x'] + r['width'] * (0.5 + 0.3 * math.cos(t)), r['y'] + r['height'] * (0.5 + 0.3 * math.sin(t)))
+            for t in [2 * math.pi * k / 24 for k in range(25)]]
+    page.mouse.move(*loop[0]); page.mouse.down()
+    for p in loop[1:]: page.mouse.move(*p, steps=2)
+    page.mouse.up()
+    t0 = time.time()
+    while time.time() - t0 < 20:
+        after = state(page)
+        if 'lasso' in after['prompt'] and after['table'] != before['table']: break
+        time.sleep(0.25)
+    page.wait_for_timeout(500)
+    after = state(page)
+    page.locator('.vpmel-app').first.screenshot(path=str(shots/f'explore-{name}-lasso.png'))
+    problems = []
+    if 'lasso drawn' not in after['prompt']: problems.append(f'{name}: the prompt is not the lasso ({after["prompt"]!r})')
+    if after['image'] == before['image']: problems.append(f'{name}: the prompted image did not change with the lasso')
+    if after['table'] == before['table']: problems.append(f'{name}: the top-k table did not change with the lasso')
+    if after['message']: problems.append(f'{name}: the app shows a message after the lasso: {after["message"]}')
+    print(f'{name}: lasso: prompt {before["prompt"]!r} -> {after["prompt"]!r}, gold rank {before["gold"]} -> {after["gold"]}',
+          flush=True)
+    return problems
+
 def lab_page(browser, work: Path, code: str, shots: Path, box, size) -> list[str]:
     nb = {'cells': [{'cell_type': 'code', 'execution_count': None, 'id': 'app', 'metadata': {}, 'outputs': [], 'source': code}],
           'metadata': {'kernelspec': {'display_name': 'Python 3', 'language': 'python', 'name': 'python3'}}, 'nbformat': 4, 'nbformat_minor': 5}
@@ -108,6 +142,7 @@ def lab_page(browser, work: Path, code: str, shots: Path, box, size) -> list[str
         if problem: return [f'lab: {problem}']
         page.add_style_tag(content='.Toastify { display: none !important; }')   # JupyterLab's "news?" toast, over the app
         problems = check_drag(page, box, size, 'lab', shots)
+        problems += check_lasso(page, 'lab', shots)
         tb = page.evaluate("() => Array.from(document.querySelectorAll('.jp-OutputArea-output')).map(e => e.textContent).filter(t => /Traceback/.test(t))")
         if tb: problems.append('lab: a traceback: ' + tb[0][:300])
         print(f'lab: {time.time() - t0:.1f} s', flush=True)
@@ -146,6 +181,7 @@ def voila_page(browser, run: Path, data, shots: Path, index: int, box, size) -> 
             page.keyboard.press('Enter')
             page.wait_for_timeout(1500)
             problems = check_drag(page, box, size, 'voila', shots)
+            problems += check_lasso(page, 'voila', shots)
             page.screenshot(path=str(shots/'explore-voila.png'), full_page=True)
             print(f'voila: {time.time() - t0:.1f} s', flush=True)
             page.close()

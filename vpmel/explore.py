@@ -16,9 +16,10 @@ from fastcore.basics import patch
 
 from .vpwiki import MELDataset
 from .files import scratch_dir, VpmelError
-from .prompts import PROMPT_STYLES, Box, validate_box, draw_prompt, find_prompt_box, box_iou, moved_box, png_uri
+from .prompts import (PROMPT_STYLES, MIXED_STYLES, Box, validate_box, draw_prompt, find_prompt_box, box_iou,
+                           moved_box, png_uri, check_stroke, draw_stroke, ShapePrompt, read_silhouette)
 from .loading import EntityDataset, MENTION_TEMPLATE, DETECTIVE_TEMPLATE
-from .vpwiki import RAW_IMG
+from .vpwiki import RAW_IMG, SILHOUETTE
 from .units import index_cache
 from .rank import FirstStage, first_stage_vectors
 from .iier import IIER
@@ -127,6 +128,7 @@ class PromptExplorer:
         self._thumbs: dict[tuple[int, int], str] = {}    # (KB row, side) -> data URI of its first image
         self.item: MentionItem | None = None
         self.box: Box | None = None
+        self.stroke: tuple[str, list] | None = None   # a stroke drawn with the mouse (`set_stroke`): then the prompt
         self.style, self.color, self.width = 'rect', (255, 0, 0), 2   # VPWiki's red rectangle (`set_style` changes it)
 
 # %% ../nbs/26_explore.ipynb #c6e6021b
@@ -153,7 +155,7 @@ def thumbnail(self: PromptExplorer, row: int, side: int = 48) -> str:
 # %% ../nbs/26_explore.ipynb #01452a5d
 @patch
 def _use(self: PromptExplorer, item: MentionItem) -> MentionItem:
-    self.item = item
+    self.item, self.stroke = item, None
     w, h = item.image.size
     self.box = item.box or (w // 4, h // 4, w - w // 4, h - h // 4)
     return item
@@ -196,6 +198,7 @@ def set_box(self: PromptExplorer, box) -> Box:
     if self.item is None: raise ExplorerError('pick a mention or upload an image first')
     try: self.box = validate_box(box, self.item.image.size)
     except (TypeError, ValueError) as e: raise ExplorerError(str(e)) from None
+    self.stroke = None                                   # the box is the prompt again
     return self.box
 
 # %% ../nbs/26_explore.ipynb #05dcdaf9
@@ -213,9 +216,25 @@ def set_style(self: PromptExplorer, style: str = 'rect', color=(255, 0, 0), widt
 # %% ../nbs/26_explore.ipynb #9b16df59
 @patch
 def prompted(self: PromptExplorer, box=None, style: str | None = None) -> Image.Image:
-    "The image with the visual prompt drawn (the current box and style unless given)."
+    "The image with the visual prompt drawn: the current stroke, or the current box and style (unless given)."
     if self.item is None: raise ExplorerError('pick a mention or upload an image first')
+    if box is None and style is None and self.stroke is not None:
+        return draw_stroke(self.item.image, *self.stroke, self.color, self.width)
     return draw_prompt(self.item.image, self.box if box is None else box, style or self.style, self.color, self.width)
+
+# %% ../nbs/26_explore.ipynb #ex26b
+@patch
+def set_stroke(self: PromptExplorer, kind: str, points) -> Box:
+    """Make the stroke `kind` ('lasso', 'polygon' or 'click') through `points` (image pixels) the prompt; the box
+    becomes the stroke's bounding box. A bad stroke raises `ExplorerError` and keeps the old prompt."""
+    if self.item is None: raise ExplorerError('pick a mention or upload an image first')
+    try: pts = check_stroke(kind, points, self.item.image.size)
+    except ValueError as e: raise ExplorerError(str(e)) from None
+    (w, h), xs, ys = self.item.image.size, [x for x, _ in pts], [y for _, y in pts]
+    x0, y0 = min(int(min(xs)), w - 1), min(int(min(ys)), h - 1)
+    self.box = (x0, y0, max(x0 + 1, min(w, math.ceil(max(xs)))), max(y0 + 1, min(h, math.ceil(max(ys)))))
+    self.stroke = (kind, pts)
+    return self.box
 
 # %% ../nbs/26_explore.ipynb #2c50ecc9
 @patch
@@ -281,12 +300,13 @@ def _scored(
 
 # %% ../nbs/26_explore.ipynb #12c9e093
 @patch
-def rank(self: PromptExplorer, k: int = 10, box=None, style: str | None = None) -> Ranking:
-    """The whole-KB top-`k` for the current (or given) box and style, with every unit's score and the gold rank (1 +
-    the entities scored strictly higher; in two-stage mode, among the candidates: exact when the first stage kept
-    them all)."""
+def rank(self: PromptExplorer, k: int = 10, box=None, style: str | None = None, image: Image.Image | None = None
+         ) -> Ranking:
+    """The whole-KB top-`k` for the current prompt (or the given box and style, or a prompted `image`), with every
+    unit's score and the gold rank (1 + the entities scored strictly higher; in two-stage mode, among the candidates:
+    exact when the first stage kept them all)."""
     t0 = time.perf_counter()
-    img = self.prompted(box, style)
+    img = self.prompted(box, style) if image is None else image
     ans = self._answer(img)
     text = self.mention_text(ans)
     g = self.item.gold_row
@@ -331,6 +351,22 @@ def box_map(self: PromptExplorer, row: int | None = None, grid: int = 8, style: 
 def compare_styles(self: PromptExplorer, k: int = 3, styles: Sequence[str] = PROMPT_STYLES) -> dict[str, Ranking]:
     "The same box drawn in each style: `{style: Ranking}`."
     return {s: self.rank(k, style=s) for s in styles}
+
+# %% ../nbs/26_explore.ipynb #ex26e
+@patch
+def compare_shapes(self: PromptExplorer, k: int = 3, shapes: Sequence[str] = MIXED_STYLES
+                   ) -> dict[str, tuple[Image.Image, Ranking]]:
+    "The current mention prompted with each of `shapes` around its object: `{shape: (prompted image, Ranking)}`."
+    it = self.item
+    p = None if it is None or it.id is None else self.ds.root/SILHOUETTE.format(id=it.id)
+    if p is None or not p.exists() or it.prompted:
+        raise ExplorerError("comparing shapes needs the mention's silhouette and its scene: pick a MiniVPWiki mention")
+    sil = read_silhouette(p, it.image.size)
+    out = {}
+    for s in shapes:
+        img = ShapePrompt(s)(it.image, self.box, sil, it.id)
+        out[s] = img, self.rank(k, image=img)
+    return out
 
 # %% ../nbs/26_explore.ipynb #8234d458
 @patch

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
 
-from .prompts import PROMPT_STYLES, png
-from .widgets import WidgetApp, display_scale, shown_image, widget_box, box_from_widget, serve_voila
+from .prompts import PROMPT_STYLES, png, png_uri
+from .widgets import (WidgetApp, display_scale, shown_image, widget_box, box_from_widget, serve_voila,
+                           stroke_canvas)
 from .explore import ExplorerError, PromptExplorer, Ranking, trained_run
 
 # %% auto #0
-__all__ = ['UNIT_NAMES', 'ranking_html', 'plot_box_map', 'plot_styles', 'plot_attention', 'ExplorerApp', 'explorer_code',
-           'cli_explore']
+__all__ = ['UNIT_NAMES', 'ranking_html', 'plot_box_map', 'plot_prompts', 'plot_styles', 'plot_attention', 'ExplorerApp',
+           'explorer_code', 'cli_explore']
 
 # %% ../nbs/27_explorer_app.ipynb #2ddcf0a0
 UNIT_NAMES = {'text': 'TGLU', 'visual': 'VDLU', 'cross': 'CMFU', 'fused': 'fused'}
@@ -39,7 +40,9 @@ def ranking_html(r: Ranking, ex: PromptExplorer, thumb: int = 48) -> str:
             f'(fused {r.gold_scores["fused"]:.2f})'
         )
     ans = '' if r.answer is None else f'<br>Detective: <i>{r.answer}</i>'
-    ans += f'<br><small>prompt: {ex.style} on box <span class="vpmel-box">{list(ex.box)}</span></small>'
+    how = f'{ex.style} on box' if ex.stroke is None else f'{ex.stroke[0]} drawn ({len(ex.stroke[1])} points), its box'
+    ans += (f'<br><small>prompt: <span class="vpmel-prompt">{how}</span> '
+            f'<span class="vpmel-box">{list(ex.box)}</span></small>')
     return (f'<div class="vpmel-topk"><p>{gold}{ans}<br><small>{r.seconds * 1000:.0f} ms</small></p>'
             f'<table><tr><th>#</th><th>KB image</th><th>name</th><th>type</th>{head}</tr>{"".join(rows)}</table></div>')
 
@@ -67,18 +70,22 @@ def plot_box_map(ex: PromptExplorer, bm: dict, what: str = 'ranks'):
     return fig
 
 # %% ../nbs/27_explorer_app.ipynb #afc5b274
-def plot_styles(ex: PromptExplorer, rankings: dict[str, Ranking]):
-    "The same box in each prompt style, each with its top-3 (the gold entity starred) and the gold rank."
+def plot_prompts(ex: PromptExplorer, shown: dict[str, tuple]):
+    "Prompted images side by side (`{name: (image, Ranking)}`), each with its top-3 (the gold starred) and gold rank."
     import matplotlib.pyplot as plt
-    fig, axs = plt.subplots(1, len(rankings), figsize=(2.7 * len(rankings), 3.4), squeeze=False)
-    for ax, (s, r) in zip(axs[0], rankings.items()):
-        ax.imshow(ex.prompted(style=s)); ax.axis('off')
+    fig, axs = plt.subplots(1, len(shown), figsize=(2.7 * len(shown), 3.4), squeeze=False)
+    for ax, (s, (img, r)) in zip(axs[0], shown.items()):
+        ax.imshow(img); ax.axis('off')
         names = [('* ' if row == r.gold_row else '') + ex.ds.kb[row].entity_name for row in r.rows[:3]]
         ax.set_title(s + ('' if r.gold_rank is None else f'  (gold rank {r.gold_rank})'), fontsize=9)
         ax.text(0.5, -0.04, '\n'.join(f'{i + 1}. {n}' for i, n in enumerate(names)), transform=ax.transAxes,
                 ha='center', va='top', fontsize=8)
     fig.tight_layout()
     return fig
+
+def plot_styles(ex: PromptExplorer, rankings: dict[str, Ranking]):
+    "The same box in each prompt style (`compare_styles`), each with its top-3 and the gold rank."
+    return plot_prompts(ex, {s: (ex.prompted(style=s), r) for s, r in rankings.items()})
 
 # %% ../nbs/27_explorer_app.ipynb #3b7401f4
 def plot_attention(ex: PromptExplorer, att: dict):
@@ -136,12 +143,16 @@ class ExplorerApp(WidgetApp):
         self.width = W.IntSlider(value=ex.width, min=1, max=8, description='line')
         self.bbox = BBoxWidget(classes=['prompt'], hide_buttons=True)
         self.bbox.add_class('vpmel-bbox')          # for browser tests: the image to draw on is `.vpmel-bbox img`
+        self.draw = W.ToggleButtons(options=['box', 'lasso', 'polygon', 'click'], value='box', description='draw')
+        self.canvas = stroke_canvas(); self.canvas.add_class('vpmel-stroke'); self.canvas.layout.display = 'none'
         self.prompted = W.Image(format='png', layout=W.Layout(width=f'{display_side // 2}px'))
+        self.prompted.add_class('vpmel-prompted')
         self.status = W.HTML()
         self.caption_view = W.HTML()
         self.table = W.HTML()
         self.more = W.ToggleButtons(
-            options=['-', 'box-position map', 'styles side by side', 'where it looks'], value='-', description='more'
+            options=['-', 'box-position map', 'styles side by side', 'shapes side by side', 'where it looks'],
+            value='-', description='more'
         )
         self.out = W.Output()
         self._connect()
@@ -159,7 +170,8 @@ def _layout(self: ExplorerApp):
             W.HBox([self.query, self.matches]),
             W.HBox([self.upload, self.caption, self.use]),
             W.HBox([self.style, self.color, self.width]),
-            W.HBox([self.bbox, W.VBox([self.prompted, self.caption_view, self.status])]),
+            self.draw,
+            W.HBox([W.VBox([self.bbox, self.canvas]), W.VBox([self.prompted, self.caption_view, self.status])]),
             self.table,
             self.more,
             self.out,
@@ -192,6 +204,7 @@ def show_more(self: ExplorerApp):
             nonlocal fig
             if v == 'box-position map': fig = plot_box_map(self.ex, self.ex.box_map())
             elif v == 'styles side by side': fig = plot_styles(self.ex, self.ex.compare_styles())
+            elif v == 'shapes side by side': fig = plot_prompts(self.ex, self.ex.compare_shapes())
             else: fig = plot_attention(self.ex, self.ex.attention())
         if self.guard(go):
             from IPython.display import display
@@ -205,6 +218,7 @@ def _new_image(self: ExplorerApp):
     with self.busy():
         self.bbox.image_bytes = png(shown_image(img, self.scale))
         self.bbox.bboxes = [widget_box(self.ex.box, self.scale, 'prompt')]
+        self.canvas.image, self.canvas.scale, self.canvas.stroke = png_uri(shown_image(img, self.scale)), self.scale, {}
     it = self.ex.item
     note = (
         ' (this image already carries the dataset\'s prompt: VPWiki ships no scene without it)'
@@ -247,6 +261,14 @@ def set_box(self: ExplorerApp, box):
     "Move the prompt to `box` (`[x0, y0, x1, y1]` in image pixels), as a drawn box does."
     if self.guard(self.ex.set_box, box): self.refresh()
 
+# %% ../nbs/27_explorer_app.ipynb #ea27a
+@patch
+def draw_stroke(self: ExplorerApp, kind: str, points):
+    "Make the stroke `kind` through `points` (image pixels) the prompt, as a stroke drawn on the canvas does."
+    if self.guard(self.ex.set_stroke, kind, points):
+        with self.busy(): self.bbox.bboxes = [widget_box(self.ex.box, self.scale, 'prompt')]   # its box, for 'box'
+        self.refresh()
+
 # %% ../nbs/27_explorer_app.ipynb #7e0e8439
 @patch
 def _on_bbox(self: ExplorerApp, change):
@@ -258,6 +280,18 @@ def _on_bbox(self: ExplorerApp, change):
                                                   # the newest box replaces the others
         with self.busy(): self.bbox.bboxes = [b]
     self.set_box(box_from_widget(b, self.scale))
+
+# %% ../nbs/27_explorer_app.ipynb #ea27c
+@patch
+def _on_draw(self: ExplorerApp, change):
+    box = change['new'] == 'box'
+    self.bbox.layout.display, self.canvas.layout.display = (None, 'none') if box else ('none', None)
+    if box and self.ex.stroke is not None: self.set_box(self.ex.box)
+    if not box: self.canvas.mode = change['new']
+
+@patch
+def _on_stroke(self: ExplorerApp, change):
+    if not self._busy and change['new']: self.draw_stroke(change['new']['mode'], change['new']['points'])
 
 # %% ../nbs/27_explorer_app.ipynb #6bdf7a5e
 @patch
@@ -286,7 +320,9 @@ def _on_match(self: ExplorerApp, change):
 # %% ../nbs/27_explorer_app.ipynb #237e1244
 @patch
 def _on_style(self: ExplorerApp, change):
-    if self.guard(self.ex.set_style, self.style.value, self.color.value, self.width.value): self.refresh()
+    if self.guard(self.ex.set_style, self.style.value, self.color.value, self.width.value):
+        self.canvas.color, self.canvas.width = self.color.value, self.width.value   # a stroke on the canvas too
+        self.refresh()
 
 # %% ../nbs/27_explorer_app.ipynb #14f58644
 @patch
@@ -296,6 +332,7 @@ def _connect(self: ExplorerApp):
     self.use.on_click(lambda b: self.link_upload())
     for w in (self.style, self.color, self.width): w.observe(self._on_style, names='value')
     self.bbox.observe(self._on_bbox, names='bboxes')
+    self.draw.observe(self._on_draw, names='value'); self.canvas.observe(self._on_stroke, names='stroke')
     self.more.observe(lambda c: self.show_more(), names='value')
 
 # %% ../nbs/27_explorer_app.ipynb #ba3322af

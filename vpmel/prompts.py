@@ -11,10 +11,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 # %% auto #0
-__all__ = ['Box', 'PROMPT_STYLES', 'SHAPE_STYLES', 'MIXED_STYLES', 'validate_box', 'clip_box', 'rescale_box', 'box_area',
-           'box_iou', 'crop_with_margin', 'moved_box', 'draw_prompt', 'find_prompt_box', 'png', 'png_uri',
+__all__ = ['Box', 'PROMPT_STYLES', 'SHAPE_STYLES', 'MIXED_STYLES', 'STROKES', 'validate_box', 'clip_box', 'rescale_box',
+           'box_area', 'box_iou', 'crop_with_margin', 'moved_box', 'draw_prompt', 'find_prompt_box', 'png', 'png_uri',
            'show_prompt_styles', 'HandVariation', 'prompt_width', 'check_silhouette', 'dilate', 'draw_shape_prompt',
-           'show_shape_prompts', 'silhouette_png', 'read_silhouette', 'ShapePrompt']
+           'show_shape_prompts', 'silhouette_png', 'read_silhouette', 'ShapePrompt', 'check_stroke', 'draw_stroke']
 
 # %% ../nbs/03_prompts.ipynb #316781f1
 Box = tuple[int, int, int, int]
@@ -297,3 +297,28 @@ class ShapePrompt:
         s = self.style(key)
         if s == 'rect': return draw_prompt(img, box, 'rect', width=prompt_width(img.size))
         return draw_shape_prompt(img, silhouette, s, hand=self.hand(key))
+
+# %% ../nbs/03_prompts.ipynb #stroke2
+STROKES = ('lasso', 'polygon', 'click')   # what a person draws with the mouse (chapter 27)
+
+def check_stroke(kind: str, points, size: tuple[int, int]) -> list[tuple[float, float]]:
+    "`points` as `(x, y)` floats inside an image of `size`, enough of them for a stroke of `kind`; else `ValueError`."
+    if kind not in STROKES: raise ValueError(f'unknown stroke {kind!r}; choose from {STROKES}')
+    try: pts = [(float(x), float(y)) for x, y in points]
+    except (TypeError, ValueError): raise ValueError(f'a stroke is a list of (x, y) points, not {points!r}') from None
+    need = {'lasso': 2, 'polygon': 3, 'click': 1}[kind]
+    if len(pts) < need: raise ValueError(f'a {kind} needs at least {need} point(s), got {len(pts)}')
+    if any(not (0 <= x <= size[0] and 0 <= y <= size[1]) for x, y in pts):
+        raise ValueError(f'a point of the {kind} lies outside the {size[0]} x {size[1]} image')
+    return pts
+
+def draw_stroke(img: Image.Image, kind: str, points, color=(255, 0, 0), width: int | None = None) -> Image.Image:
+    "A new RGB image: `img` with the stroke a person drew (`kind` in `STROKES`, `points` in image pixels)."
+    pts, out = check_stroke(kind, points, img.size), img.convert('RGB')
+    width = prompt_width(img.size) if width is None else width
+    d, color = ImageDraw.Draw(out), tuple(color)
+    if kind == 'click':
+        (x, y), r = pts[-1], 1.5 * width
+        d.ellipse([x - r, y - r, x + r, y + r], fill=color)
+    else: d.line(pts + pts[:1] if kind == 'polygon' else pts, fill=color, width=width, joint='curve')
+    return out

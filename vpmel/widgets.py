@@ -4,7 +4,7 @@
 
 # %% ../nbs/25_widgets.ipynb #8535f1b3
 from __future__ import annotations
-import html, json
+import functools, html, json
 from contextlib import contextmanager
 
 from PIL import Image
@@ -13,8 +13,8 @@ from .files import VpmelError, write_bytes_atomic
 from .prompts import Box
 
 # %% auto #0
-__all__ = ['message_html', 'WidgetApp', 'display_scale', 'shown_image', 'widget_box', 'box_from_widget', 'one_cell_notebook',
-           'serve_voila']
+__all__ = ['message_html', 'WidgetApp', 'display_scale', 'shown_image', 'widget_box', 'box_from_widget', 'stroke_canvas',
+           'one_cell_notebook', 'serve_voila']
 
 # %% ../nbs/25_widgets.ipynb #c3cb4c01
 def message_html(text: str = '', error: bool = False) -> str:
@@ -77,6 +77,86 @@ def box_from_widget(b: dict, scale: float = 1.0) -> Box:
     """A `[x0, y0, x1, y1]` box from a `jupyter-bbox-widget` box (`x, y, width, height`, in pixels of an image shown
     `scale` times larger)."""
     return tuple(int(round(v / scale)) for v in (b['x'], b['y'], b['x'] + b['width'], b['y'] + b['height']))
+
+# %% ../nbs/25_widgets.ipynb #wg25b
+_STROKE_ESM = r"""
+function render({ model, el }) {
+  const wrap = document.createElement('div');
+  wrap.style.cssText = 'position:relative;display:inline-block;line-height:0';
+  const img = document.createElement('img'); img.draggable = false;
+  const cv = document.createElement('canvas');
+  cv.style.cssText = 'position:absolute;left:0;top:0;cursor:crosshair;touch-action:none';
+  wrap.append(img, cv); el.append(wrap);
+  let path = [], down = false;
+  const s = () => model.get('scale') || 1, last = () => model.get('stroke') || {};
+  function draw() {
+    const g = cv.getContext('2d'); g.clearRect(0, 0, cv.width, cv.height);
+    const live = path.length > 0, mode = live ? model.get('mode') : last().mode;
+    const p = live ? path : (last().points || []).map(([x, y]) => [x * s(), y * s()]);
+    if (!p.length) return;
+    g.strokeStyle = g.fillStyle = model.get('color'); g.lineWidth = Math.max(1, model.get('width') * s());
+    g.lineJoin = g.lineCap = 'round';
+    if (mode === 'click') {
+      const [x, y] = p[p.length - 1]; g.beginPath(); g.arc(x, y, 1.5 * g.lineWidth, 0, 7); g.fill(); return;
+    }
+    g.beginPath(); g.moveTo(p[0][0], p[0][1]); for (const [x, y] of p.slice(1)) g.lineTo(x, y);
+    if (mode === 'polygon' && !live) g.closePath();
+    g.stroke();
+  }
+  const at = (e) => { const r = cv.getBoundingClientRect();
+    return [(e.clientX - r.left) * cv.width / r.width, (e.clientY - r.top) * cv.height / r.height]; };
+  function finish(mode) {
+    const W = cv.width / s(), H = cv.height / s();
+    const c = (v, m) => Math.min(m, Math.max(0, Math.round(v / s() * 10) / 10));
+    const points = path.filter((q, i) => i === 0 || Math.hypot(q[0] - path[i - 1][0], q[1] - path[i - 1][1]) > 1)
+                       .map(([x, y]) => [c(x, W), c(y, H)]);
+    path = [];
+    model.set('stroke', { mode, points, n: (last().n || 0) + 1 }); model.save_changes(); draw();
+  }
+  cv.addEventListener('pointerdown', (e) => {
+    const mode = model.get('mode'), p = at(e);
+    if (mode === 'click') { path = [p]; finish('click'); return; }
+    if (mode === 'lasso') { down = true; path = [p]; cv.setPointerCapture(e.pointerId); draw(); return; }
+    if (path.length >= 3 && Math.hypot(p[0] - path[0][0], p[1] - path[0][1]) < 8) { finish('polygon'); return; }
+    path.push(p); draw();
+  });
+  cv.addEventListener('pointermove', (e) => {
+    if (!down) return; const p = at(e), q = path[path.length - 1];
+    if (Math.hypot(p[0] - q[0], p[1] - q[1]) >= 2) { path.push(p); draw(); }
+  });
+  cv.addEventListener('pointerup', () => {
+    if (!down) return; down = false;
+    if (path.length >= 2) finish('lasso'); else { path = []; draw(); }
+  });
+  cv.addEventListener('dblclick', () => {
+    if (model.get('mode') === 'polygon' && path.length >= 3) finish('polygon');
+  });
+  img.onload = () => { cv.width = img.naturalWidth; cv.height = img.naturalHeight; draw(); };
+  model.on('change:image', () => { img.src = model.get('image'); });
+  model.on('change:stroke', draw); model.on('change:mode', () => { path = []; draw(); });
+  img.src = model.get('image');
+}
+export default { render };
+"""
+
+# %% ../nbs/25_widgets.ipynb #wg25c
+@functools.cache
+def _stroke_canvas_class():
+    import anywidget, traitlets as T
+    class StrokeCanvas(anywidget.AnyWidget):
+        "An image to draw a lasso, a polygon or a click on; `stroke` holds the last one, in image pixels."
+        _esm = _STROKE_ESM
+        image = T.Unicode('').tag(sync=True)       # the shown image, as a data URI
+        scale = T.Float(1.0).tag(sync=True)        # shown pixels per image pixel
+        mode = T.Unicode('lasso').tag(sync=True)   # 'lasso' | 'polygon' | 'click'
+        color = T.Unicode('#ff0000').tag(sync=True)
+        width = T.Int(2).tag(sync=True)            # in image pixels
+        stroke = T.Dict({}).tag(sync=True)         # {'mode', 'points': [[x, y], ...], 'n'}: set by the browser
+    return StrokeCanvas
+
+def stroke_canvas(**traits):
+    "A `StrokeCanvas` (an anywidget): draw a lasso, a polygon or a click on its image with the mouse."
+    return _stroke_canvas_class()(**traits)
 
 # %% ../nbs/25_widgets.ipynb #29da8c5e
 def one_cell_notebook(code: str, cell_id: str = 'app') -> dict:
