@@ -4,7 +4,7 @@
 
 # %% ../nbs/37_bench.ipynb #f08752ec
 from __future__ import annotations
-import argparse, json, os, resource, subprocess, sys, tempfile, time
+import argparse, json, math, os, resource, subprocess, sys, tempfile, time
 from functools import partial
 from types import SimpleNamespace
 from typing import Callable
@@ -374,19 +374,24 @@ def _explore_parser():
     return p
 
 # %% ../nbs/37_bench.ipynb #277b79b8
-def _time_box_changes(ex, app, split: str, changes: int, seed: int) -> tuple[list, list, list]:
-    "Seconds of `changes` mention changes, box changes (random boxes, seeded) and widget refreshes."
+def _time_box_changes(ex, app, split: str, changes: int, seed: int) -> dict[str, list]:
+    """Seconds of `changes` rounds (random boxes, seeded): a new mention (image read, caption through the text tower,
+    top-10), a box change (prompt drawn, image encoded, whole-KB scores, top-10, gold rank), the same through the
+    widgets (+ the prompted PNG and the HTML table), and a lasso drawn round that box through the widgets."""
     rng, n = np.random.default_rng(seed), len(ex.ds.splits[split])
-    mention_s, rank_s, refresh_s = [], [], []
+    out = {k: [] for k in ('mention_change_ms', 'box_change_ms', 'widget_refresh_ms', 'lasso_change_ms')}
+    def timed(key, fn): t = time.perf_counter(); fn(); out[key].append(time.perf_counter() - t)
     for c in range(changes):
-        t = time.perf_counter(); ex.select(split, c % n); ex.rank(10); mention_s.append(time.perf_counter() - t)
+        timed('mention_change_ms', lambda: (ex.select(split, c % n), ex.rank(10)))
         w, h = ex.item.image.size
         bw, bh = (int(rng.integers(max(2, s // 5), max(3, s // 2))) for s in (w, h))
         x0, y0 = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
-        t = time.perf_counter()
-        ex.set_box((x0, y0, x0 + bw, y0 + bh)); ex.rank(10); rank_s.append(time.perf_counter() - t)
-        t = time.perf_counter(); app.set_box((x0, y0, x0 + bw, y0 + bh)); refresh_s.append(time.perf_counter() - t)
-    return mention_s, rank_s, refresh_s
+        box = (x0, y0, x0 + bw, y0 + bh)
+        timed('box_change_ms', lambda: (ex.set_box(box), ex.rank(10)))
+        timed('widget_refresh_ms', lambda: app.set_box(box))
+        loop = [(x0 + bw * (1 + math.cos(t)) / 2, y0 + bh * (1 + math.sin(t)) / 2) for t in np.linspace(0, 6.3, 24)]
+        timed('lasso_change_ms', lambda: app.draw_stroke('lasso', loop))
+    return out
 
 # %% ../nbs/37_bench.ipynb #b8c0e5a5
 def bench_explore(argv: list[str]) -> int:
@@ -402,10 +407,7 @@ def bench_explore(argv: list[str]) -> int:
            'threads': torch.get_num_threads(), 'setup_s': round(time.perf_counter() - t0, 2)}
     from vpmel.explorer_app import ExplorerApp     # for now: the widgets' refresh is timed too
     app = ExplorerApp(ex)
-    mention_s, rank_s, refresh_s = _time_box_changes(ex, app, a.split, a.changes, a.seed)
-    out['mention_change_ms'] = _ms(mention_s)   # a new mention: image read, caption through the text tower, top-10
-    out['box_change_ms'] = _ms(rank_s)          # prompt drawn, image encoded, whole-KB scores, top-10 and gold rank
-    out['widget_refresh_ms'] = _ms(refresh_s)   # the same through the widgets: + the prompted PNG + the HTML table
+    out.update({k: _ms(v) for k, v in _time_box_changes(ex, app, a.split, a.changes, a.seed).items()})
     for name, fn in (('box_map_s', lambda: ex.box_map()), ('styles_s', lambda: ex.compare_styles()),
                      ('attention_s', lambda: ex.attention())):
         t = time.perf_counter(); fn(); out[name] = round(time.perf_counter() - t, 3)
