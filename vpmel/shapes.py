@@ -4,8 +4,9 @@
 
 # %% ../nbs/40_shapes.ipynb #sh400004
 from __future__ import annotations
-import copy, json, time
+import copy, dataclasses, json, time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
@@ -14,7 +15,10 @@ import torch
 from PIL import Image
 
 from .vpwiki import load_dataset
-from .files import VpmelError, write_json_atomic, CommandParser
+from .files import VpmelError, write_json_atomic, CommandParser, scratch_dir
+from .detective import detective_examples
+from .detective_training import load_detective, generate_answers
+from .answers import detective_metrics
 from .prompts import SHAPE_STYLES
 from .synth import PRESETS as WORLDS, Plan, make_plan, mention_silhouette
 from .minivpwiki import config_record
@@ -28,7 +32,7 @@ from .demo import paired_differences
 
 # %% auto #0
 __all__ = ['TEST_PROMPTS', 'ShapesError', 'folder_plan', 'crowding', 'prompt_ranks', 'study_file', 'shape_study', 'shape_table',
-           'format_shape_table', 'shape_gallery', 'cli_shapes']
+           'format_shape_table', 'detective_by_prompt', 'shape_gallery', 'cli_shapes']
 
 # %% ../nbs/40_shapes.ipynb #sh400007
 class ShapesError(VpmelError, ValueError):
@@ -144,6 +148,24 @@ def format_shape_table(study: dict, crowded: bool | None = None, metric: str = '
             cells.append(f'{m:.1f} ± {s:.1f}' + (f' ({v[0]:+.1f} [{v[1]:+.1f}, {v[2]:+.1f}])' if v else ''))
         rows.append(f'| {name.get(p, p)} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(rows)
+
+# %% ../nbs/40_shapes.ipynb #sh400032
+def detective_by_prompt(detective, data, prompts: Sequence[str] = TEST_PROMPTS, split: str = 'test',
+                        batch_size: int = 32, progress: bool = False) -> dict[str, dict]:
+    """`{prompt: detective_metrics}`: a Detective (`(model, processor)` or a `save_detective` folder) answering every
+    mention of `split` of the MiniVPWiki folder `data` with the prompt drawn each way of `prompts`."""
+    model, processor = load_detective(detective) if isinstance(detective, (str, Path)) else detective
+    ds = load_dataset(data); examples, tmp = detective_examples(ds, split), scratch_dir('vpmel-shapes-')
+    out = {}
+    for p in prompts:
+        men = MentionDataset(ds, split, lambda im: im, prompt=prompt_mode(SimpleNamespace(prompt=p)))
+        drawn = []
+        for i, e in enumerate(examples):
+            f = tmp/p/f'mention_{e.id}.png'; f.parent.mkdir(parents=True, exist_ok=True)
+            men.pil_image(i)[0].save(f); drawn.append(dataclasses.replace(e, image=f))
+        answers = generate_answers(model, processor, drawn, batch_size, progress=progress)
+        out[p] = detective_metrics({e.id: a for e, a in zip(examples, answers)}, examples)
+    return out
 
 # %% ../nbs/40_shapes.ipynb #sh400026
 def shape_gallery(run, i: int, prompts: Sequence[str] = TEST_PROMPTS, k: int = 5, split: str = 'test', data=None):
