@@ -14,12 +14,12 @@ import torch
 
 from PIL import Image
 
-from .vpwiki import load_dataset
+from .vpwiki import load_dataset, RAW_IMG, SILHOUETTE
 from .files import VpmelError, write_json_atomic, CommandParser, scratch_dir
 from .detective import detective_examples
 from .detective_training import load_detective, generate_answers
 from .answers import detective_metrics
-from .prompts import SHAPE_STYLES
+from .prompts import SHAPE_STYLES, ShapePrompt, read_silhouette
 from .synth import PRESETS as WORLDS, Plan, make_plan, mention_silhouette
 from .minivpwiki import config_record
 from .loading import MentionDataset, EntityDataset
@@ -32,7 +32,7 @@ from .demo import paired_differences
 
 # %% auto #0
 __all__ = ['TEST_PROMPTS', 'ShapesError', 'folder_plan', 'crowding', 'prompt_ranks', 'study_file', 'shape_study', 'shape_table',
-           'format_shape_table', 'detective_by_prompt', 'shape_gallery', 'cli_shapes']
+           'format_shape_table', 'object_cover', 'detective_by_prompt', 'shape_gallery', 'cli_shapes']
 
 # %% ../nbs/40_shapes.ipynb #sh400007
 class ShapesError(VpmelError, ValueError):
@@ -148,6 +148,20 @@ def format_shape_table(study: dict, crowded: bool | None = None, metric: str = '
             cells.append(f'{m:.1f} ± {s:.1f}' + (f' ({v[0]:+.1f} [{v[1]:+.1f}, {v[2]:+.1f}])' if v else ''))
         rows.append(f'| {name.get(p, p)} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(rows)
+
+# %% ../nbs/40_shapes.ipynb #sh400035
+def object_cover(data, prompts: Sequence[str] = ('rect',) + SHAPE_STYLES, split: str = 'test') -> dict[str, float]:
+    """Per prompt (`MIXED_STYLES`), the mean share of a mention's object pixels (its silhouette) that the prompt
+    changes, over the mentions of `split` of the MiniVPWiki folder `data`."""
+    ds = load_dataset(data)
+    out = {p: [] for p in prompts}
+    for m in ds.splits[split]:
+        raw = Image.open(ds.root/RAW_IMG.format(id=m.id)).convert('RGB')
+        sil = read_silhouette(ds.root/SILHOUETTE.format(id=m.id), raw.size)
+        for p in prompts:
+            changed = (np.asarray(ShapePrompt(p)(raw, m.bbox, sil, m.id)) != np.asarray(raw)).any(-1)
+            out[p].append(float((changed & sil).sum() / sil.sum()))
+    return {p: float(np.mean(v)) for p, v in out.items()}
 
 # %% ../nbs/40_shapes.ipynb #sh400032
 def detective_by_prompt(detective, data, prompts: Sequence[str] = TEST_PROMPTS, split: str = 'test',
