@@ -4,7 +4,7 @@
 
 # %% ../nbs/40_shapes.ipynb #sh400004
 from __future__ import annotations
-import copy, dataclasses, json, time
+import copy, dataclasses, json, shutil, time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Sequence
@@ -179,6 +179,7 @@ def detective_by_prompt(detective, data, prompts: Sequence[str] = TEST_PROMPTS, 
             men.pil_image(i)[0].save(f); drawn.append(dataclasses.replace(e, image=f))
         answers = generate_answers(model, processor, drawn, batch_size, progress=progress)
         out[p] = detective_metrics({e.id: a for e, a in zip(examples, answers)}, examples)
+        shutil.rmtree(tmp/p)                          # the drawn pictures are not kept
     return out
 
 # %% ../nbs/40_shapes.ipynb #sh400026
