@@ -25,8 +25,8 @@ from .minivpwiki import config_record
 from .loading import MentionDataset, EntityDataset
 from .rank import build_entity_cache, rank_entities, mel_metrics, RankResult
 from .config import preset, run_name, PRESETS
-from .towers import prompt_mode, detective_answers, ensure_data, PROMPT_MODES
-from .evaluate import encode_dataset
+from .towers import prompt_mode, detective_answers, ensure_data, PROMPT_MODES, text_inputs, image_inputs, ItemField
+from .evaluate import encode_dataset, encode_inputs
 from .runs import train_run, _load_run
 from .demo import paired_differences
 
@@ -83,8 +83,9 @@ def prompt_ranks(run, prompts: Sequence[str] = TEST_PROMPTS, split: str = 'test'
     for p in prompts:
         cfg.prompt = p
         men = _some(MentionDataset(ds, split, tf, prompt=prompt_mode(cfg), detective=det), only)
-        mf = encode_dataset(model, men, bs, progress, f'{p} mentions')
-        out[p] = men, rank_entities(model.matcher, mf, kb, men.rows)
+        inputs = {**text_inputs(model, [men.text(i) for i in range(len(men))], bs, ds.root/'cache'),   # a frozen
+                  **image_inputs(model, ItemField(men, 'image'), bs, progress, f'{p} mentions')}     # text: once
+        out[p] = men, rank_entities(model.matcher, encode_inputs(model, inputs, bs), kb, men.rows)
     return out
 
 # %% ../nbs/40_shapes.ipynb #sh400020
