@@ -232,7 +232,7 @@ def write_vpmel(
 # %% ../nbs/35_construct.ipynb #429c9495
 CONSTRUCT_FILE, STATUS_FILE, REVIEW_FILE = 'construct.json', 'status.json', 'review.json'
 CONSTRUCT_KIND = 'vpmel-construct'
-_OUT_NAMES = ('work', 'kb_entity.json', 'qid2id.json', CONSTRUCT_FILE, 'raw_img', 'kb_img',
+_OUT_NAMES = ('work', 'kb_entity.json', 'qid2id.json', CONSTRUCT_FILE, 'raw_img', 'kb_img', 'silhouette',
               *(f'{s}.json' for s in SPLITS), *(f'{s}_img' for s in SPLITS))      # what `construct` writes
 _WAY_OUT = ('pass --fresh (fresh=True) to start it again (its proposals and review decisions are lost), '
             'or choose another --out')

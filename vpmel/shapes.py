@@ -4,9 +4,8 @@
 
 # %% ../nbs/40_shapes.ipynb #sh400004
 from __future__ import annotations
-import copy, dataclasses, json, shutil, time
+import dataclasses, json, shutil, time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
@@ -25,7 +24,8 @@ from .minivpwiki import config_record
 from .loading import MentionDataset, EntityDataset
 from .rank import build_entity_cache, rank_entities, mel_metrics, RankResult
 from .config import preset, run_name, PRESETS
-from .towers import prompt_mode, detective_answers, ensure_data, PROMPT_MODES, text_inputs, image_inputs, ItemField
+from .towers import (prompt_for, detective_answers, ensure_data, PROMPT_MODES, text_inputs, image_inputs, ItemField,
+                          mention_view)
 from .evaluate import encode_dataset, encode_inputs
 from .runs import train_run, _load_run
 from .demo import paired_differences
@@ -64,12 +64,6 @@ def crowding(plan: Plan, share: float = 0.25) -> dict[str, int]:
 # %% ../nbs/40_shapes.ipynb #sh400016
 TEST_PROMPTS = ('dataset',) + SHAPE_STYLES   # what a study tests every run on: the rectangle, then the five shapes
 
-def _some(men: MentionDataset, only: Sequence[int] | None) -> MentionDataset:
-    "A view of the mentions at positions `only` (all for None)."
-    if only is None: return men
-    v = copy.copy(men); v.mentions, v.rows = tuple(men.mentions[i] for i in only), tuple(men.rows[i] for i in only)
-    return v
-
 @torch.no_grad()
 def prompt_ranks(run, prompts: Sequence[str] = TEST_PROMPTS, split: str = 'test', data=None, bs: int = 256,
                  progress: bool = False, only: Sequence[int] | None = None
@@ -81,8 +75,7 @@ def prompt_ranks(run, prompts: Sequence[str] = TEST_PROMPTS, split: str = 'test'
     kb = build_entity_cache(model.matcher, encode_dataset(model, EntityDataset(ds, tf), bs, progress, 'encode KB'))
     out = {}
     for p in prompts:
-        cfg.prompt = p
-        men = _some(MentionDataset(ds, split, tf, prompt=prompt_mode(cfg), detective=det), only)
+        men = mention_view(MentionDataset(ds, split, tf, prompt=prompt_for(p), detective=det), only)
         inputs = {**text_inputs(model, [men.text(i) for i in range(len(men))], bs, ds.root/'cache'),   # a frozen
                   **image_inputs(model, ItemField(men, 'image'), bs, progress, f'{p} mentions')}     # text: once
         out[p] = men, rank_entities(model.matcher, encode_inputs(model, inputs, bs), kb, men.rows)
@@ -95,13 +88,14 @@ def study_file(out_root, preset_name: str) -> Path:
 
 def shape_study(out_root='runs', preset_name: str = 'cpu-crowd', seeds: Sequence[int] = range(5),
                 train_prompts: Sequence[str] = ('dataset', 'mixed'), test_prompts: Sequence[str] = TEST_PROMPTS,
-                epochs: int | None = None, progress: bool = True) -> dict:
-    """Train IIER on each of `train_prompts` for every seed (finished runs are reused), test each run on every one of
-    `test_prompts`, and keep each test mention's rank and crowding in `study_file(out_root, preset_name)`."""
+                epochs: int | None = None, data=None, progress: bool = True) -> dict:
+    """Train IIER on each of `train_prompts` for every seed (finished runs are reused) on the preset's MiniVPWiki (or
+    the one at `data`), test each run on every one of `test_prompts`, and keep each test mention's rank and crowding in
+    `study_file(out_root, preset_name)`."""
     t0, ranks = time.time(), {}
     for tp in train_prompts:
         for seed in seeds:
-            cfg = preset(preset_name, prompt=tp); cfg.train.seed = seed
+            cfg = preset(preset_name, prompt=tp, **({} if data is None else {'data': str(data)})); cfg.train.seed = seed
             if epochs is not None: cfg.train.epochs = epochs
             cfg.name = run_name(cfg, preset_name, 'iier')
             if progress: print(f'== {cfg.name}')
@@ -173,7 +167,7 @@ def detective_by_prompt(detective, data, prompts: Sequence[str] = TEST_PROMPTS, 
     ds = load_dataset(data); examples, tmp = detective_examples(ds, split), scratch_dir('vpmel-shapes-')
     out = {}
     for p in prompts:
-        men = MentionDataset(ds, split, lambda im: im, prompt=prompt_mode(SimpleNamespace(prompt=p)))
+        men = MentionDataset(ds, split, lambda im: im, prompt=prompt_for(p))
         drawn = []
         for i, e in enumerate(examples):
             f = tmp/p/f'mention_{e.id}.png'; f.parent.mkdir(parents=True, exist_ok=True)
@@ -215,13 +209,14 @@ def cli_shapes(argv: list[str]) -> int:
     ap.add_argument('--test', nargs='+', default=list(TEST_PROMPTS), help='test prompts (default: the rectangle, then '
                     'the five shapes)')
     ap.add_argument('--epochs', type=int, default=None)
+    ap.add_argument('--data', default=None, help="the preset's MiniVPWiki folder (default: where the preset keeps it)")
     ap.add_argument('--out', default='runs')
     ap.add_argument('--quiet', action='store_true')
     a = ap.parse_args(argv)
     if a.preset not in PRESETS: raise ShapesError(f'unknown preset {a.preset!r}: choose from {", ".join(PRESETS)}')
     bad = [p for p in a.train + a.test if p not in PROMPT_MODES]
     if bad: raise ShapesError(f'unknown prompt {bad[0]!r}: choose from {", ".join(PROMPT_MODES)}')
-    st = shape_study(a.out, a.preset, a.seeds, a.train, a.test, a.epochs, progress=not a.quiet)
+    st = shape_study(a.out, a.preset, a.seeds, a.train, a.test, a.epochs, a.data, progress=not a.quiet)
     for crowded in (None, True, False):
         if any(crowded is None or (c > 0) == crowded for c in st['crowded']):
             print(format_shape_table(st, crowded), end='\n\n')

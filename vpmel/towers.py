@@ -25,9 +25,9 @@ from .crossfit import answers_for_mentions
 from .config import RunConfig, RunError
 
 # %% auto #0
-__all__ = ['PROMPT_MODES', 'ensure_data', 'tiny_clip_dir', 'build_model', 'prompt_mode', 'detective_answers', 'mention_sets',
-           'first_mentions', 'text_inputs', 'ItemField', 'KBImages', 'image_inputs', 'CachedPairs', 'collate_cached',
-           'cache_training_pairs']
+__all__ = ['PROMPT_MODES', 'ensure_data', 'tiny_clip_dir', 'build_model', 'prompt_for', 'prompt_mode', 'detective_answers',
+           'mention_sets', 'mention_view', 'first_mentions', 'text_inputs', 'ItemField', 'KBImages', 'image_inputs',
+           'CachedPairs', 'collate_cached', 'cache_training_pairs']
 
 # %% ../nbs/20_towers.ipynb #db4acb9e
 def ensure_data(cfg: RunConfig) -> MELDataset:
@@ -68,13 +68,17 @@ def build_model(cfg: RunConfig, ds: MELDataset, progress: bool = True) -> IIER:
 # %% ../nbs/20_towers.ipynb #502f3a65
 PROMPT_MODES = ('dataset', 'none') + PROMPT_STYLES + SHAPE_STYLES + ('mixed',)   # what `cfg.prompt` may say
 
+def prompt_for(prompt: str):
+    """What `MentionDataset` draws for the prompt mode `prompt` (`PROMPT_MODES`): 'dataset', 'none', a function that
+    draws the box in that style, or for a shape (or 'mixed') a `ShapePrompt` drawing it around each mention's object."""
+    if prompt not in PROMPT_MODES: raise RunError(f'unknown prompt {prompt!r}: choose from {PROMPT_MODES}')
+    if prompt in ('dataset', 'none'): return prompt
+    if prompt in PROMPT_STYLES: return partial(draw_prompt, style=prompt)
+    return ShapePrompt(prompt)
+
 def prompt_mode(cfg: RunConfig):
-    """What `MentionDataset` draws: 'dataset', 'none', a function that draws the box in `cfg.prompt`'s style, or for
-    a shape (or 'mixed') a `ShapePrompt` that draws it around each mention's silhouette."""
-    if cfg.prompt not in PROMPT_MODES: raise RunError(f'unknown prompt {cfg.prompt!r}: choose from {PROMPT_MODES}')
-    if cfg.prompt in ('dataset', 'none'): return cfg.prompt
-    if cfg.prompt in PROMPT_STYLES: return partial(draw_prompt, style=cfg.prompt)
-    return ShapePrompt(cfg.prompt)
+    "What `MentionDataset` draws for the run config `cfg` (its `prompt`, see `prompt_for`)."
+    return prompt_for(cfg.prompt)
 
 # %% ../nbs/20_towers.ipynb #d3769a8d
 def detective_answers(cfg: RunConfig, ds: MELDataset, progress: bool = True) -> dict | None:
@@ -100,11 +104,16 @@ def mention_sets(cfg: RunConfig, ds: MELDataset, model: IIER, progress: bool = T
     return {s: MentionDataset(ds, s, tf, prompt=prompt_mode(cfg), detective=det) for s in ds.splits}
 
 # %% ../nbs/20_towers.ipynb #95485801
+def mention_view(mentions: MentionDataset, positions: Sequence[int] | None) -> MentionDataset:
+    "A view of the mentions of a split at `positions` (all of them for `None`)."
+    if positions is None: return mentions
+    v = copy.copy(mentions)
+    v.mentions, v.rows = tuple(mentions.mentions[i] for i in positions), tuple(mentions.rows[i] for i in positions)
+    return v
+
 def first_mentions(mentions: MentionDataset, n: int | None) -> MentionDataset:
     "A view of the first `n` mentions of a split (all of them for `None`)."
-    if n is None or n >= len(mentions): return mentions
-    v = copy.copy(mentions); v.mentions, v.rows = mentions.mentions[:n], mentions.rows[:n]
-    return v
+    return mentions if n is None or n >= len(mentions) else mention_view(mentions, range(n))
 
 # %% ../nbs/20_towers.ipynb #502f3a67
 def _text_cache_key(model: IIER, texts: Sequence[str]) -> str:
