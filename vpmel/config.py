@@ -33,6 +33,7 @@ class RunConfig:
     clip_scene_fraction: float = 0.0       # share of its batches made of prompted training scenes (chapter 13)
     clip_depth: int = 4                    # its ViT blocks
     clip_captions: str = 'kb'              # its texts: 'kb' (name. description) or 'web' (name, colour, type)
+    clip_scene_prompt: str = 'dataset'     # its scenes' prompt: the dataset's, or a shape / 'mixed' (chapter 13)
     model: IIERConfig = field(default_factory=IIERConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     prompt: str = 'dataset'                # 'dataset' (boxed images) | 'none' (same scenes, no box) | a prompt style
@@ -156,6 +157,7 @@ def effective_config(cfg: RunConfig) -> dict:
     if not cfg.detective:
         for k in _DETECTIVE_FIELDS: d.pop(k)
     if cfg.dev_ranking == 'exact': d.pop('dev_candidates')
+    if cfg.clip_scene_prompt == 'dataset': d.pop('clip_scene_prompt')   # unsaid, as before the field existed
     return d
 
 # %% ../nbs/19_config.ipynb #575776da

@@ -15,15 +15,15 @@ from PIL import Image
 
 from .files import VpmelError
 from .vpwiki import MELDataset, open_image
-from .pretrain import clip_vision_state_dict
+
 
 # %% auto #0
 __all__ = ['QUESTION', 'SENTENCE_TAG', 'CHAT_TOKENS', 'EOS_TOKEN', 'PAD_TOKEN', 'UNK_TOKEN', 'TINY_BACKENDS', 'PRETRAINED',
            'LORA_TARGET', 'PROJECTORS', 'VISION_TOWERS', 'PROMPT_VIEWS', 'detective_prompt', 'prompt_caption',
            'detective_target', 'DetectiveExample', 'DetectiveDataError', 'detective_examples', 'detective_kb_examples',
-           'detective_corpus', 'train_word_tokenizer', 'TinyVLMConfig', 'CheckpointError', 'build_tiny_detective',
-           'add_lora', 'is_peft', 'chat', 'prompt_view', 'detective_view', 'rename_entity', 'without_caption',
-           'names_by_type', 'DetectiveCollate']
+           'detective_corpus', 'train_word_tokenizer', 'TinyVLMConfig', 'CheckpointError', 'clip_vision_state_dict',
+           'build_tiny_detective', 'add_lora', 'is_peft', 'chat', 'prompt_view', 'detective_view', 'rename_entity',
+           'without_caption', 'names_by_type', 'DetectiveCollate']
 
 # %% ../nbs/14_detective.ipynb #f8f31810
 QUESTION = ("In the red box of the image, tell me briefly what is the Entity Type, "
@@ -243,6 +243,24 @@ def _vision_cfg_from_clip(cfg: TinyVLMConfig):
     return dataclasses.replace(cfg, image_size=v['image_size'], patch_size=v['patch_size'], vision_hidden=v['width'],
                                vision_layers=v['layers'], vision_mlp_ratio=int(v.get('mlp_ratio', 4)),
                                vision_act='quick_gelu' if mc.get('quick_gelu') else 'gelu'), clip
+
+# %% ../nbs/14_detective.ipynb #94ae42c1
+def clip_vision_state_dict(visual: torch.nn.Module) -> dict[str, torch.Tensor]:
+    "An open_clip ViT's weights under the names of transformers' `CLIPVisionModel` (q, k, v split out of `in_proj`)."
+    sd, out = visual.state_dict(), {}
+    out['embeddings.class_embedding'] = sd['class_embedding']
+    out['embeddings.patch_embedding.weight'] = sd['conv1.weight']
+    out['embeddings.position_embedding.weight'] = sd['positional_embedding']
+    for hf, oc in (('pre_layrnorm', 'ln_pre'), ('post_layernorm', 'ln_post')):
+        for p in ('weight', 'bias'): out[f'{hf}.{p}'] = sd[f'{oc}.{p}']
+    names = {'self_attn.out_proj': 'attn.out_proj', 'layer_norm1': 'ln_1', 'layer_norm2': 'ln_2',
+             'mlp.fc1': 'mlp.c_fc', 'mlp.fc2': 'mlp.c_proj'}
+    for i in range(len(visual.transformer.resblocks)):
+        src, dst = f'transformer.resblocks.{i}.', f'encoder.layers.{i}.'
+        for p in ('weight', 'bias'):
+            for n, qkv in zip('qkv', sd[f'{src}attn.in_proj_{p}'].chunk(3)): out[f'{dst}self_attn.{n}_proj.{p}'] = qkv
+            for hf, oc in names.items(): out[f'{dst}{hf}.{p}'] = sd[f'{src}{oc}.{p}']
+    return out
 
 # %% ../nbs/14_detective.ipynb #1a67ba0c
 def build_tiny_detective(tokenizer_or_texts, backend: str = 'llava', cfg: TinyVLMConfig | None = None, seed: int = 0):

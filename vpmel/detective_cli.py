@@ -11,8 +11,10 @@ from typing import Sequence
 import torch
 
 from .vpwiki import MELDataset, load_dataset
+from .prompts import MIXED_STYLES, ShapePrompt, png
+from .loading import MentionDataset
 from .files import (CommandParser, check_out_folder, claim_folder, files_fingerprint, read_record,
-                         remove_partial_writes, write_json_atomic)
+                         remove_partial_writes, write_bytes_atomic, write_json_atomic)
 from .pretrain import CLIP_CONFIG_FILE
 from .detective import (PROMPT_VIEWS, TINY_BACKENDS, CheckpointError, DetectiveDataError, DetectiveExample,
                              add_lora, build_tiny_detective, detective_corpus, detective_examples,
@@ -24,7 +26,7 @@ from .answers import (AnswerCacheError, cache_lines, claim_answer_cache, detecti
 from .crossfit import checkpoint_fingerprint, clip_record, dataset_record, preset_cfgs, training_data
 
 # %% auto #0
-__all__ = ['TRAIN_FILES', 'cli_detective']
+__all__ = ['TRAIN_FILES', 'PROMPT_SHAPES', 'drawn_examples', 'cli_detective']
 
 # %% ../nbs/18_detective_cli.ipynb #5564c698
 def _data(path) -> MELDataset:
@@ -53,7 +55,25 @@ def _split_examples(ds: MELDataset, split: str, what: str, way_out: str | None =
 TRAIN_FILES = ('made_by.json', 'config.json', 'generation_config.json', 'model.safetensors', 'chat_template.jinja',
                'processor_config.json', 'preprocessor_config.json', 'tokenizer.json', 'tokenizer_config.json',
                'special_tokens_map.json', 'adapter', 'history.json', 'answers_train.jsonl', 'answers_dev.jsonl',
-               'answers_test.jsonl')   # what `vpmel detective train` (and `generate`'s default cache) write in --out
+               'answers_test.jsonl', 'prompted')
+# what `vpmel detective train` (and `generate`'s default cache) write in --out
+
+# %% ../nbs/18_detective_cli.ipynb #e62059fa
+PROMPT_SHAPES = MIXED_STYLES + ('mixed',)   # what `--prompt-style` may draw (chapter 03's `ShapePrompt`)
+
+def drawn_examples(ds: MELDataset, split: str, examples: Sequence[DetectiveExample], prompt,
+                   folder) -> list[DetectiveExample]:
+    """`examples` of mentions of `split` with their pictures drawn anew as the `MentionDataset` prompt mode `prompt`
+    says ('none', a box-style function or a `ShapePrompt`), into `folder/<split>/mention_<id>.png` (drawn once)."""
+    men = MentionDataset(ds, split, lambda im: im, prompt=prompt)
+    at, out = {m.id: i for i, m in enumerate(men.mentions)}, []
+    for e in examples:
+        f = Path(folder)/split/f'mention_{e.id}.png'
+        if not f.is_file():
+            f.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(f, png(men.pil_image(at[e.id])[0]))
+        out.append(dataclasses.replace(e, image=f))
+    return out
 
 # %% ../nbs/18_detective_cli.ipynb #84db17e4
 def _detective_parser() -> argparse.ArgumentParser:
@@ -69,6 +89,8 @@ def _detective_parser() -> argparse.ArgumentParser:
                    help='offline: an open_clip folder (vpmel pretrain_clip) whose ViT becomes the vision tower')
     t.add_argument('--view', choices=PROMPT_VIEWS, help="what the Detective sees: 'full' prompted image (the paper) "
                                                         "or 'zoom' on the red box (default: the preset's)")
+    t.add_argument('--prompt-style', choices=PROMPT_SHAPES, help="train on pictures prompted with this shape (or "
+                   "'mixed': one per mention) drawn round each object, not the dataset's boxes (MiniVPWiki)")
     t.add_argument('--epochs', type=int); t.add_argument('--batch-size', type=int); t.add_argument('--lr', type=float)
     t.add_argument('--max-steps', type=int); t.add_argument('--seed', type=int, default=0)
     t.add_argument('--kb-pretrain-epochs', type=int, help="epochs on the KB's images (-> type and name) before "
@@ -93,7 +115,8 @@ def _train_record(a, ds: MELDataset, mcfg, tcfg) -> dict:
     base = {'model': {'name': a.model, 'files': checkpoint_fingerprint(a.model)}, 'lora_r': a.lora_r} if a.model else \
            {'backend': a.backend}
     vlm = {**dataclasses.asdict(mcfg), 'vision_from_clip': clip_record(mcfg.vision_from_clip)}
-    return {'preset': a.preset, **base, 'vlm': vlm, 'train': dataclasses.asdict(tcfg),
+    drawn = {'prompt_style': a.prompt_style} if getattr(a, 'prompt_style', None) else {}   # unsaid: the dataset's
+    return {'preset': a.preset, **base, **drawn, 'vlm': vlm, 'train': dataclasses.asdict(tcfg),
             'data': dataset_record(ds, [s for s in ('train', 'dev') if s in ds.splits])}
 
 # %% ../nbs/18_detective_cli.ipynb #03b93324
@@ -106,14 +129,18 @@ def _train_cfgs(a):
     return mcfg, tcfg
 
 # %% ../nbs/18_detective_cli.ipynb #544e5d15
-def _train_model(a, ds: MELDataset, train: Sequence[DetectiveExample], mcfg, tcfg):
-    "(model, processor, history): the `--model` checkpoint with LoRA, or the offline tiny model, trained."
+def _train_model(a, ds: MELDataset, train: Sequence[DetectiveExample], mcfg, tcfg, prompted=None):
+    """(model, processor, history): the `--model` checkpoint with LoRA, or the offline tiny model, trained (with
+    `--prompt-style`, on its mentions' pictures drawn into the folder `prompted`)."""
+    def drawn(split, ex):
+        return drawn_examples(ds, split, ex, ShapePrompt(a.prompt_style), prompted) if a.prompt_style else ex
     if a.model:
         model, proc = load_detective(a.model, way_out='pass --model a complete model folder or a hub id')
         model.config.prompt_view = mcfg.prompt_view if a.view else 'full'
         model = add_lora(model, r=a.lora_r, alpha=2 * a.lora_r)
     else: model, proc = build_tiny_detective(detective_corpus(ds), a.backend, mcfg, seed=a.seed)
-    return model, proc, train_detective(model, proc, *training_data(ds, train, tcfg), tcfg,
+    tr, dv = training_data(ds, drawn('train', train), tcfg)
+    return model, proc, train_detective(model, proc, tr, drawn('dev', dv), tcfg,
                                         kb_pretrain=detective_kb_examples(ds, seed=tcfg.seed))
 
 # %% ../nbs/18_detective_cli.ipynb #35049260
@@ -135,7 +162,7 @@ def _cli_train(a) -> int:
         check_checkpoint(out, 'pass --fresh to train it again')
         print(f'{out} holds this Detective already (same config and data); --fresh trains it again'); return 0
     try:
-        model, proc, hist = _train_model(a, ds, train, mcfg, tcfg)
+        model, proc, hist = _train_model(a, ds, train, mcfg, tcfg, out/'prompted')
         save_detective(model, proc, out)
         write_json_atomic(out/'history.json', hist)        # last: a folder with a history holds a whole Detective
     except BaseException:

@@ -17,14 +17,16 @@ from fastcore.basics import patch
 from .vpwiki import load_dataset, MELDataset, SPLITS, KB_FILE, QID2ID_FILE, BadImageError, open_image
 from .files import VpmelError, write_json_atomic, write_bytes_atomic, claim_folder, read_record, files_fingerprint
 from .world import PALETTE
+from .prompts import MIXED_STYLES, ShapePrompt
+from .loading import MentionDataset
 from .encoders import tiny_clip_config, clip_image_transform, vit_layer_tokens
 from .units import contrastive_loss
 from .train import TrainConfig, DrawnBatches, fit
 from .files import CommandParser, check_out_folder, remove_partial_writes
 
 # %% auto #0
-__all__ = ['CAPTIONS', 'CLIP_CONFIG_FILE', 'CLIP_WEIGHTS_FILE', 'CLIP_KIND', 'CLIP_LOG_FILE', 'PretrainError', 'entity_text',
-           'web_caption', 'clip_preprocess_defaults', 'save_open_clip', 'clip_vision_state_dict', 'clip_kb_retrieval',
+__all__ = ['CAPTIONS', 'CLIP_CONFIG_FILE', 'CLIP_WEIGHTS_FILE', 'SCENE_PROMPTS', 'CLIP_KIND', 'CLIP_LOG_FILE', 'PretrainError',
+           'entity_text', 'web_caption', 'clip_preprocess_defaults', 'save_open_clip', 'clip_kb_retrieval',
            'clip_scene_retrieval', 'PretrainConfig', 'clip_loss', 'clip_record', 'pretrain_tiny_clip',
            'default_clip_dir', 'cli_pretrain_clip', 'block_cls', 'linear_probe', 'layer_probe']
 
@@ -98,24 +100,6 @@ def save_open_clip(clip: nn.Module, model_cfg: dict, out_dir) -> Path:
     write_bytes_atomic(out/CLIP_WEIGHTS_FILE, st_save(sd))
     return out
 
-# %% ../nbs/13_pretrain.ipynb #94ae42c1
-def clip_vision_state_dict(visual: torch.nn.Module) -> dict[str, torch.Tensor]:
-    "An open_clip ViT's weights under the names of transformers' `CLIPVisionModel` (q, k, v split out of `in_proj`)."
-    sd, out = visual.state_dict(), {}
-    out['embeddings.class_embedding'] = sd['class_embedding']
-    out['embeddings.patch_embedding.weight'] = sd['conv1.weight']
-    out['embeddings.position_embedding.weight'] = sd['positional_embedding']
-    for hf, oc in (('pre_layrnorm', 'ln_pre'), ('post_layernorm', 'ln_post')):
-        for p in ('weight', 'bias'): out[f'{hf}.{p}'] = sd[f'{oc}.{p}']
-    names = {'self_attn.out_proj': 'attn.out_proj', 'layer_norm1': 'ln_1', 'layer_norm2': 'ln_2',
-             'mlp.fc1': 'mlp.c_fc', 'mlp.fc2': 'mlp.c_proj'}
-    for i in range(len(visual.transformer.resblocks)):
-        src, dst = f'transformer.resblocks.{i}.', f'encoder.layers.{i}.'
-        for p in ('weight', 'bias'):
-            for n, qkv in zip('qkv', sd[f'{src}attn.in_proj_{p}'].chunk(3)): out[f'{dst}self_attn.{n}_proj.{p}'] = qkv
-            for hf, oc in names.items(): out[f'{dst}{hf}.{p}'] = sd[f'{src}{oc}.{p}']
-    return out
-
 # %% ../nbs/13_pretrain.ipynb #a1ac8909
 @torch.no_grad()
 def clip_kb_retrieval(clip: nn.Module, kb_dataset, batch_size: int = 256) -> dict[str, float]:
@@ -142,9 +126,13 @@ def clip_kb_retrieval(clip: nn.Module, kb_dataset, batch_size: int = 256) -> dic
             'n': len(S), 'chance': 1 / len(S)}
 
 # %% ../nbs/13_pretrain.ipynb #p0000009
-def _scene_images(ds: MELDataset, split: str, size: int, raw: bool = False) -> tuple[list[int], list[torch.Tensor]]:
+SCENE_PROMPTS = ('dataset',) + MIXED_STYLES + ('mixed',)   # how pretraining scenes are prompted (`PretrainConfig`)
+
+def _scene_images(ds: MELDataset, split: str, size: int, raw: bool = False,
+                  prompt: str = 'dataset') -> tuple[list[int], list[torch.Tensor]]:
     """(gold entity row, uint8 scene [3, size, size]) for every mention of `split`: the prompted image, or with `raw`
-    the scene without prompt."""
+    the scene without prompt; a `prompt` other than 'dataset' (a shape or 'mixed', `SCENE_PROMPTS`) is drawn anew
+    round each mention's silhouette by chapter 07's `MentionDataset` with chapter 03's `ShapePrompt`."""
     if split not in ds.splits:
         raise PretrainError(f'split {split!r} is not in {ds.root} (no {split}.json; it has {sorted(ds.splits)})')
     rows, ims = [], []
@@ -153,19 +141,25 @@ def _scene_images(ds: MELDataset, split: str, size: int, raw: bool = False) -> t
             raise PretrainError(f'{ds.root}/{split}.json: mention {m.id} answers {m.answer!r}, '
                                 f'which is not in {QID2ID_FILE}')
         rows.append(int(ds.qid2id[m.answer]))
+        if prompt != 'dataset' and not raw: continue
         rel = f'raw_img/mention_{m.id}.png' if raw else m.img_path
         ims.append(_read_resized(ds, rel, size, f'{ds.root}/{split}.json: mention {m.id}: '))
-    return rows, ims
+    if prompt == 'dataset' or raw: return rows, ims
+    from torchvision.transforms.v2.functional import pil_to_tensor, resize
+    drawn = MentionDataset(ds, split, lambda im: resize(pil_to_tensor(im), [size, size], antialias=True),
+                           prompt=ShapePrompt(prompt))
+    return rows, [drawn[i]['image'] for i in range(len(drawn))]
 
 # %% ../nbs/13_pretrain.ipynb #b1e58898
 @torch.no_grad()
 def clip_scene_retrieval(
-    clip: nn.Module, ds: MELDataset, split: str = 'dev', raw: bool = False, batch_size: int = 256
+    clip: nn.Module, ds: MELDataset, split: str = 'dev', raw: bool = False, batch_size: int = 256,
+    prompt: str = 'dataset'
 ) -> dict[str, float]:
     """Hits@1/10 of mention scene -> gold entity text (`name. attr`) over the whole KB, zero-shot: does CLIP see what
-    the prompt marks?"""
+    the prompt (drawn as `prompt` says, see `_scene_images`) marks?"""
     size = clip.visual.preprocess_cfg['size']
-    rows, ims = _scene_images(ds, split, size[0] if isinstance(size, (tuple, list)) else size, raw)
+    rows, ims = _scene_images(ds, split, size[0] if isinstance(size, (tuple, list)) else size, raw, prompt)
     mean, std = (torch.tensor(clip.visual.preprocess_cfg[k]).view(1, 3, 1, 1) for k in ('mean', 'std'))
     ctx, tok = clip.positional_embedding.shape[0], open_clip.get_tokenizer('ViT-B-32')
     was = clip.training; clip.eval()
@@ -195,12 +189,14 @@ class PretrainConfig:
     scene_fraction: float = 0.0    # share of every batch made of prompted scenes of `scene_split`
     scene_split: str = 'train'
     captions: str = 'kb'           # each entity's text: 'kb' (name. description), 'web', 'web-named' (`CAPTIONS`)
+    scene_prompt: str = 'dataset'  # the scenes' prompt: the dataset's, or a shape / 'mixed' (`SCENE_PROMPTS`)
 
     def __post_init__(self):
         checks = (('steps', self.steps >= 1, 'at least 1'), ('batch_size', self.batch_size >= 2, 'at least 2'),
                   ('depth', self.depth >= 1, 'at least 1'), ('lr', self.lr > 0, 'positive'),
                   ('scene_fraction', 0 <= self.scene_fraction < 1, 'in [0, 1)'),
                   ('captions', self.captions in CAPTIONS, f"one of {', '.join(CAPTIONS)}"),
+                  ('scene_prompt', self.scene_prompt in SCENE_PROMPTS, f"one of {', '.join(SCENE_PROMPTS)}"),
                   ('image_size', self.image_size >= 8 and self.image_size % 8 == 0, 'a multiple of 8 (the patch size)'))
         bad = [f"{k} (--{k.replace('_', '-')}) must be {want}, got {getattr(self, k)}"
                for k, ok, want in checks if not ok]
@@ -219,7 +215,8 @@ class _PretrainBatches:
     def __init__(self, ds: MELDataset, cfg: PretrainConfig, mean: torch.Tensor, std: torch.Tensor):
         from torchvision.transforms import v2
         self.rows, self.ims = _kb_images(ds, round(cfg.image_size * 1.15))
-        self.scenes = _scene_images(ds, cfg.scene_split, cfg.image_size) if cfg.scene_fraction > 0 else None
+        self.scenes = (_scene_images(ds, cfg.scene_split, cfg.image_size, prompt=cfg.scene_prompt)
+                       if cfg.scene_fraction > 0 else None)
         self.by_ent: dict[int, list[int]] = {}
         for k, r in enumerate(self.rows): self.by_ent.setdefault(r, []).append(k)
         self.ents = sorted(self.by_ent)
@@ -265,11 +262,12 @@ def _clamp_temperature(clip):
     with torch.no_grad(): clip.logit_scale.clamp_(0, math.log(100))
 
 # %% ../nbs/13_pretrain.ipynb #e626da03
-def _retrieval_log(clip, ds: MELDataset, draw: _PretrainBatches, when: str) -> dict:
-    "KB retrieval, and dev scene retrieval when scenes are used and there is a dev split with mentions."
+def _retrieval_log(clip, ds: MELDataset, draw: _PretrainBatches, when: str, prompt: str = 'dataset') -> dict:
+    """KB retrieval, and dev scene retrieval (scenes prompted as in pretraining) when scenes are used and there is a dev
+    split with mentions."""
     log = {f'retrieval_{when}': clip_kb_retrieval(clip, ds)}
     if draw.scenes is not None and ds.splits.get('dev'):
-        log[f'dev_scene_retrieval_{when}'] = clip_scene_retrieval(clip, ds, 'dev')
+        log[f'dev_scene_retrieval_{when}'] = clip_scene_retrieval(clip, ds, 'dev', prompt=prompt)
     return log
 
 # %% ../nbs/13_pretrain.ipynb #p0000015
@@ -287,10 +285,10 @@ def _pretrain(ds: MELDataset, cfg: PretrainConfig, progress: bool = True, num_th
             draw = _PretrainBatches(ds, cfg, mean, std)
             text_ids = open_clip.get_tokenizer('ViT-B-32')([CAPTIONS[cfg.captions](e) for e in ds.kb],
                                                            context_length=model_cfg['text_cfg']['context_length'])
-            log = _retrieval_log(clip, ds, draw, 'init')
+            log = _retrieval_log(clip, ds, draw, 'init', cfg.scene_prompt)
             res = fit(clip, DrawnBatches(draw, cfg.steps), cfg.loop(), loss_fn=_pretrain_loss(text_ids),
                       after_step=_clamp_temperature, progress=progress, desc='pretrain tiny CLIP')
-            log |= _retrieval_log(clip, ds, draw, 'final')
+            log |= _retrieval_log(clip, ds, draw, 'final', cfg.scene_prompt)
     finally: torch.set_num_threads(old_threads)
     losses = [round(r['loss'], 4) for r in res['history']]
     return clip, model_cfg, {**asdict(cfg), 'batch_size': draw.n_kb + draw.n_scenes, 'kb_root': str(ds.root),
@@ -304,9 +302,11 @@ _CLIP_FILES = (CLIP_CONFIG_FILE, CLIP_WEIGHTS_FILE, CLIP_LOG_FILE)
 _CLIP_WAY_OUT = 'pass --fresh (fresh=True) to pretrain it again, or choose another --out'
 
 def clip_record(ds: MELDataset, cfg: PretrainConfig) -> dict:
-    "What a tiny CLIP folder records: the recipe, the architecture, the fingerprint of the data files it learnt from."
+    """What a tiny CLIP folder records: the recipe, the architecture, the fingerprint of the data files it learnt from
+    (the scene prompt only when it is not the dataset's, so that folders made before it existed stay valid)."""
     files = [KB_FILE, QID2ID_FILE] + ([f'{cfg.scene_split}.json'] if cfg.scene_fraction > 0 else [])
-    return json.loads(json.dumps({'recipe': asdict(cfg), 'model_cfg': tiny_clip_config(cfg.depth, cfg.image_size),
+    recipe = {k: v for k, v in asdict(cfg).items() if (k, v) != ('scene_prompt', 'dataset')}   # as before it was
+    return json.loads(json.dumps({'recipe': recipe, 'model_cfg': tiny_clip_config(cfg.depth, cfg.image_size),
                                   'data': {f: files_fingerprint([ds.root/f]) for f in files}}))
 
 # %% ../nbs/13_pretrain.ipynb #d86650eb
@@ -352,10 +352,12 @@ def pretrain_tiny_clip(kb_dataset, out_dir, cfg: PretrainConfig | None = None, f
 
 # %% ../nbs/13_pretrain.ipynb #64952454
 def default_clip_dir(data_root, steps: int = 600, scene_fraction: float = 0.5, seed: int = 0, depth: int = 4,
-                     captions: str = 'kb') -> Path:
+                     captions: str = 'kb', scene_prompt: str = 'dataset') -> Path:
     """Where a tiny CLIP pretrained on the dataset at `data_root` is cached:
-    `<data_root>/clip/tiny[-d<depth>][-web]-s<steps>[-scenes<f>]-seed<seed>` (depth 4 and KB captions unsaid)."""
-    scenes = f'-scenes{scene_fraction:g}' if scene_fraction else ''
+    `<data_root>/clip/tiny[-d<depth>][-web]-s<steps>[-scenes<f>[-<scene prompt>]]-seed<seed>` (depth 4, KB captions
+    and the dataset's scene prompt unsaid)."""
+    drawn = f'-{scene_prompt}' if scene_prompt != 'dataset' else ''
+    scenes = f'-scenes{scene_fraction:g}{drawn}' if scene_fraction else ''
     arch = (f'-d{depth}' if depth != 4 else '') + (f'-{captions}' if captions != 'kb' else '')
     return Path(data_root)/'clip'/f'tiny{arch}-s{steps}{scenes}-seed{seed}'
 
@@ -374,6 +376,8 @@ def _pretrain_parser() -> CommandParser:
     ap.add_argument('--captions', default='kb', choices=sorted(CAPTIONS),
                     help="each entity's text: kb (name. description), web (colour and type), web-named (name, colour, "
                          "type)")
+    ap.add_argument('--scene-prompt', default='dataset', choices=SCENE_PROMPTS,
+                    help="the scenes' prompt: the dataset's, or a shape (mixed: one a mention) drawn round the object")
     ap.add_argument('--lr', type=float, default=1e-3)
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--threads', type=int, default=None, help='torch threads (default: torch decides)')
@@ -387,9 +391,10 @@ def cli_pretrain_clip(argv: list[str]) -> int:
     """`vpmel pretrain_clip`: contrastively pretrain a tiny open_clip CLIP on a dataset's KB (and prompted training
     scenes)."""
     a = _pretrain_parser().parse_args(argv)
-    out = Path(a.out) if a.out else default_clip_dir(a.data, a.steps, a.scene_fraction, a.seed, a.depth, a.captions)
+    out = Path(a.out) if a.out else default_clip_dir(a.data, a.steps, a.scene_fraction, a.seed, a.depth, a.captions,
+                                                         a.scene_prompt)
     out = pretrain_tiny_clip(a.data, out, steps=a.steps, seed=a.seed, batch_size=a.batch_size, depth=a.depth, lr=a.lr,
-                             captions=a.captions,
+                             captions=a.captions, scene_prompt=a.scene_prompt,
                              scene_fraction=a.scene_fraction, fresh=a.fresh or a.force, num_threads=a.threads)
     log = json.loads((out/CLIP_LOG_FILE).read_text())
     i, f = log['retrieval_init'], log['retrieval_final']

@@ -18,6 +18,7 @@ from .train import SeededBatches, fit, load_weights, dist_rank_world
 from .config import RunConfig, RunError, PRESETS, ABLATIONS, preset, ablate, run_record, run_name
 from .towers import (ensure_data, build_model, mention_sets, first_mentions, cache_training_pairs, collate_cached,
                           PROMPT_MODES)
+from .pretrain import SCENE_PROMPTS
 from .evaluate import LinkingEvaluator, entity_index, encode_dataset, two_stage_report
 
 # %% auto #0
@@ -114,6 +115,9 @@ def add_run_args(p: argparse.ArgumentParser):
     p.add_argument('--prompt-style', default=None, choices=PROMPT_MODES[2:], metavar='STYLE',
                    help="redraw the prompt (MiniVPWiki): around the box ('rect', 'ellipse', 'arrow', 'darken') or "
                    "around the object ('contour', 'lasso', 'scribble', 'click', 'mask', or 'mixed': one per mention)")
+    p.add_argument('--clip-scene-prompt', default=None, choices=SCENE_PROMPTS, metavar='PROMPT',
+                   help="pretrain the offline tiny CLIP on scenes with this prompt: the dataset's, or a shape / mixed "
+                   "drawn round the object (chapter 13)")
     p.add_argument('--clip-weights', default=None,
                    help="a local open_clip checkpoint file for the preset's CLIP (offline clusters), or 'none' for "
                    "random weights")
@@ -159,6 +163,7 @@ def run_config_from_args(a) -> RunConfig:
     if getattr(a, 'patience', None) is not None: cfg.train.patience = a.patience
     if a.detective: cfg.detective = a.detective
     if getattr(a, 'prompt_style', None): cfg.prompt = a.prompt_style
+    if getattr(a, 'clip_scene_prompt', None): cfg.clip_scene_prompt = a.clip_scene_prompt
     if getattr(a, 'dev_ranking', None): cfg.dev_ranking = a.dev_ranking
     _offline_weights(cfg.model.encoder, a)
     cfg.name = a.name or run_name(cfg, a.preset, a.ablation)

@@ -52,7 +52,8 @@ def tiny_clip_dir(cfg: RunConfig, ds: MELDataset, progress: bool = True) -> Path
     `clip_pretrain_steps`."""
     if not cfg.clip_pretrain_steps: return None
     recipe = dict(steps=cfg.clip_pretrain_steps, scene_fraction=cfg.clip_scene_fraction, seed=cfg.synth_seed,
-                  depth=cfg.clip_depth, captions=cfg.clip_captions)
+                  depth=cfg.clip_depth, captions=cfg.clip_captions,
+                  scene_prompt=cfg.clip_scene_prompt)
     return pretrain_tiny_clip(ds, default_clip_dir(ds.root, **recipe), progress=progress, **recipe)
 
 # %% ../nbs/20_towers.ipynb #9e6ba6fe
