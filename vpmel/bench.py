@@ -370,6 +370,7 @@ def _explore_parser():
     p.add_argument('--threads', type=int, default=None)
     p.add_argument('--candidates', type=int, default=None,
                    help=f'two-stage ranking with this many candidates (default: exact up to {EXACT_UP_TO:,} entities)')
+    p.add_argument('--kb-size', type=int, help="the KB padded to N entities (padded_kb), e.g. 137460: VPWiki's")
     p.add_argument('--seed', type=int, default=0)
     return p
 
@@ -401,13 +402,13 @@ def bench_explore(argv: list[str]) -> int:
     a = _explore_parser().parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
-    ex = PromptExplorer.from_run(a.run, a.data, candidates=a.candidates)   # no run: one line (chapter 38)
+    ex = PromptExplorer.from_run(a.run, a.data, a.kb_size, candidates=a.candidates,   # no run: one line (chapter 38)
+                                 progress=a.kb_size is not None)                      # a padded KB: a progress bar
     out = {'run': str(a.run), 'entities': len(ex.ds.kb),
            'ranking': 'exact' if ex.first is None else f'two-stage ({ex.candidates} candidates)',
            'threads': torch.get_num_threads(), 'setup_s': round(time.perf_counter() - t0, 2)}
     from vpmel.explorer_app import ExplorerApp     # for now: the widgets' refresh is timed too
-    app = ExplorerApp(ex)
-    out.update({k: _ms(v) for k, v in _time_box_changes(ex, app, a.split, a.changes, a.seed).items()})
+    out.update({k: _ms(v) for k, v in _time_box_changes(ex, ExplorerApp(ex), a.split, a.changes, a.seed).items()})
     for name, fn in (('box_map_s', lambda: ex.box_map()), ('styles_s', lambda: ex.compare_styles()),
                      ('attention_s', lambda: ex.attention())):
         t = time.perf_counter(); fn(); out[name] = round(time.perf_counter() - t, 3)
@@ -437,8 +438,7 @@ def _ground_parser() -> CommandParser:
 def bench_ground(argv: list[str]) -> int:
     "`vpmel bench ground SRC`: the grounding table of a MiniVPWiki MEL source (JSON lines, then a markdown table)."
     a = _ground_parser().parse_args(argv)
-    if a.threads:
-        import torch; torch.set_num_threads(a.threads)
+    if a.threads: torch.set_num_threads(a.threads)
     rows = grounding_table(a.source, a.split, a.n, progress=True, exclusive=a.exclusive, names=a.grounders, clip=a.clip,
                            owlv2=a.owlv2, grounding_dino=a.grounding_dino, text_weight=a.text_weight)
     for r in rows: print(json.dumps(r))

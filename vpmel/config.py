@@ -89,6 +89,7 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     ),
     'cpu-hard': lambda: _cpu_hard(),
     'cpu-crowd': lambda: _cpu_crowd(),
+    'cpu-crowd-shapes': lambda: _cpu_crowd_shapes(),
     'tiny': lambda: RunConfig(
         name='iier-tiny', data='data/minivpwiki/tiny', synth_preset='tiny',
         model=IIERConfig(_tiny_encoder(text_backend='clip', freeze_text=True)),
@@ -108,6 +109,14 @@ def _cpu_crowd() -> RunConfig:
     "`cpu` on the `cpu-crowd` world: half the scenes crowded, where a box frames its neighbours (chapter 40)."
     c = PRESETS['cpu']()
     c.name, c.data, c.synth_preset = 'iier-cpu-crowd', 'data/minivpwiki/cpu-crowd', 'cpu-crowd'
+    return c
+
+def _cpu_crowd_shapes() -> RunConfig:
+    """`cpu-crowd` with a tiny CLIP that has seen every prompt shape: pretrained on scenes prompted with mixed shapes
+    (chapter 13's `scene_prompt`), three times longer (1800 steps: six kinds of prompt to learn, not one; chapter
+    40)."""
+    c = _cpu_crowd()
+    c.name, c.clip_pretrain_steps, c.clip_scene_prompt = 'iier-cpu-crowd-shapes', 1800, 'mixed'
     return c
 
 # %% ../nbs/19_config.ipynb #21b1ae65

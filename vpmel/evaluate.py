@@ -4,7 +4,7 @@
 
 # %% ../nbs/21_evaluate.ipynb #fbd3b8e6
 from __future__ import annotations
-import hashlib, json
+import dataclasses, hashlib, json
 from pathlib import Path
 from typing import Sequence
 
@@ -26,7 +26,7 @@ from .towers import ItemField, text_inputs, image_inputs
 
 # %% auto #0
 __all__ = ['INDEX_PREFIX', 'encode_dataset', 'encode_inputs', 'LinkingEvaluator', 'model_fingerprint', 'kb_fingerprint',
-           'flatten_cache', 'unflatten_cache', 'load_cache_mmap', 'entity_index', 'two_stage_report']
+           'flatten_cache', 'unflatten_cache', 'load_cache_mmap', 'entity_index', 'padded_kb', 'two_stage_report']
 
 # %% ../nbs/21_evaluate.ipynb #937f18d1
 def _loader(dataset, collate, bs: int, progress: bool, desc: str):
@@ -204,6 +204,16 @@ def entity_index(
         meta = {'entities': str(len(ents)), 'data': str(ds.root)}
         write_bytes_atomic(f, st_save(flatten_cache(cache), metadata=meta))
     return cache, f
+
+# %% ../nbs/21_evaluate.ipynb #e753f32f
+def padded_kb(ds: MELDataset, n: int) -> MELDataset:
+    """`ds` with its KB grown to `n` entities by renamed copies of its own (same pictures and descriptions; id and name
+    get ` #<k>`), in memory: a KB of another size for timing; the mentions and their gold rows are unchanged."""
+    if n < len(ds.kb): raise ValueError(f'{ds.root} has {len(ds.kb)} entities already: pad to {len(ds.kb)} or more')
+    kb, m = list(ds.kb), len(ds.kb)
+    kb += [dataclasses.replace(e, id=f'{e.id} #{k // m + 2}', entity_name=f'{e.entity_name} #{k // m + 2}')
+           for k, e in ((k, ds.kb[k % m]) for k in range(n - m))]
+    return dataclasses.replace(ds, kb=kb, qid2id={**ds.qid2id, **{kb[r].id: r for r in range(m, n)}})
 
 # %% ../nbs/21_evaluate.ipynb #7253ad1a
 @torch.no_grad()

@@ -14,12 +14,11 @@ import torch
 from PIL import Image
 from fastcore.basics import patch
 
-from .vpwiki import MELDataset
+from .vpwiki import MELDataset, RAW_IMG, SILHOUETTE
 from .files import scratch_dir, VpmelError
 from .prompts import (PROMPT_STYLES, MIXED_STYLES, Box, validate_box, draw_prompt, find_prompt_box, box_iou,
                            moved_box, png_uri, check_stroke, draw_stroke, ShapePrompt, read_silhouette)
 from .loading import EntityDataset, MENTION_TEMPLATE, DETECTIVE_TEMPLATE
-from .vpwiki import RAW_IMG, SILHOUETTE
 from .units import index_cache
 from .rank import FirstStage, first_stage_vectors
 from .iier import IIER
@@ -28,7 +27,7 @@ from .detective import DetectiveExample, detective_prompt
 from .detective_training import generate_answers
 from .config import RunConfig
 from .towers import ensure_data, text_inputs
-from .evaluate import entity_index
+from .evaluate import entity_index, padded_kb
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'MAX_SIDE', 'EXACT_UP_TO', 'ExplorerError', 'read_image', 'MentionItem', 'Ranking', 'trained_run',
@@ -51,10 +50,9 @@ def read_image(data, name: str = 'the image') -> Image.Image:
         try:
             data = Image.open(io.BytesIO(raw))
             if data.width * data.height > MAX_PIXELS:
-                raise ExplorerError(
-                    f'{name} is {data.width}x{data.height} px ({data.width * data.height / 1e6:.0f} MP); '
-                    f'the explorer takes up to {MAX_PIXELS / 1e6:.0f} MP'
-                )
+                w, h = data.size
+                raise ExplorerError(f'{name} is {w}x{h} px ({w * h / 1e6:.0f} MP); the explorer takes up to '
+                                    f'{MAX_PIXELS / 1e6:.0f} MP')
             data.load()
         except ExplorerError: raise
         except Exception as e: raise ExplorerError(f'{name} is not an image ({type(e).__name__}: {e})') from None
@@ -90,12 +88,9 @@ class Ranking:
 
     def table(self, ds: MELDataset) -> list[dict]:
         "One dict per row: rank, KB row, QID, name, type and every score."
-        out = []
-        for i, r in enumerate(self.rows):
-            e = ds.kb[r]
-            out.append({'rank': i + 1, 'row': r, 'qid': e.id, 'name': e.entity_name, 'type': e.type,
-                        **{k: v[i] for k, v in self.scores.items()}, 'gold': r == self.gold_row})
-        return out
+        return [{'rank': i + 1, 'row': r, 'qid': ds.kb[r].id, 'name': ds.kb[r].entity_name, 'type': ds.kb[r].type,
+                 **{k: v[i] for k, v in self.scores.items()}, 'gold': r == self.gold_row}
+                for i, r in enumerate(self.rows)]
 
 # %% ../nbs/26_explore.ipynb #9af597a5
 def _thumb_uri(img: Image.Image, side: int = 48) -> str:
@@ -119,9 +114,7 @@ class PromptExplorer:
         self.tf = model.encoder.image_transform()
         self.entities = EntityDataset(ds, self.tf)
         self.entity_cache = entity_index(model, ds, index_dir, bs, progress)[0]   # persisted in `index_dir` when given
-        # a KB of VPWiki's size is ranked in two stages (chapter 10): the first stage's top `candidates`, then IIER
-        self.candidates = candidates if candidates is not None else (None if len(ds.kb) <= EXACT_UP_TO else 200)
-        self.first = FirstStage.from_cache(model.matcher, self.entity_cache) if self.candidates else None
+        self._first_stage(candidates)
         self.units = tuple(getattr(model.matcher, 'units', ()))
         self._texts: dict[str, dict] = {}                # mention text -> text-tower inputs
                                                          # (one entry per caption seen)
@@ -131,16 +124,32 @@ class PromptExplorer:
         self.stroke: tuple[str, list] | None = None   # a stroke drawn with the mouse (`set_stroke`): then the prompt
         self.style, self.color, self.width = 'rect', (255, 0, 0), 2   # VPWiki's red rectangle (`set_style` changes it)
 
+# %% ../nbs/26_explore.ipynb #e3e3351d
+@patch
+def _first_stage(self: PromptExplorer, candidates: int | None = None):
+    "Exact ranking up to `EXACT_UP_TO` entities, else the first stage's top `candidates` (200), then IIER on them."
+    self.candidates = candidates if candidates is not None else (None if len(self.ds.kb) <= EXACT_UP_TO else 200)
+    self.first = FirstStage.from_cache(self.model.matcher, self.entity_cache) if self.candidates else None
+
+@patch
+def padded(self: PromptExplorer, n: int) -> PromptExplorer:
+    "This explorer, its KB padded to `n` entities (`padded_kb`), the copies scored with their originals' features."
+    rows = torch.arange(n, device=self.model.matcher_device) % len(self.ds.kb)
+    self.ds, self.entity_cache = padded_kb(self.ds, n), index_cache(self.entity_cache, rows)
+    self.entities = EntityDataset(self.ds, self.tf)
+    self._first_stage(self.candidates)
+    return self
+
 # %% ../nbs/26_explore.ipynb #c6e6021b
 @patch(cls_method=True)
-def from_run(cls: PromptExplorer, run_dir, data=None, **kw) -> PromptExplorer:
-    "An explorer over a run folder written by `vpmel train` (its `model/` and its dataset, or `data`)."
+def from_run(cls: PromptExplorer, run_dir, data=None, kb_size: int | None = None, **kw) -> PromptExplorer:
+    """An explorer over a run folder written by `vpmel train` (its `model/` and its dataset, or `data`; with `kb_size`,
+    its KB `padded` to that many entities)."""
     run = trained_run(run_dir)
     cfg = RunConfig.from_json(json.loads((run/'run_config.json').read_text()))
     if data is not None: cfg.data = str(data)
-    return cls(
-        IIER.from_pretrained(run/'model'), ensure_data(cfg), index_dir=kw.pop('index_dir', run/'index'), **kw
-    )
+    ex = cls(IIER.from_pretrained(run/'model'), ensure_data(cfg), index_dir=kw.pop('index_dir', run/'index'), **kw)
+    return ex if kb_size is None else ex.padded(kb_size)
 
 # %% ../nbs/26_explore.ipynb #d1790dd0
 @patch

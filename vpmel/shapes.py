@@ -22,7 +22,6 @@ from .detective_cli import drawn_examples
 from .prompts import SHAPE_STYLES, ShapePrompt, read_silhouette
 from .synth import PRESETS as WORLDS, Plan, make_plan, mention_silhouette
 from .minivpwiki import config_record
-from .pretrain import SCENE_PROMPTS
 from .loading import MentionDataset, EntityDataset
 from .rank import build_entity_cache, rank_entities, mel_metrics, RankResult
 from .config import preset, run_name, PRESETS
@@ -84,24 +83,20 @@ def prompt_ranks(run, prompts: Sequence[str] = TEST_PROMPTS, split: str = 'test'
     return out
 
 # %% ../nbs/40_shapes.ipynb #sh400020
-def study_file(out_root, preset_name: str, clip_scene_prompt: str = 'dataset') -> Path:
-    "Where `shape_study` keeps its ranks: `<out_root>/shapes/<preset>[-clip-<scene prompt>].json`."
-    clip = f'-clip-{clip_scene_prompt}' if clip_scene_prompt != 'dataset' else ''
-    return Path(out_root)/'shapes'/f'{preset_name}{clip}.json'
+def study_file(out_root, preset_name: str) -> Path:
+    "Where `shape_study` keeps its ranks: `<out_root>/shapes/<preset>.json`."
+    return Path(out_root)/'shapes'/f'{preset_name}.json'
 
 def shape_study(out_root='runs', preset_name: str = 'cpu-crowd', seeds: Sequence[int] = range(5),
                 train_prompts: Sequence[str] = ('dataset', 'mixed'), test_prompts: Sequence[str] = TEST_PROMPTS,
-                epochs: int | None = None, data=None, clip_scene_prompt: str = 'dataset',
-                progress: bool = True) -> dict:
+                epochs: int | None = None, data=None, progress: bool = True) -> dict:
     """Train IIER on each of `train_prompts` for every seed (finished runs are reused) on the preset's MiniVPWiki (or
-    the one at `data`; its tiny CLIP pretrained on scenes prompted as `clip_scene_prompt` says), test each run on
-    every one of `test_prompts`, and keep each test mention's rank and crowding in
-    `study_file(out_root, preset_name, clip_scene_prompt)`."""
+    the one at `data`), test each run on every one of `test_prompts`, and keep each test mention's rank and crowding
+    in `study_file(out_root, preset_name)`."""
     t0, ranks = time.time(), {}
     for tp in train_prompts:
         for seed in seeds:
-            cfg = preset(preset_name, prompt=tp, clip_scene_prompt=clip_scene_prompt,
-                         **({} if data is None else {'data': str(data)})); cfg.train.seed = seed
+            cfg = preset(preset_name, prompt=tp, **({} if data is None else {'data': str(data)})); cfg.train.seed = seed
             if epochs is not None: cfg.train.epochs = epochs
             cfg.name = run_name(cfg, preset_name, 'iier')
             if progress: print(f'== {cfg.name}')
@@ -110,10 +105,10 @@ def shape_study(out_root='runs', preset_name: str = 'cpu-crowd', seeds: Sequence
             ranks[f'{tp}/seed{seed}'] = {p: r.ranks.tolist() for p, (_, r) in res.items()}
     ds = ensure_data(cfg)
     ids, crowd = [m.id for m in ds.splits['test']], crowding(folder_plan(ds.root))
-    study = {'preset': preset_name, 'clip_scene_prompt': clip_scene_prompt, 'seeds': list(seeds),
+    study = {'preset': preset_name, 'clip_scene_prompt': cfg.clip_scene_prompt, 'seeds': list(seeds),
              'train': list(train_prompts), 'test': list(test_prompts),
              'mentions': ids, 'crowded': [crowd[i] for i in ids], 'ranks': ranks, 'seconds': round(time.time() - t0)}
-    write_json_atomic(study_file(out_root, preset_name, clip_scene_prompt), study)
+    write_json_atomic(study_file(out_root, preset_name), study)
     return study
 
 # %% ../nbs/40_shapes.ipynb #sh400021
@@ -213,17 +208,15 @@ def cli_shapes(argv: list[str]) -> int:
                     'the five shapes)')
     ap.add_argument('--epochs', type=int, default=None)
     ap.add_argument('--data', default=None, help="the preset's MiniVPWiki folder (default: where the preset keeps it)")
-    ap.add_argument('--clip-scene-prompt', default='dataset', choices=SCENE_PROMPTS,
-                    help="the tiny CLIP's pretraining scenes: the dataset's boxes, or a shape / mixed (chapter 13)")
     ap.add_argument('--out', default='runs')
     ap.add_argument('--quiet', action='store_true')
     a = ap.parse_args(argv)
     if a.preset not in PRESETS: raise ShapesError(f'unknown preset {a.preset!r}: choose from {", ".join(PRESETS)}')
     bad = [p for p in a.train + a.test if p not in PROMPT_MODES]
     if bad: raise ShapesError(f'unknown prompt {bad[0]!r}: choose from {", ".join(PROMPT_MODES)}')
-    st = shape_study(a.out, a.preset, a.seeds, a.train, a.test, a.epochs, a.data, a.clip_scene_prompt, not a.quiet)
+    st = shape_study(a.out, a.preset, a.seeds, a.train, a.test, a.epochs, a.data, progress=not a.quiet)
     for crowded in (None, True, False):
         if any(crowded is None or (c > 0) == crowded for c in st['crowded']):
             print(format_shape_table(st, crowded), end='\n\n')
-    print(f"{study_file(a.out, a.preset, a.clip_scene_prompt)} ({st['seconds']} s)")
+    print(f"{study_file(a.out, a.preset)} ({st['seconds']} s)")
     return 0
