@@ -16,7 +16,7 @@ BENCH_COMMANDS = {  # benchmark: (module, function(argv) -> int, one-line help)
     'rank':  ('vpmel.bench', 'bench_rank', 'time full-KB ranking, optionally against the official algorithm'),
     'train': ('vpmel.bench', 'bench_train', 'time IIER training steps'),
     'explore': ('vpmel.bench', 'bench_explore', 'time the prompt explorer: a box change -> the whole-KB top-k'),
-    'ground': ('vpmel.bench', 'bench_ground', 'grounding accuracy (IoU >= 0.5) of every grounder on a MEL source'),
+    'ground': ('vpmel.proposals', 'bench_ground', 'grounding accuracy (IoU >= 0.5) of every grounder on a MEL source'),
     'shapes': ('vpmel.shapes', 'cli_shapes', 'IIER trained on rectangles or mixed shapes, tested on each shape'),
 }
 

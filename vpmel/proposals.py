@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Callable, Sequence
 from .prompts import Box, box_area
 from .vpwiki import SPLITS, KBEntity, Mention, MELDataset, BadImageError
-from .files import VpmelError
+from .files import VpmelError, CommandParser
 from .mel import Dropped, load_mel, read_true_boxes, read_mel
 from .grounding import Proposal, grounding_query
 
 # %% auto #0
 __all__ = ['GROUNDERS', 'ConstructError', 'Source', 'open_sources', 'merged_kb', 'Candidate', 'candidates', 'ProposalsError',
            'read_proposals', 'propose_all', 'raw_scores', 'centred_claims', 'exclusive_choices', 'kb_clip_dir',
-           'make_grounder', 'grounder_suite', 'evaluate_exclusive', 'grounding_table']
+           'make_grounder', 'grounder_suite', 'evaluate_exclusive', 'grounding_table', 'bench_ground']
 
 # %% ../nbs/34_proposals.ipynb #abcb3825
 class ConstructError(VpmelError, ValueError):
@@ -242,3 +242,37 @@ def grounding_table(source, split: str = 'test', n: int | None = None, progress:
         if isinstance(g, KBImageGrounder) and exclusive:
             rows += evaluate_exclusive(g, ds, split, tb, exclusive, n=n, progress=progress)
     return rows
+
+# %% ../nbs/34_proposals.ipynb #5f5a171f
+def _ground_parser() -> CommandParser:
+    "The options of `vpmel bench ground`."
+    ap = CommandParser(prog='vpmel bench ground',
+                       description='Grounding accuracy of every grounder on a MEL source with true boxes.')
+    ap.add_argument('source', nargs='?', default='data/minivpwiki-mel/cpu')
+    ap.add_argument('--split', default='test')
+    ap.add_argument('--n', type=int, default=None, help='first n depicted mentions (default: all)')
+    ap.add_argument('--grounders', nargs='+', default=list(GROUNDERS[:-1]), choices=GROUNDERS)
+    ap.add_argument('--clip', default=None)
+    ap.add_argument('--owlv2', default='tiny', help="'tiny' (offline, random) or a checkpoint name / folder")
+    ap.add_argument('--grounding-dino', default='tiny', help="'tiny' (offline, random) or a checkpoint name / folder")
+    ap.add_argument('--text-weight', type=float, default=0.5, help="kb-image: weight of the entity text's similarity")
+    ap.add_argument('--exclusive', type=float, nargs='*', default=[float('inf'), 0.1], metavar='MAX_LOSS',
+                    help='kb-image: also ground the mentions of an image together, a row per max loss (none: skip)')
+    ap.add_argument('--threads', type=int, default=None)
+    return ap
+
+# %% ../nbs/34_proposals.ipynb #cf155efc
+def bench_ground(argv: list[str]) -> int:
+    "`vpmel bench ground SRC`: the grounding table of a MiniVPWiki MEL source (JSON lines, then a markdown table)."
+    a = _ground_parser().parse_args(argv)
+    if a.threads:
+        import torch; torch.set_num_threads(a.threads)
+    rows = grounding_table(a.source, a.split, a.n, progress=True, exclusive=a.exclusive, names=a.grounders, clip=a.clip,
+                           owlv2=a.owlv2, grounding_dino=a.grounding_dino, text_weight=a.text_weight)
+    for r in rows: print(json.dumps(r))
+    print('\n| grounder | acc@IoU0.5 | mean IoU | any proposal @0.5 | kept | acc of kept | ms / mention |'
+          '\n|---|---|---|---|---|---|---|')
+    for r in rows:
+        print(f"| {r['grounder']} | {r['acc@0.5']} | {r['mean_iou']} | {r['any@0.5']} | {r['kept']} "
+              f"| {r['acc@0.5_of_kept']} | {r['ms_per_mention']} |")
+    return 0
