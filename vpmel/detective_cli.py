@@ -133,7 +133,7 @@ def _train_model(a, ds: MELDataset, train: Sequence[DetectiveExample], mcfg, tcf
     """(model, processor, history): the `--model` checkpoint with LoRA, or the offline tiny model, trained (with
     `--prompt-style`, on its mentions' pictures drawn into the folder `prompted`)."""
     def drawn(split, ex):
-        return drawn_examples(ds, split, ex, ShapePrompt(a.prompt_style), prompted) if a.prompt_style else ex
+        return drawn_examples(ds, split, ex, ShapePrompt(a.prompt_style), prompted) if a.prompt_style and ex else ex
     if a.model:
         model, proc = load_detective(a.model, way_out='pass --model a complete model folder or a hub id')
         model.config.prompt_view = mcfg.prompt_view if a.view else 'full'
