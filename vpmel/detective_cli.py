@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from .vpwiki import MELDataset, load_dataset
-from .prompts import MIXED_STYLES, ShapePrompt, png
+from .prompts import SHAPE_PROMPTS, ShapePrompt, png
 from .loading import MentionDataset
 from .files import (CommandParser, check_out_folder, claim_folder, files_fingerprint, read_record,
                          remove_partial_writes, write_bytes_atomic, write_json_atomic)
@@ -26,7 +26,7 @@ from .answers import (AnswerCacheError, cache_lines, claim_answer_cache, detecti
 from .crossfit import checkpoint_fingerprint, clip_record, dataset_record, preset_cfgs, training_data
 
 # %% auto #0
-__all__ = ['TRAIN_FILES', 'PROMPT_SHAPES', 'drawn_examples', 'cli_detective']
+__all__ = ['TRAIN_FILES', 'drawn_examples', 'cli_detective']
 
 # %% ../nbs/18_detective_cli.ipynb #5564c698
 def _data(path) -> MELDataset:
@@ -59,8 +59,6 @@ TRAIN_FILES = ('made_by.json', 'config.json', 'generation_config.json', 'model.s
 # what `vpmel detective train` (and `generate`'s default cache) write in --out
 
 # %% ../nbs/18_detective_cli.ipynb #e62059fa
-PROMPT_SHAPES = MIXED_STYLES + ('mixed',)   # what `--prompt-style` may draw (chapter 03's `ShapePrompt`)
-
 def drawn_examples(ds: MELDataset, split: str, examples: Sequence[DetectiveExample], prompt,
                    folder) -> list[DetectiveExample]:
     """`examples` of mentions of `split` with their pictures drawn anew as the `MentionDataset` prompt mode `prompt`
@@ -89,7 +87,7 @@ def _detective_parser() -> argparse.ArgumentParser:
                    help='offline: an open_clip folder (vpmel pretrain_clip) whose ViT becomes the vision tower')
     t.add_argument('--view', choices=PROMPT_VIEWS, help="what the Detective sees: 'full' prompted image (the paper) "
                                                         "or 'zoom' on the red box (default: the preset's)")
-    t.add_argument('--prompt-style', choices=PROMPT_SHAPES, help="train on pictures prompted with this shape (or "
+    t.add_argument('--prompt-style', choices=SHAPE_PROMPTS, help="train on pictures prompted with this shape (or "
                    "'mixed': one per mention) drawn round each object, not the dataset's boxes (MiniVPWiki)")
     t.add_argument('--epochs', type=int); t.add_argument('--batch-size', type=int); t.add_argument('--lr', type=float)
     t.add_argument('--max-steps', type=int); t.add_argument('--seed', type=int, default=0)

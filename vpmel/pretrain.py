@@ -17,7 +17,7 @@ from fastcore.basics import patch
 from .vpwiki import load_dataset, MELDataset, SPLITS, KB_FILE, QID2ID_FILE, BadImageError, open_image
 from .files import VpmelError, write_json_atomic, write_bytes_atomic, claim_folder, read_record, files_fingerprint
 from .world import PALETTE
-from .prompts import MIXED_STYLES, ShapePrompt
+from .prompts import SHAPE_PROMPTS, ShapePrompt
 from .loading import MentionDataset
 from .encoders import tiny_clip_config, clip_image_transform, vit_layer_tokens
 from .units import contrastive_loss
@@ -126,7 +126,7 @@ def clip_kb_retrieval(clip: nn.Module, kb_dataset, batch_size: int = 256) -> dic
             'n': len(S), 'chance': 1 / len(S)}
 
 # %% ../nbs/13_pretrain.ipynb #p0000009
-SCENE_PROMPTS = ('dataset',) + MIXED_STYLES + ('mixed',)   # how pretraining scenes are prompted (`PretrainConfig`)
+SCENE_PROMPTS = ('dataset',) + SHAPE_PROMPTS   # how pretraining scenes are prompted (`PretrainConfig`)
 
 def _scene_images(ds: MELDataset, split: str, size: int, raw: bool = False,
                   prompt: str = 'dataset') -> tuple[list[int], list[torch.Tensor]]:
@@ -135,16 +135,16 @@ def _scene_images(ds: MELDataset, split: str, size: int, raw: bool = False,
     round each mention's silhouette by chapter 07's `MentionDataset` with chapter 03's `ShapePrompt`."""
     if split not in ds.splits:
         raise PretrainError(f'split {split!r} is not in {ds.root} (no {split}.json; it has {sorted(ds.splits)})')
-    rows, ims = [], []
+    rows, ims, shaped = [], [], prompt != 'dataset' and not raw
     for m in ds.splits[split]:
         if m.answer not in ds.qid2id:
             raise PretrainError(f'{ds.root}/{split}.json: mention {m.id} answers {m.answer!r}, '
                                 f'which is not in {QID2ID_FILE}')
         rows.append(int(ds.qid2id[m.answer]))
-        if prompt != 'dataset' and not raw: continue
-        rel = f'raw_img/mention_{m.id}.png' if raw else m.img_path
-        ims.append(_read_resized(ds, rel, size, f'{ds.root}/{split}.json: mention {m.id}: '))
-    if prompt == 'dataset' or raw: return rows, ims
+        if not shaped:
+            rel = f'raw_img/mention_{m.id}.png' if raw else m.img_path
+            ims.append(_read_resized(ds, rel, size, f'{ds.root}/{split}.json: mention {m.id}: '))
+    if not shaped: return rows, ims
     from torchvision.transforms.v2.functional import pil_to_tensor, resize
     drawn = MentionDataset(ds, split, lambda im: resize(pil_to_tensor(im), [size, size], antialias=True),
                            prompt=ShapePrompt(prompt))

@@ -11,10 +11,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 # %% auto #0
-__all__ = ['Box', 'PROMPT_STYLES', 'SHAPE_STYLES', 'MIXED_STYLES', 'STROKES', 'validate_box', 'clip_box', 'rescale_box',
-           'box_area', 'box_iou', 'crop_with_margin', 'moved_box', 'draw_prompt', 'find_prompt_box', 'png', 'png_uri',
-           'show_prompt_styles', 'HandVariation', 'prompt_width', 'check_silhouette', 'dilate', 'draw_shape_prompt',
-           'show_shape_prompts', 'silhouette_png', 'read_silhouette', 'ShapePrompt', 'check_stroke', 'draw_stroke']
+__all__ = ['Box', 'PROMPT_STYLES', 'SHAPE_STYLES', 'MIXED_STYLES', 'SHAPE_PROMPTS', 'STROKES', 'validate_box', 'clip_box',
+           'rescale_box', 'box_area', 'box_iou', 'crop_with_margin', 'moved_box', 'draw_prompt', 'find_prompt_box',
+           'png', 'png_uri', 'show_prompt_styles', 'HandVariation', 'prompt_width', 'check_silhouette', 'dilate',
+           'draw_shape_prompt', 'show_shape_prompts', 'silhouette_png', 'read_silhouette', 'ShapePrompt',
+           'check_stroke', 'draw_stroke']
 
 # %% ../nbs/03_prompts.ipynb #316781f1
 Box = tuple[int, int, int, int]
@@ -257,6 +258,7 @@ def show_shape_prompts(img: Image.Image, silhouette, shapes: Sequence[str] = SHA
 
 # %% ../nbs/03_prompts.ipynb #shape020
 MIXED_STYLES = ('rect',) + SHAPE_STYLES   # what ShapePrompt('mixed') draws from: one per mention
+SHAPE_PROMPTS = MIXED_STYLES + ('mixed',)  # what a ShapePrompt may draw
 
 def silhouette_png(mask) -> bytes:
     "A boolean `[height, width]` mask as a 1-bit PNG."
@@ -279,8 +281,8 @@ class ShapePrompt:
     seed: int = 0
 
     def __post_init__(self):
-        if self.shape not in MIXED_STYLES + ('mixed',):
-            raise ValueError(f"unknown prompt shape {self.shape!r}; choose from {MIXED_STYLES + ('mixed',)}")
+        if self.shape not in SHAPE_PROMPTS:
+            raise ValueError(f"unknown prompt shape {self.shape!r}; choose from {SHAPE_PROMPTS}")
 
     def style(self, key: str) -> str:
         "The shape drawn for the mention `key`."
