@@ -5,6 +5,7 @@
 # %% ../nbs/40_shapes.ipynb #sh400004
 from __future__ import annotations
 import json, shutil, time
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -32,8 +33,9 @@ from .runs import train_run, _load_run
 from .demo import paired_differences
 
 # %% auto #0
-__all__ = ['TEST_PROMPTS', 'ShapesError', 'folder_plan', 'crowding', 'prompt_ranks', 'study_file', 'shape_study', 'shape_table',
-           'format_shape_table', 'object_cover', 'detective_by_prompt', 'shape_gallery', 'cli_shapes']
+__all__ = ['TEST_PROMPTS', 'ERROR_KINDS', 'ShapesError', 'folder_plan', 'crowding', 'prompt_ranks', 'study_file', 'shape_study',
+           'shape_table', 'format_shape_table', 'error_kinds', 'format_error_table', 'object_cover',
+           'detective_by_prompt', 'shape_gallery', 'cli_shapes']
 
 # %% ../nbs/40_shapes.ipynb #sh400007
 class ShapesError(VpmelError, ValueError):
@@ -91,9 +93,9 @@ def shape_study(out_root='runs', preset_name: str = 'cpu-crowd', seeds: Sequence
                 train_prompts: Sequence[str] = ('dataset', 'mixed'), test_prompts: Sequence[str] = TEST_PROMPTS,
                 epochs: int | None = None, data=None, progress: bool = True) -> dict:
     """Train IIER on each of `train_prompts` for every seed (finished runs are reused) on the preset's MiniVPWiki (or
-    the one at `data`), test each run on every one of `test_prompts`, and keep each test mention's rank and crowding
-    in `study_file(out_root, preset_name)`."""
-    t0, ranks = time.time(), {}
+    the one at `data`), test each run on every one of `test_prompts`, and keep each test mention's rank, top-1 KB row,
+    crowding and the KB rows of its scene in `study_file(out_root, preset_name)`."""
+    t0, ranks, top1 = time.time(), {}, {}
     for tp in train_prompts:
         for seed in seeds:
             cfg = preset(preset_name, prompt=tp, **({} if data is None else {'data': str(data)})); cfg.train.seed = seed
@@ -103,47 +105,82 @@ def shape_study(out_root='runs', preset_name: str = 'cpu-crowd', seeds: Sequence
             train_run(cfg, out_root, progress=progress)
             res = prompt_ranks(Path(out_root)/cfg.name, test_prompts, progress=progress)
             ranks[f'{tp}/seed{seed}'] = {p: r.ranks.tolist() for p, (_, r) in res.items()}
-    ds = ensure_data(cfg)
-    ids, crowd = [m.id for m in ds.splits['test']], crowding(folder_plan(ds.root))
+            top1[f'{tp}/seed{seed}'] = {p: r.topk_indices[:, 0].tolist() for p, (_, r) in res.items()}
+    ds = ensure_data(cfg); plan = folder_plan(ds.root)
+    ids, crowd = [m.id for m in ds.splits['test']], crowding(plan)
+    scene = {mid: sorted(sc.rows) for sc in plan.scenes for mid, _, _ in sc.mentions}
     study = {'preset': preset_name, 'clip_scene_prompt': cfg.clip_scene_prompt, 'seeds': list(seeds),
-             'train': list(train_prompts), 'test': list(test_prompts),
-             'mentions': ids, 'crowded': [crowd[i] for i in ids], 'ranks': ranks, 'seconds': round(time.time() - t0)}
+             'train': list(train_prompts), 'test': list(test_prompts), 'mentions': ids,
+             'crowded': [crowd[i] for i in ids], 'scene_rows': [scene[i] for i in ids], 'ranks': ranks, 'top1': top1,
+             'seconds': round(time.time() - t0)}
     write_json_atomic(study_file(out_root, preset_name), study)
     return study
 
 # %% ../nbs/40_shapes.ipynb #sh400021
+def _by_prompt(study: dict, values, metrics: Sequence[str]) -> dict:
+    """`{test prompt: {metric: (mean, std), 'vs rect': {metric: (mean, low, high)}}}` from `values(prompt, seed)`
+    (a dict of `metrics`): over the study's seeds, and each prompt minus the rectangle, paired by seed (95 %)."""
+    runs = {(p, s): {'test': values(p, s)} for p in study['test'] for s in study['seeds']}
+    d, out = paired_differences(runs, 'dataset', metrics), {}
+    for p in study['test']:
+        vals = {k: [runs[p, s]['test'][k] for s in study['seeds']] for k in metrics}
+        out[p] = {**{k: (float(np.mean(v)), float(np.std(v))) for k, v in vals.items()},
+                  'vs rect': {k: (-m, -hi, -lo) for k, (m, lo, hi) in d.get(p, {}).items()}}
+    return out
+
+def _kept(study: dict, crowded: bool | None) -> torch.Tensor:
+    keep = torch.tensor([crowded is None or (n > 0) == crowded for n in study['crowded']])
+    if not keep.any(): raise ShapesError(f"no test mention is {'crowded' if crowded else 'clean'} in this study")
+    return keep
+
 def shape_table(study: dict, crowded: bool | None = None, metrics: Sequence[str] = ('H@1', 'MRR')) -> dict:
     """`{train prompt: {test prompt: {metric: (mean, std), 'vs rect': {metric: (mean, low, high)}}}}` over the
     study's seeds, on every test mention, or only the crowded (`crowded=True`) or the clean ones (`False`). 'vs rect'
     is the test prompt minus the rectangle ('dataset') under the same run, paired by seed, with its 95 % interval."""
-    keep = torch.tensor([crowded is None or (n > 0) == crowded for n in study['crowded']])
-    if not keep.any(): raise ShapesError(f"no test mention is {'crowded' if crowded else 'clean'} in this study")
-    table = {}
-    for tp in study['train']:
-        runs = {(p, s): {'test': mel_metrics(torch.tensor(study['ranks'][f'{tp}/seed{s}'][p])[keep])}
-                for p in study['test'] for s in study['seeds']}
-        d, table[tp] = paired_differences(runs, 'dataset', metrics), {}
-        for p in study['test']:
-            vals = {k: [runs[p, s]['test'][k] for s in study['seeds']] for k in metrics}
-            table[tp][p] = {**{k: (float(np.mean(v)), float(np.std(v))) for k, v in vals.items()},
-                            'vs rect': {k: (-m, -hi, -lo) for k, (m, lo, hi) in d.get(p, {}).items()}}
-    return table
+    keep = _kept(study, crowded)
+    return {tp: _by_prompt(study, lambda p, s: mel_metrics(torch.tensor(study['ranks'][f'{tp}/seed{s}'][p])[keep]),
+                           metrics) for tp in study['train']}
 
 # %% ../nbs/40_shapes.ipynb #sh400022
+def _cells(c: dict, metric: str) -> str:
+    m, s = c[metric]; v = c['vs rect'].get(metric)
+    return f'{m:.1f} ± {s:.1f}' + (f' ({v[0]:+.1f} [{v[1]:+.1f}, {v[2]:+.1f}])' if v else '')
+
+def _mentions(study: dict, crowded: bool | None) -> str:
+    n = sum(crowded is None or (c > 0) == crowded for c in study['crowded'])
+    return f"{({None: 'all', True: 'crowded', False: 'clean'})[crowded]} ({n} mentions)"
+
 def format_shape_table(study: dict, crowded: bool | None = None, metric: str = 'H@1') -> str:
     """A markdown table of `shape_table`: a row per test prompt, a column per training prompt, each cell
     `mean ± std (shape - rectangle [95 % interval])`."""
     t, name = shape_table(study, crowded, (metric,)), {'dataset': 'rectangle'}
-    n = sum(crowded is None or (c > 0) == crowded for c in study['crowded'])
-    head = f"| {metric}, {({None: 'all', True: 'crowded', False: 'clean'})[crowded]} ({n} mentions) | " + \
-           ' | '.join(f'trained on {name.get(tp, tp)}' for tp in t) + ' |'
-    rows = [head, '|---' * (len(t) + 1) + '|']
-    for p in study['test']:
-        cells = []
-        for tp in t:
-            c = t[tp][p]; m, s = c[metric]; v = c['vs rect'].get(metric)
-            cells.append(f'{m:.1f} ± {s:.1f}' + (f' ({v[0]:+.1f} [{v[1]:+.1f}, {v[2]:+.1f}])' if v else ''))
-        rows.append(f'| {name.get(p, p)} | ' + ' | '.join(cells) + ' |')
+    rows = [f'| {metric}, {_mentions(study, crowded)} | ' + ' | '.join(f'trained on {name.get(tp, tp)}' for tp in t)
+            + ' |', '|---' * (len(t) + 1) + '|']
+    rows += [f'| {name.get(p, p)} | ' + ' | '.join(_cells(t[tp][p], metric) for tp in t) + ' |' for p in study['test']]
+    return '\n'.join(rows)
+
+# %% ../nbs/40_shapes.ipynb #sh400043
+ERROR_KINDS = ('right', 'in scene', 'not in scene')   # what a mention's top-1 entity is
+
+def error_kinds(study: dict, crowded: bool | None = None) -> dict:
+    """Like `shape_table`, with the share (%) of test mentions whose top-1 entity is right, another object of the
+    mention's own scene ('in scene': the prompt pointed at the wrong object) or one the scene does not show ('not in
+    scene': the object was misread)."""
+    if 'top1' not in study: raise ShapesError('this study keeps no top-1 entities (an older vpmel made it): rerun it')
+    keep = _kept(study, crowded).tolist()
+    def kinds(tp, p, s):
+        run = f'{tp}/seed{s}'
+        k = [ERROR_KINDS[0] if r == 1 else ERROR_KINDS[1] if t in rows else ERROR_KINDS[2] for r, t, rows, ok in
+             zip(study['ranks'][run][p], study['top1'][run][p], study['scene_rows'], keep) if ok]
+        return {e: 100 * k.count(e) / len(k) for e in ERROR_KINDS}
+    return {tp: _by_prompt(study, partial(kinds, tp), ERROR_KINDS) for tp in study['train']}
+
+def format_error_table(study: dict, train: str = 'mixed', crowded: bool | None = None) -> str:
+    "A markdown table of `error_kinds` for the runs trained on `train`: a row per test prompt, a column per kind."
+    t, name = error_kinds(study, crowded)[train], {'dataset': 'rectangle'}
+    rows = [f'| % of {_mentions(study, crowded)}, trained on {name.get(train, train)} | ' + ' | '.join(ERROR_KINDS)
+            + ' |', '|---' * (len(ERROR_KINDS) + 1) + '|']
+    rows += [f'| {name.get(p, p)} | ' + ' | '.join(_cells(t[p], k) for k in ERROR_KINDS) + ' |' for p in study['test']]
     return '\n'.join(rows)
 
 # %% ../nbs/40_shapes.ipynb #sh400035
@@ -218,5 +255,6 @@ def cli_shapes(argv: list[str]) -> int:
     for crowded in (None, True, False):
         if any(crowded is None or (c > 0) == crowded for c in st['crowded']):
             print(format_shape_table(st, crowded), end='\n\n')
+    for tp in st['train']: print(format_error_table(st, tp), end='\n\n')
     print(f"{study_file(a.out, a.preset)} ({st['seconds']} s)")
     return 0
