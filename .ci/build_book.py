@@ -261,7 +261,7 @@ def main() -> int:
     ap.add_argument('--out', default='_book', help='folder for the pages (default _book)')
     ap.add_argument('--only', nargs='*', default=None, help='chapter names (e.g. 05_synth); default: all')
     ap.add_argument('--timeout', type=float, default=900, help='seconds a chapter may run (default 900)')
-    ap.add_argument('--workers', type=int, default=2, help='chapters run at once (at most 2)')
+    ap.add_argument('--workers', type=int, default=2, help='chapters run (or rendered) at once (at most 2)')
     ap.add_argument('--executed', default=None,
                     help='render the notebooks of this folder (executed by browser_run_all.py --save) instead of running')
     ap.add_argument('--chapter', help=argparse.SUPPRESS)   # internal: run this one chapter
@@ -275,7 +275,9 @@ def main() -> int:
     if a.only and (unknown := set(a.only) - set(names)): print(f'no such chapter: {sorted(unknown)}'); return 1
     out.mkdir(parents=True, exist_ok=True)
     if a.executed:
-        t0, done = time.time(), [render_executed(n, Path(a.executed), out) for n in todo]
+        t0, n = time.time(), len(todo)   # rendering is CPU-bound: the workers' processes share it
+        with concurrent.futures.ProcessPoolExecutor(max(1, min(2, a.workers))) as pool:
+            done = list(pool.map(render_executed, todo, [Path(a.executed)] * n, [out] * n))
         build_index(out, names)
         bad = [r['chapter'] + ': ' + r['problem'] for r in done if r['problem']]
         print('\n'.join(bad) + ('\n' if bad else '') +
