@@ -177,6 +177,8 @@ def error_kinds(study: dict, crowded: bool | None = None) -> dict:
 
 def format_error_table(study: dict, train: str = 'mixed', crowded: bool | None = None) -> str:
     "A markdown table of `error_kinds` for the runs trained on `train`: a row per test prompt, a column per kind."
+    if train not in study['train']:
+        raise ShapesError(f"the study has no runs trained on {train!r}, only on: {', '.join(study['train'])}")
     t, name = error_kinds(study, crowded)[train], {'dataset': 'rectangle'}
     rows = [f'| % of {_mentions(study, crowded)}, trained on {name.get(train, train)} | ' + ' | '.join(ERROR_KINDS)
             + ' |', '|---' * (len(ERROR_KINDS) + 1) + '|']
