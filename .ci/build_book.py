@@ -101,9 +101,16 @@ def render(nb, title: str, top: str = '', bottom: str = '') -> str:
     page = re.sub(r'(<body[^>]*>)', lambda m: m.group(1) + top, page, count=1)
     return page.replace('</body>', bottom + '</body>', 1) if bottom else page
 
-def render_executed(name: str, executed: Path, out: Path) -> dict:
-    """Write the page of a chapter executed elsewhere (`browser_run_all.py --save`: Run All in JupyterLab); its problem
-    is a missing notebook, a cell that did not run, or an error output."""
+def chapter_titles() -> tuple[list[str], dict[str, str]]:
+    "Every chapter's name, in order, and its title (the name when it has none)."
+    import nbformat
+    names = [p.stem for p in chapters()]
+    return names, {n: heading(nbformat.read(NBS/f'{n}.ipynb', as_version=4))[0] or n for n in names}
+
+def render_executed(name: str, executed: Path, out: Path, toc: tuple[list[str], dict[str, str]]) -> dict:
+    """Write the page of a chapter executed elsewhere (`browser_run_all.py --save`: Run All in JupyterLab), with the
+    navigation of `toc` (`chapter_titles()`); its problem is a missing notebook, a cell that did not run, or an error
+    output."""
     import nbformat
     f, problem = executed/f'{name}.ipynb', ''
     if not f.exists(): return {'chapter': name, 'seconds': 0.0, 'problem': f'no executed notebook {f}'}
@@ -113,8 +120,7 @@ def render_executed(name: str, executed: Path, out: Path) -> dict:
         problem = f'error output in code cell {bad}'
     elif (todo := sum(c.get('execution_count') is None for c in code)):
         problem = f'{todo} code cells did not run'
-    names = [p.stem for p in chapters()]
-    titles = {n: heading(nbformat.read(NBS/f'{n}.ipynb', as_version=4))[0] or n for n in names}
+    names, titles = toc
     top = nav(names, titles, name, 'top')
     if problem: top += f'<div class="book-stopped">Problem with this chapter: {html.escape(problem)}.</div>'
     (out/f'{name}.html').write_text(render(as_book(nb), titles[name], top, nav(names, titles, name, 'bottom')),
@@ -150,8 +156,7 @@ def run_chapter(name: str, out: Path, timeout: float) -> dict:
     if not has_spec:   # nbclient was given a kernel; JupyterLab would not be
         problem = '; '.join(filter(None, [problem, 'no kernelspec in its metadata (JupyterLab asks "Select Kernel")']))
     secs = time.time() - t0
-    names = [p.stem for p in chapters()]
-    titles = {n: heading(nbformat.read(NBS/f'{n}.ipynb', as_version=4))[0] or n for n in names}
+    names, titles = chapter_titles()
     top = nav(names, titles, name, 'top')
     if problem:
         top += f'<div class="book-stopped">Problem with this chapter: {html.escape(problem)}.</div>'
@@ -277,7 +282,7 @@ def main() -> int:
     if a.executed:
         t0, n = time.time(), len(todo)   # rendering is CPU-bound: the workers' processes share it
         with concurrent.futures.ProcessPoolExecutor(max(1, min(2, a.workers))) as pool:
-            done = list(pool.map(render_executed, todo, [Path(a.executed)] * n, [out] * n))
+            done = list(pool.map(render_executed, todo, [Path(a.executed)] * n, [out] * n, [chapter_titles()] * n))
         build_index(out, names)
         bad = [r['chapter'] + ': ' + r['problem'] for r in done if r['problem']]
         print('\n'.join(bad) + ('\n' if bad else '') +
