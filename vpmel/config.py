@@ -13,6 +13,7 @@ from fastcore.basics import patch
 
 from .files import VpmelError, files_fingerprint, fingerprint, flat_record
 from .vpwiki import MELDataset
+from .prompts import drawing_record
 from .encoders import EncoderConfig
 from .iier import IIERConfig
 from .train import TrainConfig
@@ -167,6 +168,7 @@ def effective_config(cfg: RunConfig) -> dict:
         for k in _DETECTIVE_FIELDS: d.pop(k)
     if cfg.dev_ranking == 'exact': d.pop('dev_candidates')
     if cfg.clip_scene_prompt == 'dataset': d.pop('clip_scene_prompt')   # unsaid, as before the field existed
+    d |= drawing_record(cfg.prompt) or drawing_record(cfg.clip_scene_prompt)   # shapes drawn: how (chapter 03)
     return d
 
 # %% ../nbs/19_config.ipynb #575776da
@@ -197,7 +199,8 @@ def run_name(cfg: RunConfig, preset_name: str, ablation: str = 'iier') -> str:
     `cfg` changes from that preset and ablation (`-epochs-12`, `-prompt-ellipse`, `-data-3fa2c1` for a path)."""
     base = ablate(preset(preset_name), ablation)
     mine, ref = flat_record(effective_config(cfg)), flat_record(effective_config(base))
-    parts = [_name_part(k, v) for k, v in mine.items() if k != 'train.seed' and ref.get(k, '(unset)') != v]
-    parts += [f"{k.rsplit('.', 1)[-1]}-unset" for k in ref if k not in mine]
+    said = lambda k: k not in ('train.seed', 'shape_drawing')   # the seed has its part; the drawing follows the prompt
+    parts = [_name_part(k, v) for k, v in mine.items() if said(k) and ref.get(k, '(unset)') != v]
+    parts += [f"{k.rsplit('.', 1)[-1]}-unset" for k in ref if k not in mine and said(k)]
     name = '-'.join([base.name, f'seed{cfg.train.seed}', *parts])
     return name if len(name) <= 100 else f'{base.name}-seed{cfg.train.seed}-{fingerprint(parts)[:8]}'

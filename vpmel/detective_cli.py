@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from .vpwiki import MELDataset, load_dataset
-from .prompts import SHAPE_PROMPTS, ShapePrompt, png
+from .prompts import SHAPE_PROMPTS, ShapePrompt, drawing_record, png
 from .loading import MentionDataset
 from .files import (CommandParser, check_out_folder, claim_folder, files_fingerprint, read_record,
                          remove_partial_writes, write_bytes_atomic, write_json_atomic)
@@ -113,7 +113,8 @@ def _train_record(a, ds: MELDataset, mcfg, tcfg) -> dict:
     base = {'model': {'name': a.model, 'files': checkpoint_fingerprint(a.model)}, 'lora_r': a.lora_r} if a.model else \
            {'backend': a.backend}
     vlm = {**dataclasses.asdict(mcfg), 'vision_from_clip': clip_record(mcfg.vision_from_clip)}
-    drawn = {'prompt_style': a.prompt_style} if getattr(a, 'prompt_style', None) else {}   # unsaid: the dataset's
+    style = getattr(a, 'prompt_style', None)
+    drawn = {'prompt_style': style, **drawing_record(style)} if style else {}   # unsaid: the dataset's
     return {'preset': a.preset, **base, **drawn, 'vlm': vlm, 'train': dataclasses.asdict(tcfg),
             'data': dataset_record(ds, [s for s in ('train', 'dev') if s in ds.splits])}
 

@@ -17,7 +17,7 @@ from fastcore.basics import patch
 from .vpwiki import load_dataset, MELDataset, SPLITS, KB_FILE, QID2ID_FILE, BadImageError, open_image
 from .files import VpmelError, write_json_atomic, write_bytes_atomic, claim_folder, read_record, files_fingerprint
 from .world import PALETTE
-from .prompts import SHAPE_PROMPTS, ShapePrompt
+from .prompts import SHAPE_PROMPTS, ShapePrompt, drawing_record
 from .loading import MentionDataset
 from .encoders import tiny_clip_config, clip_image_transform, vit_layer_tokens
 from .units import contrastive_loss
@@ -303,9 +303,11 @@ _CLIP_WAY_OUT = 'pass --fresh (fresh=True) to pretrain it again, or choose anoth
 
 def clip_record(ds: MELDataset, cfg: PretrainConfig) -> dict:
     """What a tiny CLIP folder records: the recipe, the architecture, the fingerprint of the data files it learnt from
-    (the scene prompt only when it is not the dataset's, so that folders made before it existed stay valid)."""
+    (the scene prompt only when it is not the dataset's, so that folders made before it existed stay valid; with a
+    shape, how the shapes were drawn: chapter 03's `drawing_record`)."""
     files = [KB_FILE, QID2ID_FILE] + ([f'{cfg.scene_split}.json'] if cfg.scene_fraction > 0 else [])
     recipe = {k: v for k, v in asdict(cfg).items() if (k, v) != ('scene_prompt', 'dataset')}   # as before it was
+    recipe |= drawing_record(cfg.scene_prompt)
     return json.loads(json.dumps({'recipe': recipe, 'model_cfg': tiny_clip_config(cfg.depth, cfg.image_size),
                                   'data': {f: files_fingerprint([ds.root/f]) for f in files}}))
 

@@ -8,14 +8,14 @@ import base64, io, math, random
 from dataclasses import dataclass
 from typing import Sequence
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 # %% auto #0
-__all__ = ['Box', 'PROMPT_STYLES', 'SHAPE_STYLES', 'MIXED_STYLES', 'SHAPE_PROMPTS', 'STROKES', 'validate_box', 'clip_box',
-           'rescale_box', 'box_area', 'box_iou', 'crop_with_margin', 'moved_box', 'draw_prompt', 'find_prompt_box',
-           'png', 'png_uri', 'show_prompt_styles', 'HandVariation', 'prompt_width', 'check_silhouette', 'dilate',
-           'draw_shape_prompt', 'show_shape_prompts', 'silhouette_png', 'read_silhouette', 'ShapePrompt',
-           'check_stroke', 'draw_stroke']
+__all__ = ['Box', 'PROMPT_STYLES', 'SHAPE_STYLES', 'MIXED_STYLES', 'SHAPE_PROMPTS', 'SHAPE_DRAWING', 'STROKES', 'validate_box',
+           'clip_box', 'rescale_box', 'box_area', 'box_iou', 'crop_with_margin', 'moved_box', 'draw_prompt',
+           'find_prompt_box', 'png', 'png_uri', 'show_prompt_styles', 'HandVariation', 'prompt_width', 'click_radius',
+           'check_silhouette', 'distance_from', 'draw_shape_prompt', 'show_shape_prompts', 'drawing_record',
+           'silhouette_png', 'read_silhouette', 'ShapePrompt', 'check_stroke', 'draw_stroke']
 
 # %% ../nbs/03_prompts.ipynb #316781f1
 Box = tuple[int, int, int, int]
@@ -170,6 +170,10 @@ def prompt_width(size: tuple[int, int]) -> int:
     "A prompt's line width for an image of `size`: 2 px up to ~400 px, then ~1/160 of the shorter side (as VPWiki's)."
     return max(2, round(min(size) / 160))
 
+def click_radius(width: int) -> float:
+    "A click's dot radius for a prompt line `width`: three widths (6 px at 128 px, still 3 px at a tiny CLIP's 64)."
+    return 3 * width
+
 # %% ../nbs/03_prompts.ipynb #shape005
 def check_silhouette(silhouette, size: tuple[int, int]) -> np.ndarray:
     "`silhouette` as a boolean `[height, width]` array for an image of `size`; a `ValueError` saying what is wrong."
@@ -180,12 +184,19 @@ def check_silhouette(silhouette, size: tuple[int, int]) -> np.ndarray:
     if not m.any(): raise ValueError('the silhouette is empty: there is no object to point at')
     return m
 
-def dilate(mask: np.ndarray, r: int) -> np.ndarray:
-    "`mask` grown by `r` pixels (a square neighbourhood per step)."
-    if r <= 0: return mask.copy()
-    im = Image.fromarray(mask.astype(np.uint8) * 255)
-    for _ in range(r): im = im.filter(ImageFilter.MaxFilter(3))
-    return np.asarray(im) > 0
+def distance_from(mask: np.ndarray, reach: float) -> np.ndarray:
+    "Each pixel's Euclidean distance to the nearest pixel of `mask` (0 on it); `inf` farther than `reach`."
+    inner = mask.copy()
+    inner[1:] &= mask[:-1]; inner[:-1] &= mask[1:]; inner[:, 1:] &= mask[:, :-1]; inner[:, :-1] &= mask[:, 1:]
+    ey, ex = np.nonzero(mask & ~inner); r, (h, w) = math.ceil(reach), mask.shape
+    y0, y1, x0, x1 = max(0, ey.min() - r), min(h, ey.max() + r + 1), max(0, ex.min() - r), min(w, ex.max() + r + 1)
+    yy, xx = np.mgrid[y0:y1, x0:x1].reshape(2, -1, 1).astype(np.float32)
+    d = np.full(len(yy), np.inf, np.float32)
+    for i in range(0, len(ey), 64):   # 64 edge pixels at a time: memory stays (window pixels x 64)
+        d = np.minimum(d, np.hypot(yy - ey[i:i + 64], xx - ex[i:i + 64]).min(1))
+    out = np.full(mask.shape, np.inf, np.float32); out[y0:y1, x0:x1] = d.reshape(y1 - y0, x1 - x0)
+    out[mask] = 0; out[out > reach] = np.inf
+    return out
 
 def _radius(mask: np.ndarray) -> float: return math.sqrt(mask.sum() / math.pi)
 
@@ -239,12 +250,12 @@ def draw_shape_prompt(img: Image.Image, silhouette, shape: str = 'lasso', color=
         if shape == 'mask':
             a[mask] = np.round(a[mask] * (1 - hand.alpha) + np.array(color) * hand.alpha).astype(np.uint8)
         else:
-            m = round(hand.margin * _radius(mask))
-            a[dilate(mask, m + width) & ~dilate(mask, m)] = color
+            m = round(hand.margin * _radius(mask)); d = distance_from(mask, m + width)
+            a[(d > m) & (d <= m + width)] = color   # a band `width` thick, `m` outside the silhouette
         return Image.fromarray(a, 'RGB')
     d = ImageDraw.Draw(out)
     if shape == 'click':
-        x, y = _click_point(mask, hand, rng); r = 1.5 * width
+        x, y = _click_point(mask, hand, rng); r = click_radius(width)
         d.ellipse([x - r, y - r, x + r, y + r], fill=color)
     else:
         pts = _lasso_points(mask, hand, rng) if shape == 'lasso' else _scribble_points(mask, hand, rng)
@@ -259,6 +270,13 @@ def show_shape_prompts(img: Image.Image, silhouette, shapes: Sequence[str] = SHA
 # %% ../nbs/03_prompts.ipynb #shape020
 MIXED_STYLES = ('rect',) + SHAPE_STYLES   # what ShapePrompt('mixed') draws from: one per mention
 SHAPE_PROMPTS = MIXED_STYLES + ('mixed',)  # what a ShapePrompt may draw
+SHAPE_DRAWING = 2   # how the shapes are drawn; +1 whenever a shape's pixels change (1: the contour grown in square
+                    # steps, the click's dot 1.5 widths across; 2: the contour a Euclidean band, the dot 3 widths)
+
+def drawing_record(prompt: str) -> dict:
+    """What a folder made from pictures prompted with `prompt` records of how they were drawn: `SHAPE_DRAWING` for a
+    shape or 'mixed'; nothing for the rectangle or the dataset's own pictures, whose pixels never changed."""
+    return {'shape_drawing': SHAPE_DRAWING} if prompt in SHAPE_STYLES + ('mixed',) else {}
 
 def silhouette_png(mask) -> bytes:
     "A boolean `[height, width]` mask as a 1-bit PNG."
@@ -320,7 +338,7 @@ def draw_stroke(img: Image.Image, kind: str, points, color=(255, 0, 0), width: i
     width = prompt_width(img.size) if width is None else width
     d, color = ImageDraw.Draw(out), tuple(color)
     if kind == 'click':
-        (x, y), r = pts[-1], 1.5 * width
+        (x, y), r = pts[-1], click_radius(width)
         d.ellipse([x - r, y - r, x + r, y + r], fill=color)
     else: d.line(pts + pts[:1] if kind == 'polygon' else pts, fill=color, width=width, joint='curve')
     return out
