@@ -189,6 +189,7 @@ def distance_from(mask: np.ndarray, reach: float) -> np.ndarray:
     inner = mask.copy()
     inner[1:] &= mask[:-1]; inner[:-1] &= mask[1:]; inner[:, 1:] &= mask[:, :-1]; inner[:, :-1] &= mask[:, 1:]
     ey, ex = np.nonzero(mask & ~inner); r, (h, w) = math.ceil(reach), mask.shape
+    if not len(ey): return np.where(mask, 0, np.inf).astype(np.float32)   # no edge: all of it, or none
     y0, y1, x0, x1 = max(0, ey.min() - r), min(h, ey.max() + r + 1), max(0, ex.min() - r), min(w, ex.max() + r + 1)
     yy, xx = np.mgrid[y0:y1, x0:x1].reshape(2, -1, 1).astype(np.float32)
     d = np.full(len(yy), np.inf, np.float32)
