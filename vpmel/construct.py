@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 from PIL import Image
 from .prompts import (Box, validate_box, box_area, draw_prompt, prompt_width, PROMPT_STYLES, SHAPE_STYLES,
-                           draw_shape_prompt, ShapePrompt, silhouette_png)
+                           draw_shape_prompt, ShapePrompt, silhouette_png, drawing_record)
 from .vpwiki import SPLITS, SILHOUETTE, Mention, write_dataset, open_image, resolve_in_root
 from .check import check_dataset
 from .files import (FolderConflict, write_json_atomic, write_bytes_atomic, claim_folder, read_record, fingerprint,
@@ -248,7 +248,8 @@ def construct_record(srcs: Sequence[Source], grounder, cfg: ConstructConfig, tru
     "What determines a construction's folder, for its record: the sources, the grounder and its settings, the config..."
     return {'sources': sources_record(srcs), 'grounder': grounder_record(grounder),
             'config': json.loads(json.dumps(asdict(cfg))),
-            'true_boxes': None if true_boxes is None else fingerprint({str(k): list(v) for k, v in true_boxes.items()})}
+            'true_boxes': None if true_boxes is None else fingerprint({str(k): list(v) for k, v in true_boxes.items()}),
+            **drawing_record(cfg.style)}   # a shape: how it is drawn (chapter 03); a box style: nothing, as before
 
 # %% ../nbs/35_construct.ipynb #e144f3b0
 def bound_review(work, proposals: dict) -> Path:

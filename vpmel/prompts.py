@@ -171,7 +171,7 @@ def prompt_width(size: tuple[int, int]) -> int:
     return max(2, round(min(size) / 160))
 
 def click_radius(width: int) -> float:
-    "A click's dot radius for a prompt line `width`: three widths (6 px at 128 px, still 3 px at a tiny CLIP's 64)."
+    "A click's dot radius for a prompt line `width`: three widths (6 px on a 128-px scene, 3 at a tiny CLIP's 64 px)."
     return 3 * width
 
 # %% ../nbs/03_prompts.ipynb #shape005
@@ -272,7 +272,7 @@ def show_shape_prompts(img: Image.Image, silhouette, shapes: Sequence[str] = SHA
 MIXED_STYLES = ('rect',) + SHAPE_STYLES   # what ShapePrompt('mixed') draws from: one per mention
 SHAPE_PROMPTS = MIXED_STYLES + ('mixed',)  # what a ShapePrompt may draw
 SHAPE_DRAWING = 2   # how the shapes are drawn; +1 whenever a shape's pixels change (1: the contour grown in square
-                    # steps, the click's dot 1.5 widths across; 2: the contour a Euclidean band, the dot 3 widths)
+                    # steps, the click's dot of radius 1.5 widths; 2: the contour a Euclidean band, the radius 3 widths)
 
 def drawing_record(prompt: str) -> dict:
     """What a folder made from pictures prompted with `prompt` records of how they were drawn: `SHAPE_DRAWING` for a
