@@ -186,17 +186,20 @@ def check_silhouette(silhouette, size: tuple[int, int]) -> np.ndarray:
 
 def distance_from(mask: np.ndarray, reach: float) -> np.ndarray:
     "Each pixel's Euclidean distance to the nearest pixel of `mask` (0 on it); `inf` farther than `reach`."
-    inner = mask.copy()
-    inner[1:] &= mask[:-1]; inner[:-1] &= mask[1:]; inner[:, 1:] &= mask[:, :-1]; inner[:, :-1] &= mask[:, 1:]
-    ey, ex = np.nonzero(mask & ~inner); r, (h, w) = math.ceil(reach), mask.shape
-    if not len(ey): return np.where(mask, 0, np.inf).astype(np.float32)   # no edge: all of it, or none
-    y0, y1, x0, x1 = max(0, ey.min() - r), min(h, ey.max() + r + 1), max(0, ex.min() - r), min(w, ex.max() + r + 1)
-    yy, xx = np.mgrid[y0:y1, x0:x1].reshape(2, -1, 1).astype(np.float32)
-    d = np.full(len(yy), np.inf, np.float32)
-    for i in range(0, len(ey), 64):   # 64 edge pixels at a time: memory stays (window pixels x 64)
-        d = np.minimum(d, np.hypot(yy - ey[i:i + 64], xx - ex[i:i + 64]).min(1))
-    out = np.full(mask.shape, np.inf, np.float32); out[y0:y1, x0:x1] = d.reshape(y1 - y0, x1 - x0)
-    out[mask] = 0; out[out > reach] = np.inf
+    r, (h, w), out = math.ceil(reach), mask.shape, np.full(mask.shape, np.inf, np.float32)
+    ys, xs = np.nonzero(mask)
+    if not len(ys): return out
+    y0, y1, x0, x1 = max(0, ys.min() - r), min(h, ys.max() + r + 1), max(0, xs.min() - r), min(w, xs.max() + r + 1)
+    m = mask[y0:y1, x0:x1]
+    col = np.where(m, 0, np.inf).astype(np.float32)   # down each column: how far the nearest mask pixel is
+    for dy in range(1, r + 1):
+        near = np.zeros_like(m); near[dy:] |= m[:-dy]; near[:-dy] |= m[dy:]
+        col[near & np.isinf(col)] = dy
+    c2 = col ** 2; d2 = c2.copy()                      # then along each row: min over dx of dx^2 + col(x + dx)^2
+    for dx in range(1, r + 1):
+        np.minimum(d2[:, dx:], dx * dx + c2[:, :-dx], out=d2[:, dx:])
+        np.minimum(d2[:, :-dx], dx * dx + c2[:, dx:], out=d2[:, :-dx])
+    d = np.sqrt(d2); d[d > reach] = np.inf; out[y0:y1, x0:x1] = d
     return out
 
 def _radius(mask: np.ndarray) -> float: return math.sqrt(mask.sum() / math.pi)
